@@ -1,0 +1,459 @@
+"""The agent loop: model call -> tool calls in parallel -> model call ... until an answer or a limit.
+
+``await agent.run(prompt)`` returns a :class:`RunResult` whatever happens inside the run: a model that
+fails, a limit that is hit, a stuck loop or a cancel all end the run cleanly with ``status`` and
+``stop_reason`` saying why, and every event of the run kept in ``result.events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Endpoint, Settings
+from ..errors import NbAgentError, UsageLimitExceeded
+from ..events import (
+    Event,
+    EventBus,
+    LimitHit,
+    RunFinished,
+    RunStarted,
+    StepStarted,
+    ToolFinished,
+    ToolStarted,
+    default_bus,
+)
+from ..llm.client import EndpointModel, LLMClient
+from ..llm.types import Model, ModelRequest, ModelResponse, TextCallback, ToolCall
+from ..llm.usage import RunUsage, UsageLimits, cost_of
+from .tools import RunContext, Tool, tools_by_name
+
+__all__ = ["Agent", "RunHandle", "RunResult", "default_client", "default_settings"]
+
+_HAS_TIMEOUT_CM = sys.version_info >= (3, 11)
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced.
+
+    ``status`` is ``ok`` (the model answered), ``limit`` (a usage limit stopped it), ``stuck`` (the
+    model repeated a tool call), ``error`` (``error`` holds the exception) or ``cancelled``.
+    """
+
+    run_id: str
+    name: str
+    output: str
+    status: str
+    stop_reason: str
+    messages: list[dict[str, Any]]
+    usage: RunUsage
+    timings: dict[str, float]
+    events: list[Event] = field(default_factory=list, repr=False)
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def raise_for_status(self) -> RunResult:
+        """Raise the run's error (or a :class:`NbAgentError` for limit/stuck/cancel); return self when ok."""
+        if self.error is not None:
+            raise self.error
+        if not self.ok:
+            raise NbAgentError(f"run {self.name} ended with status {self.status}: {self.stop_reason}")
+        return self
+
+    def metrics(self) -> Any:
+        """A :class:`~nbagent.metrics.MetricsRegistry` built from this run's events."""
+        from ..metrics import MetricsRegistry
+
+        reg = MetricsRegistry()
+        for ev in self.events:
+            reg.observe(ev)
+        return reg
+
+    def summary(self) -> str:
+        u = self.usage
+        t = self.timings
+        return (
+            f"{self.name}: {self.status} ({self.stop_reason}) in {t.get('total', 0.0):.2f} s; "
+            f"{u.steps} steps, {u.requests} requests, {u.tool_calls} tool calls; tokens in "
+            f"{u.tokens.input_tokens:,} / out {u.tokens.output_tokens:,} / cached {u.tokens.cached_tokens:,}; "
+            f"cost ${u.cost:.6f}; model {t.get('model', 0.0):.2f} s, tools {t.get('tools', 0.0):.2f} s, "
+            f"overhead {t.get('overhead', 0.0) * 1000:.1f} ms"
+        )
+
+
+class RunHandle:
+    """A run in the background. ``await handle`` gives its :class:`RunResult`; ``cancel()`` stops it."""
+
+    def __init__(self, task: asyncio.Task[RunResult], run_id: str, name: str) -> None:
+        self.task = task
+        self.run_id = run_id
+        self.name = name
+        self.cancel_requested = False
+
+    def cancel(self) -> None:
+        """Stop the run: the in-flight HTTP request and running tools are cancelled at once."""
+        self.cancel_requested = True
+        self.task.cancel()
+
+    def done(self) -> bool:
+        return self.task.done()
+
+    async def result(self) -> RunResult:
+        return await self.task
+
+    def __await__(self) -> Any:
+        return self.task.__await__()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        return f"<RunHandle {self.name} {state}>"
+
+
+class _Recorder:
+    """One bus tap that files events by run id (cheaper than a tap per run)."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.runs: dict[str, list[Event]] = {}
+        bus.tap(self._on_event)
+
+    def _on_event(self, ev: Event) -> None:
+        rid = ev.run_id
+        if rid is not None:
+            events = self.runs.get(rid)
+            if events is not None:
+                events.append(ev)
+
+
+_recorders: dict[int, _Recorder] = {}
+
+
+def _recorder(bus: EventBus) -> _Recorder:
+    rec = _recorders.get(id(bus))
+    if rec is None:
+        rec = _recorders[id(bus)] = _Recorder(bus)
+    return rec
+
+
+_default_settings: Settings | None = None
+_default_client: LLMClient | None = None
+
+
+def default_settings() -> Settings:
+    """Settings loaded once from the config file and environment."""
+    global _default_settings
+    if _default_settings is None:
+        _default_settings = Settings.load()
+    return _default_settings
+
+
+def default_client() -> LLMClient:
+    """The process-wide pooled client (one HTTP pool for every agent that is not given its own)."""
+    global _default_client
+    if _default_client is None:
+        _default_client = LLMClient(default_settings(), bus=default_bus())
+    return _default_client
+
+
+_run_numbers = itertools.count(1)
+
+
+class Agent:
+    """A model, a system prompt and tools; runs many times, concurrently.
+
+    ``model`` is a model name (resolved against settings, env and ``base_url``/``api_key``) or any object
+    with the :class:`~nbagent.llm.types.Model` ``request`` method (a cached or test model).
+    """
+
+    def __init__(
+        self,
+        model: str | Model | None = None,
+        tools: Iterable[Tool | Callable[..., Any]] = (),
+        *,
+        system: str | None = None,
+        max_steps: int | None = None,
+        settings: Settings | None = None,
+        client: LLMClient | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        limits: UsageLimits | None = None,
+        stream: bool | None = None,
+        params: dict[str, Any] | None = None,
+        bus: EventBus | None = None,
+        deps: Any = None,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings or (client.settings if client else default_settings())
+        self.bus = bus or (client.bus if client else default_bus())
+        if client is None and settings is None and bus is None:
+            client = default_client()
+        self._client = client
+        self._model_obj: Model | None = None if model is None or isinstance(model, str) else model
+        self.model_name = model if isinstance(model, str) else getattr(model, "model_name", None)
+        self._base_url = base_url
+        self._api_key = api_key
+        self._endpoint: Endpoint | None = None
+        self.tools = tools_by_name(tools)
+        self._tool_schemas = [t.schema for t in self.tools.values()] or None
+        self.system = system
+        self.limits = limits or UsageLimits.from_settings(self.settings.limits)
+        if max_steps is not None:
+            self.limits.max_steps = max_steps
+        self.stream = self.settings.stream if stream is None else stream
+        self.params = dict(params or {})
+        self.deps = deps
+        self.name = name or "agent"
+
+    # --- model resolution -----------------------------------------------------------------------
+
+    @property
+    def client(self) -> LLMClient:
+        if self._client is None:
+            self._client = LLMClient(self.settings, bus=self.bus)
+        return self._client
+
+    def endpoint(self) -> Endpoint:
+        if self._endpoint is None:
+            self._endpoint = self.settings.endpoint(self.model_name, self._base_url, self._api_key)
+        return self._endpoint
+
+    def model(self) -> Model:
+        if self._model_obj is None:
+            self._model_obj = EndpointModel(self.client, self.endpoint())
+        return self._model_obj
+
+    # --- running --------------------------------------------------------------------------------
+
+    def start(self, prompt: str, *, name: str | None = None, deps: Any = None,
+              on_text: TextCallback | None = None) -> RunHandle:
+        """Start a run as a task on the running loop and return at once."""
+        run_id = uuid.uuid4().hex[:12]
+        name = name or f"run-{next(_run_numbers)}"
+        handle: RunHandle | None = None
+
+        def cancelled_by_handle() -> bool:
+            return handle is not None and handle.cancel_requested
+
+        task = asyncio.get_running_loop().create_task(
+            self._run(prompt, run_id=run_id, name=name, deps=deps, on_text=on_text,
+                      cancelled_by_handle=cancelled_by_handle), name=f"nbagent:{name}")
+        handle = RunHandle(task, run_id, name)
+        return handle
+
+    async def run(self, prompt: str, *, name: str | None = None, deps: Any = None,
+                  on_text: TextCallback | None = None) -> RunResult:
+        """Run to the end and return the result (errors, limits and stuck loops included, not raised)."""
+        return await self._run(prompt, run_id=uuid.uuid4().hex[:12], name=name or f"run-{next(_run_numbers)}",
+                               deps=deps, on_text=on_text, cancelled_by_handle=lambda: False)
+
+    def run_sync(self, prompt: str, **kwargs: Any) -> RunResult:
+        """Blocking ``run`` for plain scripts. Inside a running loop (a notebook) use ``await agent.run``."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "run_sync() cannot block inside a running event loop (such as a Jupyter kernel): "
+                "use `await agent.run(...)`, or `agent.start(...)` to run in the background"
+            )
+
+        async def main() -> RunResult:
+            try:
+                return await self.run(prompt, **kwargs)
+            finally:
+                await self.client.aclose()  # the pool belongs to this loop, which ends here
+
+        return asyncio.run(main())
+
+    async def _run(self, prompt: str, *, run_id: str, name: str, deps: Any, on_text: TextCallback | None,
+                   cancelled_by_handle: Callable[[], bool]) -> RunResult:
+        bus = self.bus
+        recorder = _recorder(bus)
+        events: list[Event] = []
+        recorder.runs[run_id] = events
+        usage = RunUsage()
+        messages: list[dict[str, Any]] = []
+        if self.system:
+            messages.append({"role": "system", "content": self.system})
+        messages.append({"role": "user", "content": prompt})
+        ctx = RunContext(run_id=run_id, bus=bus, deps=deps if deps is not None else self.deps)
+        state = _RunState()
+        status, reason, output, error = "error", "", "", None
+        bus.emit(RunStarted(run_id=run_id, name=name, model=self.model_name or "", prompt=prompt[:2000]))
+        try:
+            if self.limits.max_wall_time is not None and _HAS_TIMEOUT_CM:
+                async with asyncio.timeout(self.limits.max_wall_time):
+                    status, reason, output = await self._loop(messages, usage, ctx, state, on_text)
+            else:
+                status, reason, output = await self._loop(messages, usage, ctx, state, on_text)
+        except UsageLimitExceeded as exc:
+            status, reason = "limit", exc.limit
+            bus.emit(LimitHit(run_id=run_id, limit=exc.limit, value=exc.value, maximum=exc.maximum))
+        except TimeoutError:
+            status, reason = "limit", "max_wall_time"
+            wall = self.limits.max_wall_time or 0.0
+            bus.emit(LimitHit(run_id=run_id, limit="max_wall_time", value=usage.elapsed, maximum=wall))
+        except asyncio.CancelledError:
+            status, reason = "cancelled", "cancelled"
+            if not cancelled_by_handle():
+                await self._finish(ctx, run_id, name, status, reason, usage, state, None)
+                recorder.runs.pop(run_id, None)
+                raise
+        except Exception as exc:  # noqa: BLE001 - a failing run must end cleanly with its events
+            status, reason, error = "error", f"{type(exc).__name__}: {exc}", exc
+        timings = await self._finish(ctx, run_id, name, status, reason, usage, state, error)
+        recorder.runs.pop(run_id, None)
+        if status != "ok" and not output:
+            output = state.last_text
+        return RunResult(run_id=run_id, name=name, output=output, status=status, stop_reason=reason,
+                         messages=messages, usage=usage, timings=timings, events=events, error=error)
+
+    async def _finish(self, ctx: RunContext, run_id: str, name: str, status: str, reason: str, usage: RunUsage,
+                      state: _RunState, error: BaseException | None) -> dict[str, float]:
+        try:
+            await asyncio.shield(ctx.aclose())
+        except Exception:  # noqa: BLE001 - releasing resources must not hide the run's own outcome
+            pass
+        total = usage.elapsed
+        timings = {"total": total, "model": state.model_time, "tools": state.tool_time,
+                   "overhead": max(total - state.model_time - state.tool_time, 0.0)}
+        t = usage.tokens
+        self.bus.emit(RunFinished(run_id=run_id, status=status, stop_reason=reason, duration=total,
+                                  steps=usage.steps, input_tokens=t.input_tokens, output_tokens=t.output_tokens,
+                                  cached_tokens=t.cached_tokens, cost=usage.cost,
+                                  error=None if error is None else f"{type(error).__name__}: {error}"))
+        return timings
+
+    async def _loop(self, messages: list[dict[str, Any]], usage: RunUsage, ctx: RunContext, state: _RunState,
+                    on_text: TextCallback | None) -> tuple[str, str, str]:
+        model = self.model()
+        model_name = self.model_name or getattr(model, "endpoint", None) and self.endpoint().model or ""
+        limits = self.limits
+        while True:
+            usage.check(limits, before_request=True)
+            usage.steps += 1
+            ctx.step = usage.steps
+            self.bus.emit(StepStarted(run_id=ctx.run_id, step=usage.steps))
+            req = ModelRequest(model=model_name, messages=messages, tools=self._tool_schemas,
+                               params=self.params, stream=self.stream)
+            t0 = time.perf_counter()
+            resp = await model.request(req, run_id=ctx.run_id, on_text=on_text)
+            state.model_time += time.perf_counter() - t0
+            price = self.settings.price_for(resp.model or model_name)
+            usage.add_response(resp.usage, cost_of(resp.usage, price))
+            messages.append(resp.to_message())
+            state.last_text = resp.text or state.last_text
+            if not resp.tool_calls:
+                usage.check(limits)
+                return "ok", resp.finish_reason or "stop", resp.text
+            stuck = state.repeats(resp.tool_calls, self.settings.limits.stuck_repeats)
+            if stuck is not None:
+                return "stuck", f"tool call {stuck} repeated {self.settings.limits.stuck_repeats} times", resp.text
+            t1 = time.perf_counter()
+            messages.extend(await self._call_tools(resp, ctx, usage))
+            state.tool_time += time.perf_counter() - t1
+            usage.check(limits)
+
+    async def _call_tools(self, resp: ModelResponse, ctx: RunContext, usage: RunUsage) -> list[dict[str, Any]]:
+        calls = resp.tool_calls
+        usage.tool_calls += len(calls)
+        if len(calls) == 1:
+            return [await self._call_tool(calls[0], ctx)]
+        sem = asyncio.Semaphore(max(self.settings.limits.tool_concurrency, 1))
+
+        async def bounded(call: ToolCall) -> dict[str, Any]:
+            async with sem:
+                return await self._call_tool(call, ctx)
+
+        return list(await asyncio.gather(*(bounded(c) for c in calls)))
+
+    async def _call_tool(self, call: ToolCall, ctx: RunContext) -> dict[str, Any]:
+        bus = self.bus
+        bus.emit(ToolStarted(run_id=ctx.run_id, call_id=call.id, name=call.name, arguments=call.arguments[:2000]))
+        t0 = time.perf_counter()
+        ok, err = True, None
+        tool = self.tools.get(call.name)
+        if tool is None:
+            ok, err = False, f"unknown tool {call.name!r}; available tools: {', '.join(self.tools) or 'none'}"
+            text = f"Error: {err}"
+        else:
+            try:
+                args = tool.parse_arguments(call.arguments)
+            except ValueError as exc:
+                ok, err = False, f"invalid arguments for {call.name}: {exc}"
+                text = f"Error: {err}. Call the tool again with a valid JSON object."
+            else:
+                try:
+                    text = _to_text(await tool.call(ctx, args))
+                except asyncio.CancelledError:
+                    raise
+                except TimeoutError:
+                    ok, err = False, f"tool {call.name} timed out after {tool.timeout} s"
+                    text = f"Error: {err}"
+                except Exception as exc:  # noqa: BLE001 - a failing tool becomes a message for the model
+                    ok, err = False, f"{type(exc).__name__}: {exc}"
+                    text = f"Error: tool {call.name} failed: {err}"
+        text, truncated, full_len = _truncate(text, self.settings.limits.max_tool_output_chars)
+        bus.emit(ToolFinished(run_id=ctx.run_id, call_id=call.id, name=call.name,
+                              duration=time.perf_counter() - t0, ok=ok, error=err, output_chars=full_len,
+                              truncated=truncated, output_preview=text[:200]))
+        return {"role": "tool", "tool_call_id": call.id, "content": text}
+
+
+class _RunState:
+    __slots__ = ("model_time", "tool_time", "last_text", "seen")
+
+    def __init__(self) -> None:
+        self.model_time = 0.0
+        self.tool_time = 0.0
+        self.last_text = ""
+        self.seen: dict[tuple[str, str], int] = {}
+
+    def repeats(self, calls: list[ToolCall], limit: int) -> str | None:
+        """Count identical calls; the name of the first call seen ``limit`` times, if any."""
+        for call in calls:
+            try:
+                norm = json.dumps(json.loads(call.arguments or "{}"), sort_keys=True)
+            except ValueError:
+                norm = call.arguments
+            key = (call.name, norm)
+            n = self.seen.get(key, 0) + 1
+            self.seen[key] = n
+            if limit > 0 and n >= limit:
+                return f"{call.name}({norm[:200]})"
+        return None
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    try:
+        return json.dumps(value, default=str, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _truncate(text: str, limit: int) -> tuple[str, bool, int]:
+    """Keep the head and tail of an over-long tool output, saying how much was cut."""
+    n = len(text)
+    if limit <= 0 or n <= limit:
+        return text, False, n
+    head = limit * 3 // 4
+    tail = limit - head
+    cut = n - head - tail
+    return f"{text[:head]}\n...[{cut:,} characters truncated of {n:,}]...\n{text[n - tail:]}", True, n

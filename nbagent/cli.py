@@ -1,0 +1,106 @@
+"""``nbagent`` on the command line: ``run``, ``demo`` and the sub-commands other packages register."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+# packages that add sub-commands through ``register(subparsers)``; a missing one is skipped
+_PLUGINS = ("nbagent.sandbox.cli", "nbagent.cache.cli", "nbagent.store.cli", "nbagent.bench.cli")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", help="model name (default: settings / NBAGENT_MODEL)")
+    p.add_argument("--base-url", help="OpenAI-compatible base URL (default: settings / OPENAI_BASE_URL)")
+    p.add_argument("--system", "-s", help="system prompt")
+    p.add_argument("--max-steps", type=int, help="stop after this many model calls")
+    p.add_argument("--stream", action="store_true", help="stream the answer as it is generated")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbagent", description="Run and measure LLM agents.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run one agent prompt and print the answer, usage and timings")
+    run.add_argument("prompt", help="the prompt")
+    _add_run_args(run)
+    run.set_defaults(func=_cmd_run)
+    demo = sub.add_parser("demo", help="an agent run with a tool against the built-in simulated server")
+    demo.add_argument("--prompt", default="What is 6 times 7? Use the calculator.")
+    demo.add_argument("--runs", type=int, default=3, help="how many concurrent runs")
+    demo.add_argument("--latency", type=float, default=0.05, help="simulated model latency (s)")
+    demo.set_defaults(func=_cmd_demo)
+    for name in _PLUGINS:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        mod.register(sub)
+    return parser
+
+
+def _print_result(result: Any, as_json: bool, streamed: bool) -> None:
+    if as_json:
+        u = result.usage
+        print(json.dumps({
+            "run_id": result.run_id, "name": result.name, "status": result.status,
+            "stop_reason": result.stop_reason, "output": result.output, "steps": u.steps, "requests": u.requests,
+            "input_tokens": u.tokens.input_tokens, "output_tokens": u.tokens.output_tokens,
+            "cached_tokens": u.tokens.cached_tokens, "cost": u.cost, "timings": result.timings,
+        }, indent=2))
+        return
+    if streamed:
+        print()
+    else:
+        print(result.output)
+    print(f"\n-- {result.summary()}", file=sys.stderr)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .agent import Agent
+    from .config import Settings
+    from .errors import ConfigError
+
+    try:
+        settings = Settings.load()
+        agent = Agent(args.model, system=args.system, max_steps=args.max_steps, settings=settings,
+                      base_url=args.base_url, stream=args.stream)
+        agent.endpoint()
+    except ConfigError as exc:
+        print(f"nbagent: {exc}", file=sys.stderr)
+        return 2
+
+    def on_text(delta: str) -> None:
+        print(delta, end="", flush=True)
+
+    result = agent.run_sync(args.prompt, on_text=on_text if args.stream and not args.json else None)
+    _print_result(result, args.json, args.stream and not args.json)
+    if result.error is not None:
+        print(f"nbagent: run failed: {result.stop_reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return asyncio.run(run_demo(prompt=args.prompt, runs=args.runs, latency=args.latency))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Per-run usage accounting and limits: steps, requests, tokens, cost and wall time."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..config import LimitSettings, Price
+from ..errors import UsageLimitExceeded
+from .types import TokenUsage
+
+__all__ = ["RunUsage", "UsageLimits", "cost_of"]
+
+
+def cost_of(usage: TokenUsage, price: Price | None) -> float:
+    """USD cost of ``usage`` at ``price`` (per million tokens); 0.0 when the price is unknown."""
+    if price is None:
+        return 0.0
+    cached_price = price.input if price.cached_input is None else price.cached_input
+    uncached = max(usage.input_tokens - usage.cached_tokens, 0)
+    return (uncached * price.input + usage.cached_tokens * cached_price + usage.output_tokens * price.output) / 1e6
+
+
+@dataclass
+class UsageLimits:
+    """Ceilings for one run; ``None`` means no limit."""
+
+    max_steps: int | None = 20
+    max_requests: int | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    max_cost: float | None = None
+    max_wall_time: float | None = None
+
+    @classmethod
+    def from_settings(cls, s: LimitSettings) -> UsageLimits:
+        return cls(s.max_steps, s.max_requests, s.max_input_tokens, s.max_output_tokens, s.max_cost, s.max_wall_time)
+
+
+@dataclass
+class RunUsage:
+    """What one run has used so far."""
+
+    steps: int = 0
+    requests: int = 0
+    tool_calls: int = 0
+    tokens: TokenUsage = field(default_factory=TokenUsage)
+    cost: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def add_response(self, usage: TokenUsage, cost: float) -> None:
+        self.requests += 1
+        self.tokens = self.tokens + usage
+        self.cost += cost
+
+    def check(self, limits: UsageLimits, *, before_request: bool = False) -> None:
+        """Raise :class:`UsageLimitExceeded` for the first limit reached.
+
+        ``before_request`` checks whether one more request (and step) is allowed; otherwise totals so far.
+        """
+        extra = 1 if before_request else 0
+        checks: tuple[tuple[str, float, float | None], ...] = (
+            ("max_steps", self.steps + extra, limits.max_steps),
+            ("max_requests", self.requests + extra, limits.max_requests),
+        )
+        for name, value, maximum in checks:
+            if maximum is not None and value > maximum:
+                raise UsageLimitExceeded(
+                    f"{name} reached: {int(value) - extra} of {maximum} used", limit=name, value=value - extra,
+                    maximum=maximum)
+        totals: tuple[tuple[str, float, float | None], ...] = (
+            ("max_input_tokens", self.tokens.input_tokens, limits.max_input_tokens),
+            ("max_output_tokens", self.tokens.output_tokens, limits.max_output_tokens),
+            ("max_cost", self.cost, limits.max_cost),
+            ("max_wall_time", self.elapsed, limits.max_wall_time),
+        )
+        for name, value, maximum in totals:
+            if maximum is not None and value >= maximum:
+                raise UsageLimitExceeded(
+                    f"{name} reached: {value:.6g} >= {maximum:.6g}", limit=name, value=value, maximum=maximum
+                )

@@ -1,0 +1,27 @@
+import subprocess
+import sys
+
+import nbagent
+
+HEAVY_UI = ("IPython", "ipywidgets", "plotly", "anywidget")
+
+
+def test_core_does_not_import_ui_packages():
+    code = (
+        "import sys, nbagent, nbagent.agent, nbagent.llm, nbagent.events, nbagent.metrics, nbagent.config, "
+        "nbagent.testing, nbagent.cli\n"
+        f"bad = [m for m in {HEAVY_UI!r} if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_import_nbagent_is_cheap():
+    code = "import sys, nbagent; assert 'openai' not in sys.modules and 'nbagent.agent' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_names_are_complete_and_importable():
+    for name in nbagent.__all__:
+        assert getattr(nbagent, name) is not None, name
+    assert nbagent.__all__ == sorted(nbagent.__all__)
