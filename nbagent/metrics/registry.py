@@ -1,0 +1,795 @@
+"""Counters, gauges and histograms fed from the event bus.
+
+A :class:`MetricsRegistry` holds named metrics, created on first use. ``registry.attach(bus)`` taps an
+:class:`~nbagent.events.EventBus` so every event updates the metrics inline; ``observe`` dispatches on
+``type(event)`` with one dict lookup, so the cost per event is a few hundred nanoseconds per metric touched.
+:class:`RunMetricsIndex` keeps one global registry plus one registry per ``run_id`` (a bounded LRU).
+
+Registries are JSON-safe and mergeable (``to_dict`` / ``from_dict`` / ``merge``), so metrics gathered in
+several processes or workers fan in to one.
+
+Built-in metric names (a public contract; ``<x>`` is filled from the event field of that name). Durations
+and latencies are in seconds.
+
+==========================  =============================================  ==========  =========================
+Event                       Metric                                         Type        Update
+==========================  =============================================  ==========  =========================
+RunStarted                  ``runs.started``                               counter     +1
+                            ``runs.in_flight``                             gauge       +1
+RunFinished                 ``runs.finished``                              counter     +1
+                            ``runs.status.<status>``                       counter     +1
+                            ``runs.in_flight``                             gauge       -1
+                            ``run.duration``                               histogram   ``duration``
+                            ``run.steps``                                  histogram   ``steps``
+LimitHit                    ``limits.<limit>``                             counter     +1
+LLMRequestStarted           ``llm.attempts``                               counter     +1
+LLMResponse                 ``llm.calls``                                  counter     +1
+                            ``llm.latency``                                histogram   ``latency`` (1)
+                            ``llm.ttft``                                   histogram   ``ttft`` if not None (1)
+                            ``llm.cached``                                 counter     +1 if ``cached``
+                            ``llm.latency.cached``                         histogram   ``latency`` if ``cached``
+                            ``tokens.input``                               counter     ``input_tokens``
+                            ``tokens.output``                              counter     ``output_tokens``
+                            ``tokens.cached``                              counter     ``cached_tokens``
+                            ``cost.usd``                                   counter     ``cost`` (float)
+                            ``llm.usage_local``                            counter     +1 if ``usage_source``
+                                                                                       is ``"local"``
+LLMRetry                    ``llm.retries``                                counter     +1
+                            ``llm.retries.<reason>``                       counter     +1
+                            ``llm.retry_wait``                             histogram   ``wait``
+LLMRequestFailed            ``llm.errors``                                 counter     +1
+                            ``llm.errors.<error_type>``                    counter     +1
+TokenDrift                  ``tokens.drift_checks``                        counter     +1
+                            ``tokens.drift_ratio``                         histogram   ``|local - server| /
+                                                                                       max(server, 1)``
+ToolStarted                 ``tools.in_flight``                            gauge       +1
+ToolFinished                ``tools.in_flight``                            gauge       -1
+                            ``tool.calls``                                 counter     +1
+                            ``tool.errors``                                counter     +1 if not ``ok``
+                            ``tool.truncated``                             counter     +1 if ``truncated``
+                            ``tool.duration``                              histogram   ``duration``
+                            ``tool.duration.<name>``                       histogram   ``duration``
+CacheHit                    ``cache.<cache>.hits``                         counter     +1
+                            ``cache.<cache>.hits.<tier>``                  counter     +1
+                            ``cache.<cache>.lookup.<tier>``                histogram   ``lookup_seconds``
+                            ``cache.<cache>.tokens_saved``                 counter     ``tokens_saved``
+                            ``cache.<cache>.latency_saved``                counter     ``latency_saved``
+CacheMiss                   ``cache.<cache>.misses``                       counter     +1
+                            ``cache.<cache>.lookup.miss``                  histogram   ``lookup_seconds``
+CacheStored                 ``cache.<cache>.stores``                       counter     +1
+CacheEvicted                ``cache.<cache>.evictions``                    counter     +1
+CacheWarning                ``cache.<cache>.warnings``                     counter     +1
+==========================  =============================================  ==========  =========================
+
+(1) Responses served by the response cache (``cached=True``) go to ``llm.latency.cached`` instead, so that
+``llm.latency`` and ``llm.ttft`` describe the model endpoint only. Token and cost counters take the event's
+figures as they are. Counters ``tokens.*`` and ``cost.usd`` are fed by ``LLMResponse`` only, never by
+``RunFinished`` (whose totals would count them twice).
+
+Other packages add their own mappings with :func:`register_handler` (every registry) or
+:meth:`MetricsRegistry.register` / :meth:`RunMetricsIndex.register` (one registry or one index). A handler is
+a plain function ``handler(registry, event) -> None`` that updates metrics through ``registry.counter(name)``,
+``registry.gauge(name)`` and ``registry.histogram(name)``. A handler registered for a base class also sees the
+events of its subclasses (a handler for :class:`~nbagent.events.Event` sees everything).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from nbagent.events import (
+    CacheEvicted,
+    CacheHit,
+    CacheMiss,
+    CacheStored,
+    CacheWarning,
+    Event,
+    EventBus,
+    LimitHit,
+    LLMRequestFailed,
+    LLMRequestStarted,
+    LLMResponse,
+    LLMRetry,
+    RunFinished,
+    RunStarted,
+    TokenDrift,
+    ToolFinished,
+    ToolStarted,
+)
+from nbagent.metrics.histogram import DEFAULT_ACCURACY, Histogram
+
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = [
+    "DEFAULT_HANDLERS",
+    "Counter",
+    "Gauge",
+    "Handler",
+    "HandlerTable",
+    "Metric",
+    "MetricsRegistry",
+    "RunMetricsIndex",
+    "register_handler",
+]
+
+Handler = Callable[["MetricsRegistry", Event], None]
+"""``handler(registry, event)``: updates ``registry``'s metrics from one event."""
+
+
+# --- counters and gauges --------------------------------------------------------------------------
+
+
+class Counter:
+    """A running total. Takes ints or floats (``cost.usd`` is a float counter); monotonic by convention."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float = 0) -> None:
+        self.value: float = value
+
+    def inc(self, n: float = 1) -> None:
+        """Add ``n`` (default 1)."""
+        self.value += n
+
+    def merge(self, other: Counter) -> Counter:
+        """Add ``other``'s total into this counter and return ``self``."""
+        self.value += other.value
+        return self
+
+    def __repr__(self) -> str:
+        return f"Counter({self.value!r})"
+
+
+class Gauge:
+    """A value that goes up and down (``set`` / ``inc`` / ``dec``) and remembers the largest value it held.
+
+    ``max`` is None until the gauge is first changed. Merging adds the values (in-flight counts of several
+    workers add up) and keeps the larger peak: the peak of the combined value is not recoverable, so a merged
+    ``max`` is the largest per-source peak (or the merged value, if larger).
+    """
+
+    __slots__ = ("_peak", "value")
+
+    def __init__(self, value: float = 0) -> None:
+        self.value: float = value
+        self._peak: float = -math.inf
+
+    def set(self, value: float) -> None:
+        """Set the value."""
+        self.value = value
+        if value > self._peak:
+            self._peak = value
+
+    def inc(self, n: float = 1) -> None:
+        """Add ``n`` (default 1)."""
+        v = self.value + n
+        self.value = v
+        if v > self._peak:
+            self._peak = v
+
+    def dec(self, n: float = 1) -> None:
+        """Subtract ``n`` (default 1)."""
+        v = self.value - n
+        self.value = v
+        if v > self._peak:
+            self._peak = v
+
+    @property
+    def max(self) -> float | None:
+        """The largest value held so far, or None if the gauge never changed."""
+        return self._peak if self._peak != -math.inf else None
+
+    def merge(self, other: Gauge) -> Gauge:
+        """Add ``other``'s value, keep the larger peak, and return ``self``."""
+        self.value += other.value
+        peak = max(self._peak, other._peak)
+        if peak != -math.inf and self.value > peak:
+            peak = self.value
+        self._peak = peak
+        return self
+
+    def __repr__(self) -> str:
+        return f"Gauge(value={self.value!r}, max={self.max!r})"
+
+
+Metric = Counter | Gauge | Histogram
+"""Any of the three metric types."""
+
+
+# --- handler tables -------------------------------------------------------------------------------
+
+
+def _chain(handlers: tuple[Handler, ...]) -> Handler:
+    def run_all(registry: MetricsRegistry, event: Event) -> None:
+        for h in handlers:
+            h(registry, event)
+
+    return run_all
+
+
+class HandlerTable:
+    """Event type -> handlers, with an optional parent whose handlers also apply.
+
+    ``dispatch`` caches the resolved handler (or None) per concrete event type, so looking one up costs one
+    dict access; registering or unregistering anywhere up the chain clears the caches below.
+    """
+
+    def __init__(self, parent: HandlerTable | None = None) -> None:
+        self.parent = parent
+        self._explicit: dict[type[Event], tuple[Handler, ...]] = {}
+        self.dispatch: dict[type[Event], Handler | None] = {}
+        self._children: weakref.WeakSet[HandlerTable] = weakref.WeakSet()
+        if parent is not None:
+            parent._children.add(self)
+
+    def register(self, event_type: type[Event], handler: Handler) -> Callable[[], None]:
+        """Run ``handler(registry, event)`` for every ``event_type`` event (subclasses included).
+
+        Returns a function that removes this handler again.
+        """
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise TypeError(f"event_type must be an Event subclass, got {event_type!r}")
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        self._explicit[event_type] = (*self._explicit.get(event_type, ()), handler)
+        self._invalidate()
+
+        def unregister() -> None:
+            self.unregister(event_type, handler)
+
+        return unregister
+
+    def unregister(self, event_type: type[Event], handler: Handler) -> None:
+        """Remove one registration of ``handler`` for ``event_type`` (no error if absent)."""
+        handlers = list(self._explicit.get(event_type, ()))
+        for i, h in enumerate(handlers):
+            if h is handler:
+                del handlers[i]
+                break
+        else:
+            return
+        if handlers:
+            self._explicit[event_type] = tuple(handlers)
+        else:
+            del self._explicit[event_type]
+        self._invalidate()
+
+    def handlers_for(self, event_type: type[Event]) -> tuple[Handler, ...]:
+        """Every handler that applies to ``event_type``: most specific class first, parents' before ours."""
+        chain: list[HandlerTable] = []
+        table: HandlerTable | None = self
+        while table is not None:
+            chain.append(table)
+            table = table.parent
+        chain.reverse()
+        out: list[Handler] = []
+        for cls in event_type.__mro__:
+            for t in chain:
+                out.extend(t._explicit.get(cls, ()))
+        return tuple(out)
+
+    def resolve(self, event_type: type[Event]) -> Handler | None:
+        """The single callable to run for ``event_type`` (None when nothing applies), cached in ``dispatch``."""
+        handlers = self.handlers_for(event_type)
+        handler = None if not handlers else handlers[0] if len(handlers) == 1 else _chain(handlers)
+        self.dispatch[event_type] = handler
+        return handler
+
+    def _invalidate(self) -> None:
+        self.dispatch.clear()
+        for child in list(self._children):
+            child._invalidate()
+
+
+DEFAULT_HANDLERS = HandlerTable()
+"""The built-in event -> metric mapping, shared by every registry."""
+
+
+def register_handler(event_type: type[Event], handler: Handler) -> Callable[[], None]:
+    """Add an event -> metric mapping to every registry (present and future). Returns an unregister function.
+
+    For example, a sandbox manager could count leases with::
+
+        register_handler(SandboxLeased, lambda reg, e: reg.counter("sandbox.leases").inc())
+    """
+    return DEFAULT_HANDLERS.register(event_type, handler)
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+
+class MetricsRegistry:
+    """Named counters, gauges and histograms, created on first use and updated from events.
+
+    A name belongs to one metric type: asking for ``counter("x")`` after ``histogram("x")`` raises
+    ``ValueError``. ``accuracy`` is the relative accuracy of the histograms this registry creates.
+    """
+
+    def __init__(self, accuracy: float = DEFAULT_ACCURACY, *, handlers: HandlerTable | None = None) -> None:
+        Histogram(accuracy)  # validate early
+        self.accuracy = accuracy
+        self._histograms: dict[str, Histogram] = {}
+        self._counters: dict[str, Counter] = {}
+        self._gauges: dict[str, Gauge] = {}
+        self._table = handlers if handlers is not None else DEFAULT_HANDLERS
+        self._dispatch = self._table.dispatch
+        self._own_table = False
+        self.memo: dict[Any, Any] = {}
+        """Scratch space for handlers to cache metric objects by key (cleared with the metrics)."""
+
+    # --- metric access ----------------------------------------------------------------------------
+
+    def histogram(self, name: str, accuracy: float | None = None) -> Histogram:
+        """The histogram called ``name``, created (with ``accuracy`` or the registry's) if new."""
+        h = self._histograms.get(name)
+        if h is None:
+            self._check_free(name, self._histograms)
+            h = self._histograms[name] = Histogram(self.accuracy if accuracy is None else accuracy)
+        return h
+
+    def counter(self, name: str) -> Counter:
+        """The counter called ``name``, created at 0 if new."""
+        c = self._counters.get(name)
+        if c is None:
+            self._check_free(name, self._counters)
+            c = self._counters[name] = Counter()
+        return c
+
+    def gauge(self, name: str) -> Gauge:
+        """The gauge called ``name``, created at 0 if new."""
+        g = self._gauges.get(name)
+        if g is None:
+            self._check_free(name, self._gauges)
+            g = self._gauges[name] = Gauge()
+        return g
+
+    def _check_free(self, name: str, own: dict[str, Any]) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"metric names are non-empty strings, got {name!r}")
+        for kind, d in (("histogram", self._histograms), ("counter", self._counters), ("gauge", self._gauges)):
+            if d is not own and name in d:
+                raise ValueError(f"metric {name!r} already exists as a {kind}")
+
+    def get(self, name: str) -> Metric | None:
+        """The metric called ``name`` of whatever type, or None (never creates one)."""
+        return self._counters.get(name) or self._histograms.get(name) or self._gauges.get(name)
+
+    def value(self, name: str, default: float = 0) -> float:
+        """A counter's or gauge's value, or ``default`` when there is no such metric (never creates one)."""
+        m = self._counters.get(name) or self._gauges.get(name)
+        return default if m is None else m.value
+
+    @property
+    def histograms(self) -> Mapping[str, Histogram]:
+        """Read-only view of the histograms by name."""
+        return MappingProxyType(self._histograms)
+
+    @property
+    def counters(self) -> Mapping[str, Counter]:
+        """Read-only view of the counters by name."""
+        return MappingProxyType(self._counters)
+
+    @property
+    def gauges(self) -> Mapping[str, Gauge]:
+        """Read-only view of the gauges by name."""
+        return MappingProxyType(self._gauges)
+
+    def names(self) -> list[str]:
+        """Every metric name, sorted."""
+        return sorted([*self._histograms, *self._counters, *self._gauges])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._counters or name in self._histograms or name in self._gauges
+
+    def __len__(self) -> int:
+        return len(self._histograms) + len(self._counters) + len(self._gauges)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def clear(self) -> None:
+        """Forget every metric."""
+        self._histograms.clear()
+        self._counters.clear()
+        self._gauges.clear()
+        self.memo.clear()
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def observe(self, event: Event) -> None:
+        """Update the metrics from one event (events with no mapping are ignored)."""
+        try:
+            handler = self._dispatch[type(event)]
+        except KeyError:
+            handler = self._table.resolve(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def attach(self, bus: EventBus) -> Callable[[], None]:
+        """Tap ``bus`` so that every event it emits is observed. Returns a function that detaches again."""
+        return bus.tap(self.observe)
+
+    def register(self, event_type: type[Event], handler: Handler) -> Callable[[], None]:
+        """Add an event -> metric mapping to this registry only (on top of the shared ones).
+
+        Returns a function that removes it again.
+        """
+        if not self._own_table:
+            self._table = HandlerTable(parent=self._table)
+            self._dispatch = self._table.dispatch
+            self._own_table = True
+        return self._table.register(event_type, handler)
+
+    def hit_rate(self, cache: str = "response") -> float | None:
+        """``hits / (hits + misses)`` of the cache called ``cache``, or None before any lookup."""
+        hits = self.value(f"cache.{cache}.hits")
+        misses = self.value(f"cache.{cache}.misses")
+        total = hits + misses
+        return hits / total if total else None
+
+    # --- export and fan-in ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-safe view: histogram summaries, counter values, gauge ``{"value", "max"}``."""
+        return {
+            "histograms": {n: self._histograms[n].summary() for n in sorted(self._histograms)},
+            "counters": {n: self._counters[n].value for n in sorted(self._counters)},
+            "gauges": {n: {"value": g.value, "max": g.max} for n, g in sorted(self._gauges.items())},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """A lossless JSON-safe dict; :meth:`from_dict` rebuilds the registry and :meth:`merge` adds it up."""
+        return {
+            "accuracy": self.accuracy,
+            "histograms": {n: h.to_dict() for n, h in sorted(self._histograms.items())},
+            "counters": {n: c.value for n, c in sorted(self._counters.items())},
+            "gauges": {n: {"value": g.value, "max": g.max} for n, g in sorted(self._gauges.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, handlers: HandlerTable | None = None) -> MetricsRegistry:
+        """Rebuild a registry from :meth:`to_dict` output."""
+        reg = cls(float(data.get("accuracy", DEFAULT_ACCURACY)), handlers=handlers)
+        for name, h in data.get("histograms", {}).items():
+            reg._check_free(name, reg._histograms)
+            reg._histograms[name] = Histogram.from_dict(h)
+        for name, v in data.get("counters", {}).items():
+            reg.counter(name).value = v
+        for name, g in data.get("gauges", {}).items():
+            gauge = reg.gauge(name)
+            gauge.value = g["value"]
+            gauge._peak = -math.inf if g.get("max") is None else g["max"]
+        return reg
+
+    def merge(self, other: MetricsRegistry | Mapping[str, Any]) -> MetricsRegistry:
+        """Add ``other`` (a registry or its ``to_dict()``) into this one, in place; returns ``self``.
+
+        Histograms merge bucket by bucket (same accuracy required), counters add up, gauges merge as
+        described in :class:`Gauge`.
+        """
+        if not isinstance(other, MetricsRegistry):
+            other = MetricsRegistry.from_dict(other)
+        for name, h in other._histograms.items():
+            mine = self._histograms.get(name)
+            if mine is None:
+                self.histogram(name, h.accuracy).merge(h)
+            else:
+                mine.merge(h)
+        for name, c in other._counters.items():
+            self.counter(name).merge(c)
+        for name, g in other._gauges.items():
+            self.gauge(name).merge(g)
+        return self
+
+    def to_dataframe(self) -> pandas.DataFrame:
+        """One row per metric, sorted by name (needs pandas).
+
+        Columns: ``name, type, count, mean, p50, p95, p99, min, max, value``. ``value`` is a counter's total,
+        a gauge's current value, or a histogram's sum; ``max`` is a gauge's peak. Cells that do not apply are
+        empty (NaN / None).
+        """
+        import pandas as pd
+
+        columns = ["name", "type", "count", "mean", "p50", "p95", "p99", "min", "max", "value"]
+        rows: list[dict[str, Any]] = []
+        for name, h in self._histograms.items():
+            s = h.summary()
+            rows.append(
+                {
+                    "name": name,
+                    "type": "histogram",
+                    "count": s["count"],
+                    "mean": s["mean"],
+                    "p50": s["p50"],
+                    "p95": s["p95"],
+                    "p99": s["p99"],
+                    "min": s["min"],
+                    "max": s["max"],
+                    "value": s["sum"],
+                }
+            )
+        for name, c in self._counters.items():
+            rows.append({"name": name, "type": "counter", "value": c.value})
+        for name, g in self._gauges.items():
+            rows.append({"name": name, "type": "gauge", "max": g.max, "value": g.value})
+        rows.sort(key=lambda r: r["name"])
+        df = pd.DataFrame(rows, columns=columns)
+        return df.astype({"count": "Int64"})
+
+    def __repr__(self) -> str:
+        return (
+            f"MetricsRegistry(histograms={len(self._histograms)}, counters={len(self._counters)}, "
+            f"gauges={len(self._gauges)})"
+        )
+
+
+# --- per-run and global ---------------------------------------------------------------------------
+
+
+class RunMetricsIndex:
+    """One global registry plus one registry per ``run_id``, kept in a bounded LRU.
+
+    Every event updates :attr:`global_`; events with a ``run_id`` also update that run's registry. When more
+    than ``max_runs`` runs are held, the run whose last event is oldest is dropped (:attr:`evicted` counts
+    them). All the registries share one :class:`HandlerTable` (a child of :data:`DEFAULT_HANDLERS`), so
+    :meth:`register` applies to the global registry and to every run.
+    """
+
+    def __init__(self, max_runs: int = 1000, accuracy: float = DEFAULT_ACCURACY) -> None:
+        if max_runs < 1:
+            raise ValueError(f"max_runs must be >= 1, got {max_runs!r}")
+        self.max_runs = max_runs
+        self.accuracy = accuracy
+        self.handlers = HandlerTable(parent=DEFAULT_HANDLERS)
+        self.global_ = MetricsRegistry(accuracy, handlers=self.handlers)
+        self._runs: OrderedDict[str, MetricsRegistry] = OrderedDict()
+        self.evicted = 0
+
+    def observe(self, event: Event) -> None:
+        """Update the global registry and, if the event has a ``run_id``, that run's registry."""
+        self.global_.observe(event)
+        run_id = event.run_id
+        if run_id is None:
+            return
+        runs = self._runs
+        reg = runs.get(run_id)
+        if reg is None:
+            reg = runs[run_id] = MetricsRegistry(self.accuracy, handlers=self.handlers)
+            if len(runs) > self.max_runs:
+                runs.popitem(last=False)
+                self.evicted += 1
+        else:
+            runs.move_to_end(run_id)
+        reg.observe(event)
+
+    def attach(self, bus: EventBus) -> Callable[[], None]:
+        """Tap ``bus``. Returns a function that detaches again."""
+        return bus.tap(self.observe)
+
+    def register(self, event_type: type[Event], handler: Handler) -> Callable[[], None]:
+        """Add an event -> metric mapping to the global registry and every run's. Returns an unregister function."""
+        return self.handlers.register(event_type, handler)
+
+    def for_run(self, run_id: str) -> MetricsRegistry | None:
+        """The registry of ``run_id``, or None if that run was never seen or has been evicted."""
+        return self._runs.get(run_id)
+
+    def run_ids(self) -> list[str]:
+        """The runs held, least recently updated first."""
+        return list(self._runs)
+
+    def discard(self, run_id: str) -> MetricsRegistry | None:
+        """Drop one run's registry (returning it), if held."""
+        return self._runs.pop(run_id, None)
+
+    def clear(self) -> None:
+        """Forget every run and every global metric."""
+        self._runs.clear()
+        self.global_.clear()
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._runs
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def __repr__(self) -> str:
+        return f"RunMetricsIndex(runs={len(self._runs)}, max_runs={self.max_runs}, evicted={self.evicted})"
+
+
+# --- built-in mapping -----------------------------------------------------------------------------
+#
+# Handlers keep the metric objects they always touch in ``reg.memo`` (keyed by the handler, plus the event
+# fields that go into the names), so the steady state skips name formatting and registry lookups. Metrics
+# touched only on some events (errors, ttft, ...) are looked up by name when needed, so they only appear once
+# they have something to show.
+
+
+def _on_run_started(reg: MetricsRegistry, e: RunStarted) -> None:
+    m = reg.memo.get(_on_run_started)
+    if m is None:
+        m = reg.memo[_on_run_started] = (reg.counter("runs.started"), reg.gauge("runs.in_flight"))
+    m[0].value += 1
+    m[1].inc()
+
+
+def _on_run_finished(reg: MetricsRegistry, e: RunFinished) -> None:
+    key = (_on_run_finished, e.status)
+    m = reg.memo.get(key)
+    if m is None:
+        m = reg.memo[key] = (
+            reg.counter("runs.finished"),
+            reg.counter(f"runs.status.{e.status}"),
+            reg.gauge("runs.in_flight"),
+            reg.histogram("run.duration"),
+            reg.histogram("run.steps"),
+        )
+    finished, status, in_flight, duration, steps = m
+    finished.value += 1
+    status.value += 1
+    in_flight.dec()
+    duration.record(e.duration)
+    steps.record(e.steps)
+
+
+def _on_limit_hit(reg: MetricsRegistry, e: LimitHit) -> None:
+    reg.counter(f"limits.{e.limit}").value += 1
+
+
+def _on_llm_request(reg: MetricsRegistry, e: LLMRequestStarted) -> None:
+    m = reg.memo.get(_on_llm_request)
+    if m is None:
+        m = reg.memo[_on_llm_request] = reg.counter("llm.attempts")
+    m.value += 1
+
+
+def _on_llm_response(reg: MetricsRegistry, e: LLMResponse) -> None:
+    m = reg.memo.get(_on_llm_response)
+    if m is None:
+        m = reg.memo[_on_llm_response] = (
+            reg.counter("llm.calls"),
+            reg.counter("tokens.input"),
+            reg.counter("tokens.output"),
+            reg.counter("tokens.cached"),
+            reg.counter("cost.usd"),
+        )
+    calls, tokens_in, tokens_out, tokens_cached, cost = m
+    calls.value += 1
+    tokens_in.value += e.input_tokens
+    tokens_out.value += e.output_tokens
+    tokens_cached.value += e.cached_tokens
+    cost.value += e.cost
+    if e.cached:
+        reg.counter("llm.cached").value += 1
+        reg.histogram("llm.latency.cached").record(e.latency)
+    else:
+        reg.histogram("llm.latency").record(e.latency)
+        if e.ttft is not None:
+            reg.histogram("llm.ttft").record(e.ttft)
+    if e.usage_source == "local":
+        reg.counter("llm.usage_local").value += 1
+
+
+def _on_llm_retry(reg: MetricsRegistry, e: LLMRetry) -> None:
+    key = (_on_llm_retry, e.reason)
+    m = reg.memo.get(key)
+    if m is None:
+        m = reg.memo[key] = (
+            reg.counter("llm.retries"),
+            reg.counter(f"llm.retries.{e.reason}"),
+            reg.histogram("llm.retry_wait"),
+        )
+    m[0].value += 1
+    m[1].value += 1
+    m[2].record(e.wait)
+
+
+def _on_llm_failed(reg: MetricsRegistry, e: LLMRequestFailed) -> None:
+    reg.counter("llm.errors").value += 1
+    reg.counter(f"llm.errors.{e.error_type}").value += 1
+
+
+def _on_token_drift(reg: MetricsRegistry, e: TokenDrift) -> None:
+    m = reg.memo.get(_on_token_drift)
+    if m is None:
+        m = reg.memo[_on_token_drift] = (reg.counter("tokens.drift_checks"), reg.histogram("tokens.drift_ratio"))
+    m[0].value += 1
+    m[1].record(abs(e.local - e.server) / max(e.server, 1))
+
+
+def _on_tool_started(reg: MetricsRegistry, e: ToolStarted) -> None:
+    m = reg.memo.get(_on_tool_started)
+    if m is None:
+        m = reg.memo[_on_tool_started] = reg.gauge("tools.in_flight")
+    m.inc()
+
+
+def _on_tool_finished(reg: MetricsRegistry, e: ToolFinished) -> None:
+    key = (_on_tool_finished, e.name)
+    m = reg.memo.get(key)
+    if m is None:
+        m = reg.memo[key] = (
+            reg.gauge("tools.in_flight"),
+            reg.counter("tool.calls"),
+            reg.histogram("tool.duration"),
+            reg.histogram(f"tool.duration.{e.name}"),
+        )
+    in_flight, calls, duration, duration_by_name = m
+    in_flight.dec()
+    calls.value += 1
+    duration.record(e.duration)
+    duration_by_name.record(e.duration)
+    if not e.ok:
+        reg.counter("tool.errors").value += 1
+    if e.truncated:
+        reg.counter("tool.truncated").value += 1
+
+
+def _on_cache_hit(reg: MetricsRegistry, e: CacheHit) -> None:
+    key = (_on_cache_hit, e.cache, e.tier)
+    m = reg.memo.get(key)
+    if m is None:
+        c = e.cache
+        m = reg.memo[key] = (
+            reg.counter(f"cache.{c}.hits"),
+            reg.counter(f"cache.{c}.hits.{e.tier}"),
+            reg.histogram(f"cache.{c}.lookup.{e.tier}"),
+            reg.counter(f"cache.{c}.tokens_saved"),
+            reg.counter(f"cache.{c}.latency_saved"),
+        )
+    hits, hits_tier, lookup, tokens_saved, latency_saved = m
+    hits.value += 1
+    hits_tier.value += 1
+    lookup.record(e.lookup_seconds)
+    tokens_saved.value += e.tokens_saved
+    latency_saved.value += e.latency_saved
+
+
+def _on_cache_miss(reg: MetricsRegistry, e: CacheMiss) -> None:
+    key = (_on_cache_miss, e.cache)
+    m = reg.memo.get(key)
+    if m is None:
+        m = reg.memo[key] = (reg.counter(f"cache.{e.cache}.misses"), reg.histogram(f"cache.{e.cache}.lookup.miss"))
+    m[0].value += 1
+    m[1].record(e.lookup_seconds)
+
+
+def _on_cache_stored(reg: MetricsRegistry, e: CacheStored) -> None:
+    reg.counter(f"cache.{e.cache}.stores").value += 1
+
+
+def _on_cache_evicted(reg: MetricsRegistry, e: CacheEvicted) -> None:
+    reg.counter(f"cache.{e.cache}.evictions").value += 1
+
+
+def _on_cache_warning(reg: MetricsRegistry, e: CacheWarning) -> None:
+    reg.counter(f"cache.{e.cache}.warnings").value += 1
+
+
+_BUILTIN: tuple[tuple[type[Event], Callable[[MetricsRegistry, Any], None]], ...] = (
+    (RunStarted, _on_run_started),
+    (RunFinished, _on_run_finished),
+    (LimitHit, _on_limit_hit),
+    (LLMRequestStarted, _on_llm_request),
+    (LLMResponse, _on_llm_response),
+    (LLMRetry, _on_llm_retry),
+    (LLMRequestFailed, _on_llm_failed),
+    (TokenDrift, _on_token_drift),
+    (ToolStarted, _on_tool_started),
+    (ToolFinished, _on_tool_finished),
+    (CacheHit, _on_cache_hit),
+    (CacheMiss, _on_cache_miss),
+    (CacheStored, _on_cache_stored),
+    (CacheEvicted, _on_cache_evicted),
+    (CacheWarning, _on_cache_warning),
+)
+
+for _event_type, _handler in _BUILTIN:
+    DEFAULT_HANDLERS.register(_event_type, _handler)
+del _event_type, _handler
