@@ -275,7 +275,7 @@ class LLMClient:
                     limit)
         except TimeoutError:
             raise LLMTimeout(f"no complete answer within the request timeout ({limit:g} s)", phase="request") from None
-        content = raw.http_response.content
+        content = getattr(raw, "http_response", raw).content
         try:
             data = json.loads(content)
         except ValueError:
@@ -306,7 +306,7 @@ class LLMClient:
             async with _deadline(next_deadline()) as dl:
                 resp = await sdk.post("/chat/completions", body=body, cast_to=httpx2.Response, stream=True,
                                       options={"headers": _STREAM})
-                http = resp.http_response
+                http = getattr(resp, "http_response", resp)
                 try:
                     async for line in http.aiter_lines():
                         if not line or line[0] == ":":
@@ -513,13 +513,17 @@ def _map_error(exc: BaseException) -> LLMError:
             err = {"message": exc.message}
         return _error_from_body(err, exc.status_code, exc.response.headers)
     if isinstance(exc, openai.APITimeoutError):
-        cause = exc.__cause__
-        # the aiohttp transport reports a dropped connection as a connect timeout: look at the root cause
-        root = cause.__cause__ if cause is not None and cause.__cause__ is not None else cause
-        name = type(root).__name__ if root is not None else ""
-        if "Disconnected" in name or "Reset" in name or "Payload" in name:
-            return LLMConnectionError(f"connection dropped: {root}")
-        phase = "connect" if "Connect" in name else "pool" if "Pool" in name else "read"
+        # the aiohttp transport reports refused and dropped connections as connect timeouts: read the chain
+        names = [type(e).__name__ for e in _chain(exc)]
+        dropped = ("ClientConnectorError", "ConnectionRefusedError", "ServerDisconnectedError", "ClientOSError",
+                   "ClientPayloadError", "ConnectionResetError", "ConnectError", "ReadError", "RemoteProtocolError")
+        root = _chain(exc)[-1]
+        if any(n in dropped for n in names):
+            return LLMConnectionError(f"cannot reach the model server or the connection dropped: "
+                                      f"{type(root).__name__}: {root}")
+        joined = " ".join(names)
+        phase = "pool" if "Pool" in joined else "connect" if "ConnectTimeout" in names[1:2] and \
+            "SocketTimeoutError" not in joined and "ServerTimeoutError" not in joined else "read"
         return LLMTimeout(f"{phase} timeout talking to the model server", phase=phase)
     if isinstance(exc, openai.APIConnectionError):
         root = exc.__cause__ or exc
@@ -531,6 +535,16 @@ def _map_error(exc: BaseException) -> LLMError:
     if isinstance(exc, TimeoutError):
         return LLMTimeout("timed out talking to the model server", phase="read")
     return LLMError(f"unexpected error talking to the model server: {type(exc).__name__}: {exc}")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out and len(out) < 10:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
 
 
 class EndpointModel:

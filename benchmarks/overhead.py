@@ -1,0 +1,166 @@
+"""Client overhead of nbagent vs a bare loop on the ``openai`` SDK, in one process run.
+
+Workload: N runs, each prompt -> tool call -> tool call -> answer, against the simulated server in a
+separate process (so its CPU is not counted here).
+
+1. CPU per LLM call at moderate concurrency (server answers at once): process CPU time / LLM calls,
+   for nbagent (metrics registry and token counting on) and for the bare SDK loop; their ratio.
+2. Throughput at high concurrency (default 1,000 runs, 500 in flight, server answers after 100 ms):
+   LLM calls per second for nbagent, the bare SDK loop with its default client, and the bare loop with
+   the SDK's aiohttp client; peak traced memory per in-flight nbagent run.
+
+    python benchmarks/overhead.py [--runs 300 --concurrency 20 --hc-runs 1000 --hc-concurrency 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import openai
+
+from nbagent import Agent, Settings, tool
+from nbagent.events import EventBus
+from nbagent.llm import LLMClient
+from nbagent.metrics import MetricsRegistry
+from nbagent.testing import SimServer
+
+
+@tool
+def lookup(key: str) -> str:
+    """Look a key up."""
+    return f"value-of-{key}"
+
+
+TOOLS = [lookup.schema]
+
+
+async def bare_run(client: openai.AsyncOpenAI, prompt: str) -> int:
+    """The loop a user would write directly on the SDK."""
+    messages: list[Any] = [{"role": "user", "content": prompt}]
+    calls = 0
+    while True:
+        resp = await client.chat.completions.create(model="sim", messages=messages, tools=TOOLS)  # type: ignore
+        calls += 1
+        msg = resp.choices[0].message
+        if not msg.tool_calls:
+            return calls
+        messages.append({"role": "assistant", "content": msg.content or "",
+                         "tool_calls": [tc.model_dump() for tc in msg.tool_calls]})
+        for tc in msg.tool_calls:
+            args = json.loads(tc.function.arguments)
+            messages.append({"role": "tool", "tool_call_id": tc.id, "content": lookup(**args)})
+
+
+async def gather_bounded(n: int, concurrency: int, fn: Callable[[int], Awaitable[int]]) -> int:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> int:
+        async with sem:
+            return await fn(i)
+
+    return sum(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def make_agent(url: str, bus: EventBus) -> tuple[Agent, LLMClient, MetricsRegistry]:
+    settings = Settings.load(env={"NBAGENT_BASE_URL": url, "NBAGENT_MODEL": "sim", "NBAGENT_HOME": "/nonexistent"})
+    client = LLMClient(settings, bus=bus)
+    registry = MetricsRegistry()
+    registry.attach(bus)
+    return Agent("sim", [lookup], settings=settings, client=client, bus=bus), client, registry
+
+
+async def measure(name: str, n: int, concurrency: int, fn: Callable[[int], Awaitable[int]]) -> dict[str, float]:
+    gc.collect()
+    c0, t0 = time.process_time(), time.perf_counter()
+    calls = await gather_bounded(n, concurrency, fn)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    out = {"calls": calls, "cpu_us_per_call": cpu / calls * 1e6, "calls_per_s": calls / wall, "wall_s": wall}
+    print(f"  {name:<34} {calls:6d} calls  {out['cpu_us_per_call']:8.0f} us CPU/call  "
+          f"{out['calls_per_s']:8.0f} calls/s  ({wall:.2f} s)")
+    return out
+
+
+async def nbagent_fn(agent: Agent) -> Callable[[int], Awaitable[int]]:
+    async def fn(i: int) -> int:
+        r = await agent.run(f"task {i}")
+        if r.status != "ok":
+            raise RuntimeError(r.stop_reason)
+        return r.usage.requests
+    return fn
+
+
+async def main(args: argparse.Namespace) -> None:
+    with SimServer.spawn(latency=0.0, tool_calls_per_run=2) as srv:
+        print(f"CPU per LLM call: {args.runs} runs x 3 calls, {args.concurrency} in flight, server latency 0 ms")
+        bus = EventBus()
+        agent, client, registry = make_agent(srv.url, bus)
+        bare = openai.AsyncOpenAI(base_url=srv.url, api_key="k", max_retries=0)
+        # warm up both paths (imports, pools, tiktoken)
+        await measure("warm-up nbagent", 20, 10, await nbagent_fn(agent))
+        await measure("warm-up bare SDK", 20, 10, lambda i: bare_run(bare, f"task {i}"))
+        res_nb, res_bare = [], []
+        for _ in range(args.repeat):
+            res_bare.append(await measure("bare openai SDK loop", args.runs, args.concurrency,
+                                          lambda i: bare_run(bare, f"task {i}")))
+            res_nb.append(await measure("nbagent (metrics + tokens on)", args.runs, args.concurrency,
+                                        await nbagent_fn(agent)))
+        nb = min(r["cpu_us_per_call"] for r in res_nb)
+        ba = min(r["cpu_us_per_call"] for r in res_bare)
+        print(f"RESULT cpu_us_per_call nbagent={nb:.0f} bare_sdk={ba:.0f} ratio={nb / ba:.2f}x (target <= 1.0x)")
+        print(f"       metrics saw {registry.counter('llm.calls').value:.0f} calls, "
+              f"p50 latency {registry.histogram('llm.latency').p50 * 1000:.2f} ms")
+        await client.aclose()
+        await bare.close()
+
+    with SimServer.spawn(latency=args.latency, tool_calls_per_run=2) as srv:
+        print(f"\nThroughput: {args.hc_runs} runs x 3 calls, {args.hc_concurrency} in flight, "
+              f"server latency {args.latency * 1000:.0f} ms (ideal {args.hc_concurrency / args.latency:.0f} calls/s)")
+        bus = EventBus()
+        agent, client, registry = make_agent(srv.url, bus)
+        nb_res = await measure("nbagent", args.hc_runs, args.hc_concurrency, await nbagent_fn(agent))
+        await client.aclose()
+        bare = openai.AsyncOpenAI(base_url=srv.url, api_key="k", max_retries=0)
+        bare_res = await measure("bare SDK, default client", args.hc_runs, args.hc_concurrency,
+                                 lambda i: bare_run(bare, f"task {i}"))
+        await bare.close()
+        aio = openai.AsyncOpenAI(base_url=srv.url, api_key="k", max_retries=0,
+                                 http_client=openai.DefaultAioHttpClient())
+        aio_res = await measure("bare SDK, DefaultAioHttpClient", args.hc_runs, args.hc_concurrency,
+                                lambda i: bare_run(aio, f"task {i}"))
+        await aio.close()
+        print(f"RESULT calls_per_s nbagent={nb_res['calls_per_s']:.0f} bare_default={bare_res['calls_per_s']:.0f} "
+              f"bare_aiohttp={aio_res['calls_per_s']:.0f} speedup_vs_default="
+              f"{nb_res['calls_per_s'] / bare_res['calls_per_s']:.1f}x (target >= 3x)")
+
+        # memory: peak traced allocation while hc_concurrency nbagent runs are in flight at once
+        bus = EventBus()
+        agent, client, registry = make_agent(srv.url, bus)
+        await measure("nbagent warm-up for memory", 50, 50, await nbagent_fn(agent))
+        gc.collect()
+        tracemalloc.start()
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        await gather_bounded(args.hc_concurrency, args.hc_concurrency, await nbagent_fn(agent))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(f"RESULT peak_memory_per_inflight_run={(peak - base) / args.hc_concurrency / 1024:.1f} KiB "
+              f"({args.hc_concurrency} runs in flight, traced by tracemalloc)")
+        await client.aclose()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--concurrency", type=int, default=20)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--hc-runs", type=int, default=1000)
+    p.add_argument("--hc-concurrency", type=int, default=500)
+    p.add_argument("--latency", type=float, default=0.1)
+    asyncio.run(main(p.parse_args()))

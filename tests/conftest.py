@@ -1,0 +1,54 @@
+"""Shared fixtures: every test gets its own nbagent home dir; a simulated server over real HTTP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from nbagent.config import Settings
+from nbagent.events import EventBus
+from nbagent.llm import LLMClient
+from nbagent.testing import SimServer
+
+
+@pytest.fixture(autouse=True)
+def _nbagent_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("nbagent-home")
+    monkeypatch.setenv("NBAGENT_HOME", str(home))
+    for var in list(os.environ):
+        if var.startswith(("OPENAI_", "NBAGENT_")) and var not in ("NBAGENT_HOME", "NBAGENT_REQUIRE_SANDBOXES"):
+            monkeypatch.delenv(var)
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    with SimServer() as srv:
+        yield srv
+
+
+class Sleeps:
+    """An injected sleep that records the waits and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+def sim_settings(srv: SimServer, **overrides: object) -> Settings:
+    return Settings.load(env={"NBAGENT_BASE_URL": srv.url, "NBAGENT_MODEL": "sim"}, **overrides)
+
+
+@pytest.fixture
+async def client(sim: SimServer, sleeps: Sleeps) -> AsyncIterator[LLMClient]:
+    c = LLMClient(sim_settings(sim), bus=EventBus(), sleep=sleeps, rng=lambda: 0.5)
+    yield c
+    await c.aclose()
