@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import Endpoint, Settings
 from ..errors import NbAgentError, UsageLimitExceeded
@@ -35,7 +35,7 @@ from ..llm.types import Model, ModelRequest, ModelResponse, TextCallback, ToolCa
 from ..llm.usage import RunUsage, UsageLimits, cost_of
 from .tools import RunContext, Tool, tools_by_name
 
-__all__ = ["Agent", "RunHandle", "RunResult", "default_client", "default_settings"]
+__all__ = ["Agent", "RunHandle", "RunResult", "ModelWrapper", "ToolResultCache", "default_client", "default_settings"]
 
 _HAS_TIMEOUT_CM = sys.version_info >= (3, 11)
 
@@ -192,6 +192,8 @@ class Agent:
         bus: EventBus | None = None,
         deps: Any = None,
         name: str | None = None,
+        tool_cache: ToolResultCache | None = None,
+        cache: ModelWrapper | None = None,
     ) -> None:
         self.settings = settings or (client.settings if client else default_settings())
         self.bus = bus or (client.bus if client else default_bus())
@@ -199,10 +201,11 @@ class Agent:
             client = default_client()
         self._client = client
         self._model_obj: Model | None = None if model is None or isinstance(model, str) else model
-        self.model_name = model if isinstance(model, str) else getattr(model, "model_name", None)
+        self.model_name = model if isinstance(model, str) else getattr(model, "model_name", None) or None
         self._base_url = base_url
         self._api_key = api_key
         self._endpoint: Endpoint | None = None
+        self._wrapped: Model | None = None
         self.tools = tools_by_name(tools)
         self._tool_schemas = [t.schema for t in self.tools.values()] or None
         self.system = system
@@ -213,6 +216,8 @@ class Agent:
         self.params = dict(params or {})
         self.deps = deps
         self.name = name or "agent"
+        self.tool_cache = tool_cache
+        self.cache = cache
 
     # --- model resolution -----------------------------------------------------------------------
 
@@ -228,9 +233,12 @@ class Agent:
         return self._endpoint
 
     def model(self) -> Model:
+        """The model seam this agent calls: the endpoint, wrapped by the response cache when there is one."""
         if self._model_obj is None:
             self._model_obj = EndpointModel(self.client, self.endpoint())
-        return self._model_obj
+        if self.cache is not None and self._wrapped is None:
+            self._wrapped = self.cache.wrap(self._model_obj)
+        return self._wrapped or self._model_obj
 
     # --- running --------------------------------------------------------------------------------
 
@@ -338,7 +346,7 @@ class Agent:
     async def _loop(self, messages: list[dict[str, Any]], usage: RunUsage, ctx: RunContext, state: _RunState,
                     on_text: TextCallback | None) -> tuple[str, str, str]:
         model = self.model()
-        model_name = self.model_name or getattr(model, "endpoint", None) and self.endpoint().model or ""
+        model_name = self.model_name or getattr(model, "model_name", "") or ""
         limits = self.limits
         while True:
             usage.check(limits, before_request=True)
@@ -350,8 +358,10 @@ class Agent:
             t0 = time.perf_counter()
             resp = await model.request(req, run_id=ctx.run_id, on_text=on_text)
             state.model_time += time.perf_counter() - t0
-            price = self.settings.price_for(resp.model or model_name)
-            usage.add_response(resp.usage, cost_of(resp.usage, price))
+            if resp.cached:
+                usage.add_cached()
+            else:
+                usage.add_response(resp.usage, cost_of(resp.usage, self.settings.price_for(resp.model or model_name)))
             messages.append(resp.to_message())
             state.last_text = resp.text or state.last_text
             if not resp.tool_calls:
@@ -395,7 +405,15 @@ class Agent:
                 text = f"Error: {err}. Call the tool again with a valid JSON object."
             else:
                 try:
-                    text = _to_text(await tool.call(ctx, args))
+                    cached = None
+                    if tool.cache and self.tool_cache is not None:
+                        cached = await self.tool_cache.get(tool.name, args, run_id=ctx.run_id)
+                    if cached is not None:
+                        text = cached
+                    else:
+                        text = _to_text(await tool.call(ctx, args))
+                        if tool.cache and self.tool_cache is not None:
+                            await self.tool_cache.put(tool.name, args, text, run_id=ctx.run_id)
                 except asyncio.CancelledError:
                     raise
                 except TimeoutError:
@@ -409,6 +427,20 @@ class Agent:
                               duration=time.perf_counter() - t0, ok=ok, error=err, output_chars=full_len,
                               truncated=truncated, output_preview=text[:200]))
         return {"role": "tool", "tool_call_id": call.id, "content": text}
+
+
+class ToolResultCache(Protocol):
+    """Where results of tools declared ``@tool(cache=True)`` are kept (see :mod:`nbagent.cache`)."""
+
+    async def get(self, tool: str, arguments: dict[str, Any], *, run_id: str | None = None) -> str | None: ...
+
+    async def put(self, tool: str, arguments: dict[str, Any], output: str, *, run_id: str | None = None) -> None: ...
+
+
+class ModelWrapper(Protocol):
+    """Anything that wraps a model in another (the response cache): ``wrap(model) -> model``."""
+
+    def wrap(self, model: Model) -> Model: ...
 
 
 class _RunState:

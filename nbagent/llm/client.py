@@ -553,6 +553,8 @@ class EndpointModel:
     def __init__(self, client: LLMClient, endpoint: Endpoint) -> None:
         self.client = client
         self.endpoint = endpoint
+        self.model_name = endpoint.model
+        self.base_url = endpoint.base_url
 
     async def request(
         self, req: ModelRequest, *, run_id: str | None = None, on_text: TextCallback | None = None

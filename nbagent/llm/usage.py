@@ -43,6 +43,7 @@ class RunUsage:
 
     steps: int = 0
     requests: int = 0
+    cache_hits: int = 0  # model calls answered by the response cache (no tokens, no cost)
     tool_calls: int = 0
     tokens: TokenUsage = field(default_factory=TokenUsage)
     cost: float = 0.0
@@ -56,6 +57,9 @@ class RunUsage:
         self.requests += 1
         self.tokens = self.tokens + usage
         self.cost += cost
+
+    def add_cached(self) -> None:
+        self.cache_hits += 1
 
     def check(self, limits: UsageLimits, *, before_request: bool = False) -> None:
         """Raise :class:`UsageLimitExceeded` for the first limit reached.
