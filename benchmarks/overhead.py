@@ -115,7 +115,7 @@ async def main(args: argparse.Namespace) -> None:
         ba = min(r["cpu_us_per_call"] for r in res_bare)
         print(f"RESULT cpu_us_per_call nbagent={nb:.0f} bare_sdk={ba:.0f} ratio={nb / ba:.2f}x (target <= 1.0x)")
         print(f"       metrics saw {registry.counter('llm.calls').value:.0f} calls, "
-              f"p50 latency {registry.histogram('llm.latency').p50 * 1000:.2f} ms")
+              f"p50 latency {(registry.histogram('llm.latency').p50 or 0) * 1000:.2f} ms")
         await client.aclose()
         await bare.close()
 

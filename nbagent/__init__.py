@@ -29,7 +29,26 @@ _LAZY: dict[str, str] = {
     "tool": "nbagent.agent",
 }
 
-__all__ = sorted([*_LAZY, "__version__", "load_ipython_extension", "unload_ipython_extension"])
+__all__ = [
+    "Agent",
+    "EventBus",
+    "LLMClient",
+    "ModelRequest",
+    "ModelResponse",
+    "RunContext",
+    "RunHandle",
+    "RunResult",
+    "Settings",
+    "Tool",
+    "UsageLimits",
+    "__version__",
+    "default_bus",
+    "errors",
+    "events",
+    "load_ipython_extension",
+    "tool",
+    "unload_ipython_extension",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors, events

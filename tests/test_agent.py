@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import pytest
-
 from conftest import Sleeps, sim_settings
+
 from nbagent import Agent, RunContext, tool
 from nbagent.errors import ToolError
 from nbagent.events import EventBus, LimitHit, ToolFinished

@@ -25,3 +25,8 @@ def test_public_names_are_complete_and_importable():
     for name in nbagent.__all__:
         assert getattr(nbagent, name) is not None, name
     assert nbagent.__all__ == sorted(nbagent.__all__)
+
+
+def test_lazy_table_matches_all():
+    extra = {"__version__", "load_ipython_extension", "unload_ipython_extension"}
+    assert set(nbagent._LAZY) | extra == set(nbagent.__all__)

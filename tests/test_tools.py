@@ -1,7 +1,7 @@
 import asyncio
 import enum
 import threading
-from typing import Annotated, Literal, Optional, TypedDict
+from typing import Annotated, Literal, TypedDict
 
 import pytest
 
@@ -22,7 +22,7 @@ class Point(TypedDict):
 def test_schema_from_hints_and_docstring():
     @tool
     def search(query: str, limit: int = 5, exact: bool = False, color: Color = Color.RED,
-               tags: Optional[list[str]] = None, mode: Literal["a", "b"] = "a",
+               tags: list[str] | None = None, mode: Literal["a", "b"] = "a",
                where: Annotated[str, "a city"] = "Paris", point: Point | None = None) -> str:
         """Search the catalogue.
 

@@ -453,7 +453,7 @@ def _parse_completion(data: Any) -> ModelResponse:
         msg = choice["message"]
     except (KeyError, IndexError, TypeError):
         raise MalformedResponse(f"no choices in the answer: {str(data)[:200]}") from None
-    calls = []
+    calls: list[ToolCall] = []
     for tc in msg.get("tool_calls") or ():
         fn = tc.get("function") or {}
         args = fn.get("arguments")

@@ -165,7 +165,7 @@ def image_tokens(url: str, detail: str = "auto", size: tuple[int, int] | None = 
         return 85
     if size is None:
         size = _data_url_size(url) or (1024, 1024)
-    w, h = size
+    w, h = float(size[0]), float(size[1])
     if max(w, h) > 2048:
         scale = 2048 / max(w, h)
         w, h = w * scale, h * scale
