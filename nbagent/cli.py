@@ -63,15 +63,20 @@ def _print_result(result: Any, as_json: bool, streamed: bool) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from . import local_model
     from .agent import Agent
     from .config import Settings
-    from .errors import ConfigError
+    from .errors import ConfigError, EndpointNotConfigured
 
     try:
         settings = Settings.load()
         agent = Agent(args.model, system=args.system, max_steps=args.max_steps, settings=settings,
                       base_url=args.base_url, stream=args.stream)
         agent.endpoint()
+    except EndpointNotConfigured as exc:
+        if not (settings.embedded and local_model.available()):  # otherwise the run falls back to the embedded model
+            print(f"nbagent: {exc}", file=sys.stderr)
+            return 2
     except ConfigError as exc:
         print(f"nbagent: {exc}", file=sys.stderr)
         return 2

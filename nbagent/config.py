@@ -33,7 +33,8 @@ The config file is ``$NBAGENT_CONFIG`` or ``<home>/config.toml``; ``home`` is ``
     backend = "auto"
 
 Environment: ``NBAGENT_PROFILE``, ``NBAGENT_MODEL``, ``NBAGENT_BASE_URL`` (else ``OPENAI_BASE_URL``),
-``NBAGENT_API_KEY`` (else ``OPENAI_API_KEY``), and ``NBAGENT_<SECTION>__<FIELD>`` for any field of a
+``NBAGENT_API_KEY`` (else ``OPENAI_API_KEY``), ``NBAGENT_EMBEDDED=0`` (never fall back to the embedded
+local model), and ``NBAGENT_<SECTION>__<FIELD>`` for any field of a
 section, e.g. ``NBAGENT_LIMITS__MAX_STEPS=5`` or ``NBAGENT_HTTP__READ_TIMEOUT=30``.
 """
 
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, EndpointNotConfigured
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -186,6 +187,7 @@ class Settings:
     context_window: int | None = None
     stream: bool = False
     count_tokens: bool = True
+    embedded: bool = True  # with no endpoint configured, fall back to the embedded local model
     http: HTTPSettings = field(default_factory=HTTPSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -237,7 +239,8 @@ class Settings:
                 self.context_windows.update({k: int(v) for k, v in _table(value, "[context_windows]").items()})
             elif key == "sandbox":
                 self.sandbox.update(_table(value, "[sandbox]"))
-            elif key in {"profile", "model", "base_url", "api_key", "context_window", "stream", "count_tokens"}:
+            elif key in {"profile", "model", "base_url", "api_key", "context_window", "stream", "count_tokens",
+                         "embedded"}:
                 setattr(self, key, _coerce(value, type(getattr(self, key)) if getattr(self, key) is not None
                                            else type(value), key))
             else:
@@ -253,8 +256,9 @@ class Settings:
         api_key = env.get("NBAGENT_API_KEY") or env.get("OPENAI_API_KEY")
         if api_key:
             self.api_key = api_key
-        if env.get("NBAGENT_STREAM"):
-            self.stream = _coerce(env["NBAGENT_STREAM"], bool, "NBAGENT_STREAM")
+        for var, attr in (("NBAGENT_STREAM", "stream"), ("NBAGENT_EMBEDDED", "embedded")):
+            if env.get(var):
+                setattr(self, attr, _coerce(env[var], bool, var))
         for var, value in env.items():
             if not var.startswith("NBAGENT_") or "__" not in var:
                 continue
@@ -308,7 +312,7 @@ class Settings:
         name = model or self.model or prof.model
         if url is None:
             if key is None:
-                raise ConfigError(
+                raise EndpointNotConfigured(
                     "no model endpoint configured: set OPENAI_BASE_URL or NBAGENT_BASE_URL (or OPENAI_API_KEY "
                     "for OpenAI), pass base_url=..., or add a profile to the config file"
                 )

@@ -4,6 +4,7 @@
 
     NbAgentError
     ├── ConfigError                 bad settings, unknown profile, missing key
+    │   └── EndpointNotConfigured   no endpoint anywhere (the embedded model may stand in)
     ├── LLMError                    anything the model endpoint did wrong
     │   ├── TransientLLMError       worth a retry (the retry policy decides)
     │   │   ├── RateLimited         429; carries ``retry_after``
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "ContextLengthExceeded",
     "ContextWindowExceeded",
+    "EndpointNotConfigured",
     "LLMConnectionError",
     "LLMError",
     "LLMTimeout",
@@ -58,6 +60,10 @@ class NbAgentError(Exception):
 
 class ConfigError(NbAgentError):
     """Settings are missing or wrong (unknown profile, bad TOML, missing API key...)."""
+
+
+class EndpointNotConfigured(ConfigError):
+    """No base URL or API key is configured anywhere; the embedded local model can stand in."""
 
 
 class LLMError(NbAgentError):

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-bash scripts/setup.sh dev notebook
+bash scripts/setup.sh dev notebook local
+export NBAGENT_REQUIRE_LOCAL_MODEL=1
 if [ -f scripts/setup-sandbox.sh ]; then
   bash scripts/setup-sandbox.sh
   export NBAGENT_REQUIRE_SANDBOXES=1

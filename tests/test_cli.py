@@ -32,7 +32,7 @@ def test_run_stream_and_json(sim: SimServer):
 
 
 def test_missing_endpoint_is_a_one_line_error():
-    p = nbagent("run", "x")
+    p = nbagent("run", "x", env={"NBAGENT_EMBEDDED": "0"})
     assert p.returncode == 2
     assert p.stderr.startswith("nbagent: no model endpoint configured") and "Traceback" not in p.stderr
 
