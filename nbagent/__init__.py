@@ -19,9 +19,11 @@ _LAZY: dict[str, str] = {
     "ModelResponse": "nbagent.llm",
     "RunContext": "nbagent.agent",
     "RunHandle": "nbagent.agent",
+    "ResponseCache": "nbagent.cache",
     "RunResult": "nbagent.agent",
     "Settings": "nbagent.config",
     "Tool": "nbagent.agent",
+    "ToolCache": "nbagent.cache",
     "UsageLimits": "nbagent.llm",
     "default_bus": "nbagent.events",
     "errors": "nbagent.errors",
@@ -35,11 +37,13 @@ __all__ = [
     "LLMClient",
     "ModelRequest",
     "ModelResponse",
+    "ResponseCache",
     "RunContext",
     "RunHandle",
     "RunResult",
     "Settings",
     "Tool",
+    "ToolCache",
     "UsageLimits",
     "__version__",
     "default_bus",
@@ -53,6 +57,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors, events
     from .agent import Agent, RunContext, RunHandle, RunResult, Tool, tool
+    from .cache import ResponseCache, ToolCache
     from .config import Settings
     from .events import EventBus, default_bus
     from .llm import LLMClient, ModelRequest, ModelResponse, UsageLimits

@@ -163,4 +163,8 @@ class SandboxTimeout(SandboxError):
 
 
 class CacheMiss(NbAgentError):
-    """Replay mode: the request was never recorded, so it cannot be answered."""
+    """Replay mode: the request was never recorded, so it cannot be answered. ``key`` is its cache key."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key

@@ -6,8 +6,8 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from support import Sleeps, sim_settings
 
-from nbagent.config import Settings
 from nbagent.events import EventBus
 from nbagent.llm import LLMClient
 from nbagent.testing import SimServer
@@ -28,23 +28,9 @@ def sim() -> Iterator[SimServer]:
         yield srv
 
 
-class Sleeps:
-    """An injected sleep that records the waits and returns at once."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
 @pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
-
-
-def sim_settings(srv: SimServer, **overrides: object) -> Settings:
-    return Settings.load(env={"NBAGENT_BASE_URL": srv.url, "NBAGENT_MODEL": "sim"}, **overrides)
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import pytest
-from conftest import Sleeps, sim_settings
+from support import Sleeps, sim_settings
 
 from nbagent import Agent, RunContext, tool
 from nbagent.errors import ToolError
@@ -263,7 +265,7 @@ async def test_model_failure_ends_run_cleanly_with_events(sim: SimServer) -> Non
 async def test_missing_endpoint_is_a_clear_error() -> None:
     from nbagent.config import Settings
 
-    agent = Agent("m", settings=Settings.load(env={}), bus=EventBus())
+    agent = Agent("m", settings=Settings.load(env={"NBAGENT_EMBEDDED": "0"}), bus=EventBus())
     result = await agent.run("x")
     assert result.status == "error" and "no model endpoint configured" in result.stop_reason
 
@@ -281,10 +283,28 @@ def test_run_sync_in_a_script(sim: SimServer) -> None:
     assert agent.run_sync("sync please").ok
 
 
-async def test_run_sync_inside_a_loop_says_to_await(sim: SimServer) -> None:
-    agent = make_agent(sim)
-    with pytest.raises(RuntimeError, match="await agent.run"):
-        agent.run_sync("x")
+def test_run_sync_inside_a_running_loop_waits_there(sim: SimServer) -> None:
+    # in a fresh interpreter: re-entering a loop (nest-asyncio2) patches it for good
+    code = (
+        "import asyncio, sys\n"
+        "from nbagent import Agent, Settings\n"
+        "async def main():\n"
+        f"    agent = Agent('sim', settings=Settings.load(env={{'NBAGENT_BASE_URL': {sim.url!r}}}))\n"
+        "    ticks = []\n"
+        "    async def ticker():\n"
+        "        while True:\n"
+        "            ticks.append(1)\n"
+        "            await asyncio.sleep(0.005)\n"
+        "    t = asyncio.create_task(ticker())\n"
+        "    r = agent.run_sync('inside a loop')\n"
+        "    t.cancel()\n"
+        "    print(r.status, r.output, len(ticks) > 0)\n"
+        "asyncio.run(main())\n"
+    )
+    sim.configure(latency=0.1)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "ok Answer to: inside a loop True"  # other tasks ran while it waited
 
 
 async def test_many_concurrent_runs_share_one_pool(sim: SimServer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import Sleeps, sim_settings
+from support import Sleeps, sim_settings
 
 from nbagent.errors import (
     AuthenticationError,

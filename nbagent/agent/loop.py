@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import sys
 import time
 import uuid
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..config import Endpoint, Settings
-from ..errors import NbAgentError, UsageLimitExceeded
+from ..errors import EndpointNotConfigured, NbAgentError, UsageLimitExceeded
 from ..events import (
     Event,
     EventBus,
@@ -35,7 +36,8 @@ from ..llm.types import Model, ModelRequest, ModelResponse, TextCallback, ToolCa
 from ..llm.usage import RunUsage, UsageLimits, cost_of
 from .tools import RunContext, Tool, tools_by_name
 
-__all__ = ["Agent", "RunHandle", "RunResult", "ModelWrapper", "ToolResultCache", "default_client", "default_settings"]
+__all__ = ["Agent", "RunHandle", "RunResult", "ModelWrapper", "ToolResultCache", "add_result_hook", "default_client",
+           "default_settings"]
 
 _HAS_TIMEOUT_CM = sys.version_info >= (3, 11)
 
@@ -58,6 +60,7 @@ class RunResult:
     timings: dict[str, float]
     events: list[Event] = field(default_factory=list, repr=False)
     error: BaseException | None = None
+    profile: Any = field(default=None, repr=False)  # a metrics.profile.RunProfile when run with profile=True
 
     @property
     def ok(self) -> bool:
@@ -166,6 +169,22 @@ def default_client() -> LLMClient:
 
 
 _run_numbers = itertools.count(1)
+_result_hooks: list[Callable[[RunResult], None]] = []
+
+
+def add_result_hook(fn: Callable[[RunResult], None]) -> Callable[[], None]:
+    """Call ``fn(result)`` with the result of every run that ends (the run store keeps messages this way).
+
+    Hooks run inline on the event loop and must be cheap; one that raises is logged and skipped.
+    Returns a function that removes the hook.
+    """
+    _result_hooks.append(fn)
+
+    def remove() -> None:
+        if fn in _result_hooks:
+            _result_hooks.remove(fn)
+
+    return remove
 
 
 class Agent:
@@ -217,6 +236,8 @@ class Agent:
         self.deps = deps
         self.name = name or "agent"
         self.tool_cache = tool_cache
+        if tool_cache is not None and getattr(tool_cache, "bus", False) is None:
+            tool_cache.bus = self.bus  # type: ignore[attr-defined]  # tool-cache events land in the run
         self.cache = cache
 
     # --- model resolution -----------------------------------------------------------------------
@@ -240,10 +261,24 @@ class Agent:
             self._wrapped = self.cache.wrap(self._model_obj)
         return self._wrapped or self._model_obj
 
+    async def _resolve_model(self) -> Model:
+        """``model()``, falling back to the embedded local model when no endpoint is configured anywhere."""
+        try:
+            return self.model()
+        except EndpointNotConfigured:
+            from .. import local_model
+
+            if not (self.settings.embedded and local_model.available()):
+                raise
+            server = await asyncio.to_thread(local_model.ensure_server)
+            self._endpoint = server.endpoint()
+            self.model_name = server.alias
+            return self.model()
+
     # --- running --------------------------------------------------------------------------------
 
     def start(self, prompt: str, *, name: str | None = None, deps: Any = None,
-              on_text: TextCallback | None = None) -> RunHandle:
+              on_text: TextCallback | None = None, profile: bool = False) -> RunHandle:
         """Start a run as a task on the running loop and return at once."""
         run_id = uuid.uuid4().hex[:12]
         name = name or f"run-{next(_run_numbers)}"
@@ -254,27 +289,41 @@ class Agent:
 
         task = asyncio.get_running_loop().create_task(
             self._run(prompt, run_id=run_id, name=name, deps=deps, on_text=on_text,
-                      cancelled_by_handle=cancelled_by_handle), name=f"nbagent:{name}")
+                      cancelled_by_handle=cancelled_by_handle, profile=profile), name=f"nbagent:{name}")
         handle = RunHandle(task, run_id, name)
         return handle
 
     async def run(self, prompt: str, *, name: str | None = None, deps: Any = None,
-                  on_text: TextCallback | None = None) -> RunResult:
-        """Run to the end and return the result (errors, limits and stuck loops included, not raised)."""
+                  on_text: TextCallback | None = None, profile: bool = False) -> RunResult:
+        """Run to the end and return the result (errors, limits and stuck loops included, not raised).
+
+        ``profile=True`` samples the run with pyinstrument and measures its memory; the profile and a
+        breakdown of the wall time are in ``result.profile``.
+        """
         return await self._run(prompt, run_id=uuid.uuid4().hex[:12], name=name or f"run-{next(_run_numbers)}",
-                               deps=deps, on_text=on_text, cancelled_by_handle=lambda: False)
+                               deps=deps, on_text=on_text, cancelled_by_handle=lambda: False, profile=profile)
 
     def run_sync(self, prompt: str, **kwargs: Any) -> RunResult:
-        """Blocking ``run`` for plain scripts. Inside a running loop (a notebook) use ``await agent.run``."""
+        """Blocking ``run``: for plain scripts, and for notebooks, where it waits inside the running loop.
+
+        Inside a running loop (a Jupyter kernel) the loop is re-entered with ``nest-asyncio2`` (part of the
+        ``notebook`` extra), so other tasks on it keep running while this call waits; ``await agent.run(...)``
+        needs no patch and is preferable where an ``await`` is possible.
+        """
         try:
-            asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:
-            pass
-        else:
-            raise RuntimeError(
-                "run_sync() cannot block inside a running event loop (such as a Jupyter kernel): "
-                "use `await agent.run(...)`, or `agent.start(...)` to run in the background"
-            )
+            loop = None
+        if loop is not None:
+            try:
+                import nest_asyncio2
+            except ImportError:
+                raise RuntimeError(
+                    "run_sync() inside a running event loop (such as a Jupyter kernel) needs nest-asyncio2 "
+                    "(pip install 'nbagent[notebook]'); or use `await agent.run(...)`, or `agent.start(...)`"
+                ) from None
+            nest_asyncio2.apply(loop)
+            return loop.run_until_complete(self.run(prompt, **kwargs))
 
         async def main() -> RunResult:
             try:
@@ -285,7 +334,12 @@ class Agent:
         return asyncio.run(main())
 
     async def _run(self, prompt: str, *, run_id: str, name: str, deps: Any, on_text: TextCallback | None,
-                   cancelled_by_handle: Callable[[], bool]) -> RunResult:
+                   cancelled_by_handle: Callable[[], bool], profile: bool = False) -> RunResult:
+        profiler = None
+        if profile:
+            from ..metrics.profile import RunProfiler
+
+            profiler = RunProfiler(run_id).start()
         bus = self.bus
         recorder = _recorder(bus)
         events: list[Event] = []
@@ -317,6 +371,8 @@ class Agent:
             if not cancelled_by_handle():
                 await self._finish(ctx, run_id, name, status, reason, usage, state, None)
                 recorder.runs.pop(run_id, None)
+                if profiler is not None:
+                    profiler.stop()
                 raise
         except Exception as exc:  # noqa: BLE001 - a failing run must end cleanly with its events
             status, reason, error = "error", f"{type(exc).__name__}: {exc}", exc
@@ -324,8 +380,16 @@ class Agent:
         recorder.runs.pop(run_id, None)
         if status != "ok" and not output:
             output = state.last_text
-        return RunResult(run_id=run_id, name=name, output=output, status=status, stop_reason=reason,
-                         messages=messages, usage=usage, timings=timings, events=events, error=error)
+        result = RunResult(run_id=run_id, name=name, output=output, status=status, stop_reason=reason,
+                           messages=messages, usage=usage, timings=timings, events=events, error=error)
+        if profiler is not None:
+            result.profile = profiler.finish(result)
+        for hook in tuple(_result_hooks):
+            try:
+                hook(result)
+            except Exception:  # noqa: BLE001 - a broken consumer must never break a run
+                logging.getLogger("nbagent.agent").exception("run result hook %r failed", hook)
+        return result
 
     async def _finish(self, ctx: RunContext, run_id: str, name: str, status: str, reason: str, usage: RunUsage,
                       state: _RunState, error: BaseException | None) -> dict[str, float]:
@@ -345,7 +409,7 @@ class Agent:
 
     async def _loop(self, messages: list[dict[str, Any]], usage: RunUsage, ctx: RunContext, state: _RunState,
                     on_text: TextCallback | None) -> tuple[str, str, str]:
-        model = self.model()
+        model = await self._resolve_model()
         model_name = self.model_name or getattr(model, "model_name", "") or ""
         limits = self.limits
         while True:

@@ -1,0 +1,35 @@
+"""Caches that make re-run notebooks fast and replayable offline.
+
+* :class:`ResponseCache` — model responses, keyed by the canonical request (:mod:`nbagent.cache.keys`); an
+  in-memory LRU (``cachetools``) in front of one SQLite file; single-flight; modes ``off``, ``read-write``,
+  ``record`` and ``replay``. ``Agent(..., cache=ResponseCache())``.
+* :class:`ToolCache` — outputs of tools declared ``@tool(cache=True)``. ``Agent(..., tool_cache=ToolCache())``.
+
+Both publish ``CacheHit`` / ``CacheMiss`` / ``CacheStored`` / ``CacheEvicted`` / ``CacheWarning`` events, which the
+metrics registry turns into ``cache.<response|tool>.*`` metrics; :meth:`ResponseCache.stats` gives the same
+figures directly. ``nbagent cache stats|clear|export`` manages the file from the command line.
+"""
+
+from __future__ import annotations
+
+from .base import MODES, CacheMode
+from .keys import canonical_json, request_key, tool_key
+from .sqlite import EvictionPolicy, SQLiteStore, default_cache_path
+from .stats import CacheStats
+from .tiered import CachedModel, ResponseCache
+from .tools import ToolCache
+
+__all__ = [
+    "MODES",
+    "CacheMode",
+    "CacheStats",
+    "CachedModel",
+    "EvictionPolicy",
+    "ResponseCache",
+    "SQLiteStore",
+    "ToolCache",
+    "canonical_json",
+    "default_cache_path",
+    "request_key",
+    "tool_key",
+]
