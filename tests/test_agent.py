@@ -315,3 +315,15 @@ async def test_many_concurrent_runs_share_one_pool(sim: SimServer) -> None:
     assert len({r.run_id for r in results}) == 50
     assert agent.client.pool_stats()["peak_in_flight"] > 10
     await agent.client.aclose()
+
+
+async def test_first_tool_is_forced_on_the_first_call_only(sim: SimServer) -> None:
+    agent = make_agent(sim, first_tool="lookup", tool_choice="auto")
+    result = await agent.run("q")
+    assert result.ok
+    choices = [body.get("tool_choice") for body in sim.history]
+    assert choices[0] == {"type": "function", "function": {"name": "lookup"}}
+    assert all(c == "auto" for c in choices[1:])
+    with pytest.raises(ValueError, match="not one of the agent's tools"):
+        make_agent(sim, first_tool="nope")
+    await agent.client.aclose()

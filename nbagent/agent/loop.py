@@ -192,6 +192,8 @@ class Agent:
 
     ``model`` is a model name (resolved against settings, env and ``base_url``/``api_key``) or any object
     with the :class:`~nbagent.llm.types.Model` ``request`` method (a cached or test model).
+    ``tool_choice`` is sent with every request; ``first_tool`` names a tool the first model call must
+    call (later calls choose freely), which keeps small local models from answering without their tools.
     """
 
     def __init__(
@@ -213,6 +215,8 @@ class Agent:
         name: str | None = None,
         tool_cache: ToolResultCache | None = None,
         cache: ModelWrapper | None = None,
+        tool_choice: Any = None,
+        first_tool: str | None = None,
     ) -> None:
         self.settings = settings or (client.settings if client else default_settings())
         self.bus = bus or (client.bus if client else default_bus())
@@ -236,6 +240,10 @@ class Agent:
         self.deps = deps
         self.name = name or "agent"
         self.tool_cache = tool_cache
+        self.tool_choice = tool_choice
+        if first_tool is not None and first_tool not in self.tools:
+            raise ValueError(f"first_tool {first_tool!r} is not one of the agent's tools: {', '.join(self.tools)}")
+        self.first_tool = first_tool
         if tool_cache is not None and getattr(tool_cache, "bus", False) is None:
             tool_cache.bus = self.bus  # type: ignore[attr-defined]  # tool-cache events land in the run
         self.cache = cache
@@ -417,7 +425,10 @@ class Agent:
             usage.steps += 1
             ctx.step = usage.steps
             self.bus.emit(StepStarted(run_id=ctx.run_id, step=usage.steps))
-            req = ModelRequest(model=model_name, messages=messages, tools=self._tool_schemas,
+            choice = self.tool_choice
+            if self.first_tool is not None and usage.steps == 1:  # small models rarely call tools unasked
+                choice = {"type": "function", "function": {"name": self.first_tool}}
+            req = ModelRequest(model=model_name, messages=messages, tools=self._tool_schemas, tool_choice=choice,
                                params=self.params, stream=self.stream)
             t0 = time.perf_counter()
             resp = await model.request(req, run_id=ctx.run_id, on_text=on_text)
