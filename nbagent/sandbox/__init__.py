@@ -1,0 +1,63 @@
+"""Sandboxes: code that agents run never runs in the notebook kernel.
+
+>>> manager = SandboxManager(SandboxSpec(backend="docker"), PoolConfig(min_idle=1, max_total=4))
+>>> async with manager.lease() as sb:                                          # doctest: +SKIP
+...     result = await sb.exec("print(6 * 7)", lang="python", timeout=10)
+
+Backends: Docker (:mod:`nbagent.sandbox.docker`) and local (:mod:`nbagent.sandbox.local`: bubblewrap,
+or a plain subprocess reported as not isolated). Agent tools: :func:`sandbox_tools`.
+"""
+
+from __future__ import annotations
+
+from .backend import SandboxBackend, SandboxDriver, SandboxLabels, SandboxRecord
+from .docker import DockerBackend
+from .events import (
+    SandboxChecked,
+    SandboxCreated,
+    SandboxDestroyed,
+    SandboxExec,
+    SandboxLeased,
+    SandboxLeaseTimedOut,
+    SandboxReleased,
+)
+from .local import LocalBackend, SandboxNotIsolatedWarning
+from .manager import SandboxManager, default_manager
+from .sandbox import Sandbox
+from .spec import DEFAULT_IMAGE, ExecResult, PoolConfig, SandboxSpec
+from .stats import SandboxStats
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "DockerBackend",
+    "ExecResult",
+    "LocalBackend",
+    "PoolConfig",
+    "Sandbox",
+    "SandboxBackend",
+    "SandboxChecked",
+    "SandboxCreated",
+    "SandboxDestroyed",
+    "SandboxDriver",
+    "SandboxExec",
+    "SandboxLabels",
+    "SandboxLeaseTimedOut",
+    "SandboxLeased",
+    "SandboxManager",
+    "SandboxNotIsolatedWarning",
+    "SandboxRecord",
+    "SandboxReleased",
+    "SandboxSpec",
+    "SandboxStats",
+    "default_manager",
+    "sandbox_tools",
+]
+
+
+def __getattr__(name: str) -> object:
+    # the tools need the agent package; import them only when asked for
+    if name == "sandbox_tools":
+        from .tools import sandbox_tools
+
+        return sandbox_tools
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
