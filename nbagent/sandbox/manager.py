@@ -387,5 +387,9 @@ def default_manager() -> SandboxManager:
     global _default
     loop = None if _default is None else _default._pool.loop
     if _default is None or _default.closed or (loop is not None and loop.is_closed()):
-        _default = SandboxManager()
+        from ..agent.loop import default_settings
+        from .spec import from_settings
+
+        spec, pool = from_settings(default_settings().sandbox)
+        _default = SandboxManager(spec, pool)
     return _default

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError, SandboxTimeout
 
-__all__ = ["DEFAULT_IMAGE", "ExecResult", "PoolConfig", "SandboxSpec", "parse_size"]
+__all__ = ["DEFAULT_IMAGE", "ExecResult", "PoolConfig", "SandboxSpec", "from_settings", "parse_size"]
 
 DEFAULT_IMAGE = "nbagent-sandbox:bookworm"
 
@@ -181,3 +181,44 @@ class ExecResult:
         else:
             text += f"[exit code {self.exit_code}]"
         return text
+
+
+def from_settings(values: dict[str, Any]) -> tuple[SandboxSpec, PoolConfig]:
+    """Split the ``[sandbox]`` settings (config file or ``NBAGENT_SANDBOX__<FIELD>``) into a spec and a pool.
+
+    Strings from the environment are converted to each field's type; an unknown key is a ``ConfigError``.
+    """
+    spec_fields = {f.name: f for f in dataclasses.fields(SandboxSpec)}
+    pool_fields = {f.name: f for f in dataclasses.fields(PoolConfig)}
+    spec_kw: dict[str, Any] = {}
+    pool_kw: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in spec_fields:
+            target, fields = spec_kw, spec_fields
+        elif key in pool_fields:
+            target, fields = pool_kw, pool_fields
+        else:
+            known = ", ".join(sorted([*spec_fields, *pool_fields]))
+            raise ConfigError(f"[sandbox]: unknown setting {key!r} (known: {known})")
+        target[key] = _convert(value, str(fields[key].type), key)
+    return SandboxSpec(**spec_kw), PoolConfig(**pool_kw)
+
+
+def _convert(value: Any, annotation: str, key: str) -> Any:
+    if not isinstance(value, str) or annotation.startswith("str"):
+        return value
+    text = value.strip()
+    if "None" in annotation and text.lower() in {"", "none"}:
+        return None
+    try:
+        if annotation.startswith("bool"):
+            if text.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(text)
+            return text.lower() in {"1", "true", "yes", "on"}
+        if annotation.startswith("int"):
+            return int(text)
+        if annotation.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"[sandbox] {key}: cannot read {value!r} as {annotation}") from None
+    return value

@@ -129,3 +129,20 @@ def test_public_names_and_cheap_import() -> None:
             "bad = [m for m in ('docker', 'nbagent.agent') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_settings_map_onto_spec_and_pool():
+    from nbagent.config import Settings
+    from nbagent.errors import ConfigError
+    from nbagent.sandbox.spec import from_settings
+
+    s = Settings.load(env={"NBAGENT_SANDBOX__BACKEND": "local", "NBAGENT_SANDBOX__PIDS": "64",
+                           "NBAGENT_SANDBOX__NETWORK": "false", "NBAGENT_SANDBOX__MAX_TOTAL": "2",
+                           "NBAGENT_SANDBOX__LEASE_TIMEOUT": "5.5"})
+    spec, pool = from_settings(s.sandbox)
+    assert (spec.backend, spec.pids, spec.network) == ("local", 64, False)
+    assert (pool.max_total, pool.lease_timeout) == (2, 5.5)
+    with pytest.raises(ConfigError, match="unknown setting 'bogus'"):
+        from_settings({"bogus": 1})
+    with pytest.raises(ConfigError, match="cannot read"):
+        from_settings({"pids": "many"})
