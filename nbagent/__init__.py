@@ -13,26 +13,34 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "Agent": "nbagent.agent",
+    "BatchResult": "nbagent.fanout",
+    "BenchResult": "nbagent.bench",
     "EventBus": "nbagent.events",
     "LLMClient": "nbagent.llm",
     "ModelRequest": "nbagent.llm",
     "ModelResponse": "nbagent.llm",
+    "ResponseCache": "nbagent.cache",
     "RunContext": "nbagent.agent",
     "RunHandle": "nbagent.agent",
-    "ResponseCache": "nbagent.cache",
     "RunResult": "nbagent.agent",
+    "RunStore": "nbagent.store",
     "Settings": "nbagent.config",
     "Tool": "nbagent.agent",
     "ToolCache": "nbagent.cache",
     "UsageLimits": "nbagent.llm",
+    "amap": "nbagent.fanout",
     "default_bus": "nbagent.events",
     "errors": "nbagent.errors",
     "events": "nbagent.events",
+    "map": "nbagent.fanout",
+    "run_bench": "nbagent.bench",
     "tool": "nbagent.agent",
 }
 
 __all__ = [
     "Agent",
+    "BatchResult",
+    "BenchResult",
     "EventBus",
     "LLMClient",
     "ModelRequest",
@@ -41,15 +49,19 @@ __all__ = [
     "RunContext",
     "RunHandle",
     "RunResult",
+    "RunStore",
     "Settings",
     "Tool",
     "ToolCache",
     "UsageLimits",
     "__version__",
+    "amap",
     "default_bus",
     "errors",
     "events",
     "load_ipython_extension",
+    "map",
+    "run_bench",
     "tool",
     "unload_ipython_extension",
 ]
@@ -57,10 +69,13 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors, events
     from .agent import Agent, RunContext, RunHandle, RunResult, Tool, tool
+    from .bench import BenchResult, run_bench
     from .cache import ResponseCache, ToolCache
     from .config import Settings
     from .events import EventBus, default_bus
+    from .fanout import BatchResult, amap, map
     from .llm import LLMClient, ModelRequest, ModelResponse, UsageLimits
+    from .store import RunStore
 
 
 def __getattr__(name: str) -> Any:

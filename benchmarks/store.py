@@ -1,0 +1,179 @@
+"""The run store under load: its raw write rate, and what logging every event costs 200 concurrent runs.
+
+1. Sustained write rate: a realistic mix of events (the 12 events of a run with one tool call) is emitted
+   on a bus as fast as the emitter can go; the figure is events per second until the last one is committed,
+   plus the emitter's cost per event (what the run pays) and the back-pressure waits.
+2. Run throughput with the store on vs off: ``--runs`` agent runs at ``--concurrency`` 200 against the
+   simulated server in a child process, in rounds of one off and one on measurement back to back (the order
+   alternates); every event of every run is logged when on. The figures are the ratio of the median
+   throughputs, the median of the per-round ratios, and the CPU time per run (all threads of this process;
+   the server's CPU is not counted). The target is a throughput loss under 5 %.
+
+    python benchmarks/store.py [--events 200000 --runs 2000 --concurrency 200 --latency 0.05 --rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nbagent import Agent, Settings, tool
+from nbagent.events import (
+    Event,
+    EventBus,
+    LLMRequestStarted,
+    LLMResponse,
+    RunFinished,
+    RunStarted,
+    StepStarted,
+    TokenDrift,
+    ToolFinished,
+    ToolStarted,
+)
+from nbagent.llm import LLMClient
+from nbagent.store import RunStore
+from nbagent.testing import SimServer
+
+STORE_OPTIONS: dict[str, Any] = {}
+
+
+@tool
+def lookup(key: str) -> str:
+    """Look a key up."""
+    return f"value-of-{key}"
+
+
+def run_events(i: int) -> list[Event]:
+    rid = f"run{i:08d}"
+    return [
+        RunStarted(run_id=rid, name=f"bench-{i}", model="sim", prompt="Look up the key 'x' and tell me its value."),
+        StepStarted(run_id=rid, step=1),
+        LLMRequestStarted(run_id=rid, request_id="req_1", model="sim", input_tokens_local=66),
+        TokenDrift(run_id=rid, request_id="req_1", local=66, server=47),
+        LLMResponse(run_id=rid, request_id="req_1", model="sim", latency=0.051, input_tokens=47, output_tokens=12,
+                    finish_reason="tool_calls", tool_calls=1),
+        ToolStarted(run_id=rid, call_id="call_1", name="lookup", arguments='{"key": "x"}'),
+        ToolFinished(run_id=rid, call_id="call_1", name="lookup", duration=0.0004, output_chars=10,
+                     output_preview="value-of-x"),
+        StepStarted(run_id=rid, step=2),
+        LLMRequestStarted(run_id=rid, request_id="req_2", model="sim", input_tokens_local=90),
+        TokenDrift(run_id=rid, request_id="req_2", local=90, server=71),
+        LLMResponse(run_id=rid, request_id="req_2", model="sim", latency=0.050, input_tokens=71, output_tokens=13,
+                    finish_reason="stop"),
+        RunFinished(run_id=rid, status="ok", stop_reason="stop", duration=0.11, steps=2, input_tokens=118,
+                    output_tokens=25),
+    ]
+
+
+def write_rate(n_events: int, tmp: Path) -> dict[str, float]:
+    runs = max(n_events // 12, 1)
+    events = [ev for i in range(runs) for ev in run_events(i)]
+    bus = EventBus()
+    store = RunStore(tmp / "rate.db")
+    store.attach(bus)
+    store.flush()
+    gc.collect()
+    t0 = time.perf_counter()
+    for ev in events:
+        bus.emit(ev)
+    t_emit = time.perf_counter() - t0
+    store.flush(timeout=600)
+    total = time.perf_counter() - t0
+    stats = store.stats()
+    store.close()
+    return {"events": len(events), "seconds": total, "events_per_s": len(events) / total,
+            "emit_us_per_event": 1e6 * (t_emit - stats["wait_seconds"]) / len(events),
+            "written": stats["written"], "commits": stats["commits"], "dropped": stats["dropped"],
+            "backpressure_waits": stats["waits"], "wait_seconds": stats["wait_seconds"],
+            "db_mb": (tmp / "rate.db").stat().st_size / 1e6}
+
+
+async def throughput(url: str, runs: int, concurrency: int, store_path: Path | None) -> dict[str, Any]:
+    settings = Settings.load(env={"NBAGENT_BASE_URL": url, "NBAGENT_MODEL": "sim", "NBAGENT_HOME": "/nonexistent"})
+    bus = EventBus()
+    client = LLMClient(settings, bus=bus)
+    agent = Agent("sim", [lookup], settings=settings, client=client, bus=bus)
+    store = None
+    if store_path is not None:
+        store = RunStore(store_path, **STORE_OPTIONS)
+        store.attach(bus)
+    # warm the pool and the tokenizer outside the measurement
+    await asyncio.gather(*(agent.run("warm up") for _ in range(concurrency)))
+    if store is not None:
+        await store.aflush()
+    sem = asyncio.Semaphore(concurrency)
+    ok = 0
+
+    async def one(i: int) -> None:
+        nonlocal ok
+        async with sem:
+            r = await agent.run(f"Look up the key 'x' ({i}).")
+            ok += r.ok
+
+    gc.collect()
+    t0, c0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(one(i) for i in range(runs)))
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out: dict[str, Any] = {"runs_per_s": runs / elapsed, "ok": ok, "seconds": elapsed,
+                           "cpu_ms_per_run": 1000 * cpu / runs}
+    if store is not None:
+        await store.aflush()
+        out["store"] = store.stats()
+        store.close()
+    await client.aclose()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--runs", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=200)
+    ap.add_argument("--latency", type=float, default=0.05)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        r = write_rate(args.events, tmp)
+        print(f"1. write rate: {r['events']:,} events committed in {r['seconds']:.2f} s = "
+              f"{r['events_per_s']:,.0f} events/s ({r['commits']:,} commits, {r['db_mb']:.1f} MB); emitter cost "
+              f"{r['emit_us_per_event']:.2f} us/event; back-pressure waits {r['backpressure_waits']} "
+              f"({r['wait_seconds']:.2f} s); dropped {r['dropped']}")
+        with SimServer.spawn(latency=args.latency, record_history=False) as srv:
+            figures: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+            last: dict[str, Any] = {}
+            for k in range(args.rounds):
+                order = ("off", "on") if k % 2 == 0 else ("on", "off")  # alternate, so drift cancels out
+                for mode in order:
+                    db = tmp / f"runs{k}.db" if mode == "on" else None
+                    r = asyncio.run(throughput(srv.url, args.runs, args.concurrency, db))
+                    figures[mode].append(r)
+                    if mode == "on":
+                        last = r["store"]
+                off, on = figures["off"][-1], figures["on"][-1]
+                print(f"   round {k + 1}: store off {off['runs_per_s']:.1f} runs/s ({off['cpu_ms_per_run']:.2f} ms CPU "
+                      f"per run), on {on['runs_per_s']:.1f} runs/s ({on['cpu_ms_per_run']:.2f} ms CPU per run; "
+                      f"{last['written']:,} events, dropped {last['dropped']}, waits {last['waits']})")
+            med = {m: statistics.median(x["runs_per_s"] for x in figures[m]) for m in figures}
+            cpu = {m: statistics.median(x["cpu_ms_per_run"] for x in figures[m]) for m in figures}
+            # rounds are pairs measured back to back: the median of the paired ratios is robust to a machine
+            # whose load changes between rounds
+            paired = statistics.median(b["runs_per_s"] / a["runs_per_s"] for a, b in zip(figures["off"],
+                                                                                       figures["on"], strict=True))
+            print(f"2. {args.runs} runs at concurrency {args.concurrency}, model latency {args.latency * 1000:.0f} ms, "
+                  f"{args.rounds} rounds: median {med['off']:.1f} runs/s with the store off, {med['on']:.1f} runs/s "
+                  f"with every event logged ({100 * (med['on'] / med['off'] - 1):+.1f} %; median of the paired "
+                  f"rounds {100 * (paired - 1):+.1f} %); CPU per run "
+                  f"{cpu['off']:.2f} ms off, {cpu['on']:.2f} ms on ({100 * (cpu['on'] / cpu['off'] - 1):+.1f} %); "
+                  f"last round: {last['written']:,} events in {last['commits']:,} commits, max queue "
+                  f"{last['max_pending']:,}, dropped {last['dropped']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,402 @@
+"""Fan-out: run a batch of prompts with bounded concurrency, on this event loop or on a Ray cluster.
+
+::
+
+    batch = await nbagent.map(prompts, agent=agent, concurrency=20)      # notebook: on the kernel's loop
+    batch = nbagent.map(prompts, agent=agent, concurrency=20)            # script: blocks until done
+    batch = nbagent.map(specs, agent=agent, executor="ray", address="ray://head:10001")
+
+    batch.outputs, batch.ok, batch.failed, batch.metrics.histogram("run.duration").p95, batch.to_dataframe()
+
+Items are prompts, dicts or :class:`RunSpec` (``prompt``, ``name``, ``deps``, ``meta``). Results keep the
+order of the items. ``batch.metrics`` merges the metrics of every run (histograms merge exactly, so the
+figures are the same whether the runs ran here or on many machines).
+
+With ``executor="ray"`` the batch is spread over Ray actors (``workers``, default one per CPU of the
+cluster, each with its own agent and pooled HTTP client and ``concurrency / workers`` runs in flight);
+``ray.init(address)`` is called when Ray is not initialised yet. The agent is rebuilt in each worker from
+its model, tools, system prompt, settings and limits (tools are shipped with cloudpickle), or from
+``agent_factory``, a picklable zero-argument function returning an :class:`~nbagent.Agent`. Each finished
+remote run comes back with its events, so the driver's run store (``store``, by default the one
+:func:`nbagent.store.enable` attached) keeps remote runs too. Ray is an optional extra: ``nbagent[ray]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import pickle
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .metrics import MetricsRegistry
+
+if TYPE_CHECKING:
+    import pandas
+
+    from .agent import Agent, RunResult
+
+__all__ = ["Batch", "BatchResult", "RunSpec", "amap", "map"]
+
+
+@dataclass
+class RunSpec:
+    """One item of a batch: the prompt, and optionally a run name, per-run deps and free metadata."""
+
+    prompt: str
+    name: str | None = None
+    deps: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, item: str | Mapping[str, Any] | RunSpec) -> RunSpec:
+        if isinstance(item, RunSpec):
+            return item
+        if isinstance(item, str):
+            return cls(item)
+        if isinstance(item, Mapping):
+            extra = {k: v for k, v in item.items() if k not in ("prompt", "name", "deps", "meta")}
+            return cls(str(item["prompt"]), item.get("name"), item.get("deps"), {**item.get("meta", {}), **extra})
+        raise TypeError(f"a batch item must be a prompt, a dict or a RunSpec, got {type(item).__name__}")
+
+
+@dataclass
+class BatchResult:
+    """The runs of a batch, in item order, with their merged metrics."""
+
+    results: list[RunResult]
+    specs: list[RunSpec]
+    metrics: MetricsRegistry
+    duration: float
+    executor: str = "local"
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list[str]:
+        return [r.output for r in self.results]
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for r in self.results if r.ok)
+
+    @property
+    def failed(self) -> list[RunResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def throughput(self) -> float:
+        return len(self.results) / self.duration if self.duration else 0.0
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    def __getitem__(self, i: int) -> RunResult:
+        return self.results[i]
+
+    def summary(self) -> str:
+        h = self.metrics.histograms.get("run.duration")
+        lat = f"; run p50 {h.p50:.3f} s, p95 {h.p95:.3f} s" if h is not None and h.count else ""
+        return (f"{len(self.results)} runs ({self.ok} ok, {len(self.results) - self.ok} not) in {self.duration:.2f} s "
+                f"on {self.executor}{f' ({len(self.workers)} workers)' if self.workers else ''}: "
+                f"{self.throughput:.1f} runs/s{lat}")
+
+    def to_dataframe(self) -> pandas.DataFrame:
+        """One row per run: name, status, stop reason, output, steps, tokens, cost, timings, and spec meta."""
+        import pandas as pd
+
+        rows = []
+        for spec, r in zip(self.specs, self.results, strict=True):
+            u = r.usage
+            rows.append({"run_id": r.run_id, "name": r.name, "prompt": spec.prompt, "status": r.status,
+                         "stop_reason": r.stop_reason, "output": r.output, "steps": u.steps,
+                         "input_tokens": u.tokens.input_tokens, "output_tokens": u.tokens.output_tokens,
+                         "cost": u.cost, **{f"time_{k}": v for k, v in r.timings.items()}, **spec.meta})
+        return pd.DataFrame(rows)
+
+
+class Batch:
+    """A batch running on the current event loop: ``await batch`` gives the :class:`BatchResult`."""
+
+    def __init__(self, task: asyncio.Task[BatchResult]) -> None:
+        self.task = task
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+    def done(self) -> bool:
+        return self.task.done()
+
+    def __await__(self) -> Generator[Any, None, BatchResult]:
+        return self.task.__await__()
+
+
+def map(  # noqa: A001 - nbagent.map is the public name
+    items: Iterable[str | Mapping[str, Any] | RunSpec],
+    *,
+    agent: Agent | None = None,
+    concurrency: int = 8,
+    executor: str = "local",
+    progress: bool = True,
+    **options: Any,
+) -> Any:
+    """Run a batch (see the module docs). Inside a running event loop (a notebook) this starts the batch
+    on that loop and returns a :class:`Batch` to ``await``; otherwise it blocks and returns the
+    :class:`BatchResult`. Options: ``agent_factory``, ``workers``, ``address``, ``store``, ``desc``.
+    """
+    coro = amap(items, agent=agent, concurrency=concurrency, executor=executor, progress=progress, **options)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return Batch(loop.create_task(coro, name="nbagent:map"))
+
+    async def main() -> BatchResult:
+        try:
+            return await coro
+        finally:
+            if agent is not None and getattr(agent, "_client", None) is not None:
+                await agent.client.aclose()  # its pool belongs to this loop, which ends here
+
+    return asyncio.run(main())
+
+
+async def amap(
+    items: Iterable[str | Mapping[str, Any] | RunSpec],
+    *,
+    agent: Agent | None = None,
+    concurrency: int = 8,
+    executor: str = "local",
+    progress: bool = True,
+    agent_factory: Callable[[], Agent] | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    store: Any = None,
+    desc: str = "map",
+) -> BatchResult:
+    """Run a batch and return its :class:`BatchResult` (see the module docs).
+
+    Without ``agent`` or ``agent_factory`` the agent comes from the settings and environment. ``store`` (a
+    :class:`~nbagent.store.RunStore`, None for the one :func:`nbagent.store.enable` attached, or False) keeps
+    the runs that come back from Ray workers; local runs are kept by whatever store the agent's bus has.
+    """
+    specs = [RunSpec.of(i) for i in items]
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    bar = _progress_bar(len(specs), progress, desc)
+    started = time.perf_counter()
+    try:
+        if executor == "local":
+            own = agent is None
+            if agent is None:
+                agent = agent_factory() if agent_factory is not None else _default_agent()
+            try:
+                results = await _run_local(agent, specs, concurrency, bar)
+                worker_stats = [agent.client.pool_stats()] if hasattr(agent, "client") else []
+            finally:
+                if own and getattr(agent, "_client", None) is not None:
+                    await agent.client.aclose()
+            regs: list[Any] = [r.metrics() for r in results]
+        elif executor == "ray":
+            store = _driver_store(store)
+            results, regs, worker_stats = await _run_on_ray(
+                specs, agent=agent, agent_factory=agent_factory, concurrency=concurrency, workers=workers,
+                address=address, bar=bar, on_result=store.save_run if store is not None else None)
+        else:
+            raise ValueError(f"unknown executor {executor!r}: use 'local' or 'ray'")
+    finally:
+        if bar is not None:
+            bar.close()
+    metrics = MetricsRegistry()
+    for reg in regs:
+        metrics.merge(reg)
+    return BatchResult(results=results, specs=specs, metrics=metrics, duration=time.perf_counter() - started,
+                       executor=executor, workers=worker_stats)
+
+
+async def _run_local(agent: Agent, specs: list[RunSpec], concurrency: int, bar: Any) -> list[RunResult]:
+    results: list[RunResult | None] = [None] * len(specs)
+    todo = iter(range(len(specs)))
+
+    async def worker() -> None:
+        for i in todo:
+            spec = specs[i]
+            results[i] = await agent.run(spec.prompt, name=spec.name, deps=spec.deps)
+            if bar is not None:
+                bar.update(1)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(specs)) or 1)]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+    return [r for r in results if r is not None]
+
+
+def _default_agent() -> Agent:
+    """An agent from the settings and environment, with a client of its own (on the default bus)."""
+    from .agent import Agent
+    from .agent.loop import default_settings
+    from .llm import LLMClient
+
+    return Agent(client=LLMClient(default_settings()))
+
+
+def _driver_store(store: Any) -> Any:
+    if store is False:
+        return None
+    if store is None:
+        from .store import active_store
+
+        return active_store()
+    return store
+
+
+def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="run", mininterval=0.2)
+
+
+def portable(result: RunResult) -> RunResult:
+    """``result`` made safe to send to another process: an error that does not pickle becomes a RuntimeError
+    carrying its text, and the profiler output is dropped to its figures."""
+    if result.error is not None:
+        try:
+            pickle.dumps(result.error)
+        except Exception:  # noqa: BLE001 - any pickling failure
+            result.error = RuntimeError(f"{type(result.error).__name__}: {result.error}")
+    return result
+
+
+# --- Ray ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AgentRecipe:
+    """What it takes to rebuild an agent in another process (its client and bus are made there)."""
+
+    model: Any
+    tools: list[Any]
+    system: str | None
+    settings: Any
+    limits: Any
+    stream: bool
+    params: dict[str, Any]
+    name: str
+    deps: Any = None
+    cache: Any = None
+    tool_cache: Any = None
+
+    @classmethod
+    def from_agent(cls, agent: Agent) -> AgentRecipe:
+        from .llm.client import EndpointModel
+
+        model_obj = getattr(agent, "_model_obj", None)
+        model = agent.model_name if model_obj is None or isinstance(model_obj, EndpointModel) else model_obj
+        settings = agent.settings
+        endpoint = getattr(agent, "_endpoint", None)
+        base_url = endpoint.base_url if endpoint is not None else getattr(agent, "_base_url", None)
+        api_key = endpoint.api_key if endpoint is not None else getattr(agent, "_api_key", None)
+        if base_url or api_key:
+            settings = settings.replace(base_url=base_url, api_key=api_key)
+        return cls(model=model, tools=list(agent.tools.values()), system=agent.system, settings=settings,
+                   limits=agent.limits, stream=agent.stream, params=dict(agent.params), name=agent.name,
+                   deps=agent.deps, cache=agent.cache, tool_cache=agent.tool_cache)
+
+    def build(self) -> Agent:
+        import copy
+
+        from .agent import Agent
+        from .events import EventBus
+        from .llm import LLMClient
+
+        bus = EventBus()
+        client = LLMClient(self.settings, bus=bus)
+        return Agent(self.model, self.tools, system=self.system, settings=self.settings, client=client, bus=bus,
+                     limits=copy.copy(self.limits), stream=self.stream, params=self.params, deps=self.deps,
+                     name=self.name, cache=self.cache, tool_cache=self.tool_cache)
+
+
+class MapWorker:
+    """A Ray actor: one agent with its own pooled client, running the runs it is sent on its event loop."""
+
+    def __init__(self, recipe: AgentRecipe | Callable[[], Agent] | None) -> None:
+        self._recipe = recipe
+        self._agent: Agent | None = None
+
+    def _get(self) -> Agent:
+        if self._agent is None:
+            r = self._recipe
+            self._agent = r.build() if isinstance(r, AgentRecipe) else r() if r is not None else _default_agent()
+        return self._agent
+
+    async def run(self, spec: RunSpec) -> tuple[RunResult, dict[str, Any]]:
+        result = await self._get().run(spec.prompt, name=spec.name, deps=spec.deps)
+        return portable(result), result.metrics().to_dict()
+
+    async def stats(self) -> dict[str, Any]:
+        import os
+        import socket
+
+        out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+        if self._agent is not None:
+            out.update(self._agent.client.pool_stats())
+        return out
+
+    async def close(self) -> None:
+        if self._agent is not None:
+            await self._agent.client.aclose()
+
+
+async def _run_on_ray(specs: list[RunSpec], *, agent: Agent | None, agent_factory: Callable[[], Agent] | None,
+                      concurrency: int, workers: int | None, address: str | None, bar: Any,
+                      on_result: Callable[[RunResult], None] | None,
+                      ) -> tuple[list[RunResult], list[dict[str, Any]], list[dict[str, Any]]]:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("executor='ray' needs Ray: pip install 'nbagent[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address) if address else ray.init()
+    recipe: AgentRecipe | Callable[[], Agent] | None = agent_factory
+    if recipe is None and agent is not None:
+        recipe = AgentRecipe.from_agent(agent)
+    n = len(specs)
+    cpus = int(ray.cluster_resources().get("CPU", 1)) or 1
+    n_workers = max(1, min(workers or cpus, concurrency, n or 1))
+    per = max(1, math.ceil(concurrency / n_workers))
+    actor_cls: Any = ray.remote(MapWorker)
+    options = {"max_concurrency": per, "num_cpus": 0, "scheduling_strategy": "SPREAD"}
+    actors: list[Any] = [actor_cls.options(**options).remote(recipe) for _ in range(n_workers)]
+    results: list[RunResult | None] = [None] * n
+    regs: list[dict[str, Any]] = [{} for _ in range(n)]
+    todo = iter(range(n))
+
+    async def feed(actor: Any) -> None:
+        for i in todo:
+            result, reg = await actor.run.remote(specs[i])
+            results[i], regs[i] = result, reg
+            if on_result is not None:
+                on_result(result)
+            if bar is not None:
+                bar.update(1)
+
+    try:
+        await asyncio.gather(*(feed(actors[k % n_workers]) for k in range(min(concurrency, n))))
+        stats = list(await asyncio.gather(*(a.stats.remote() for a in actors)))
+        await asyncio.gather(*(a.close.remote() for a in actors))
+    finally:
+        for a in actors:
+            ray.kill(a)
+    return [r for r in results if r is not None], regs, stats

@@ -1,0 +1,124 @@
+"""Append-only, named schema migrations of the run store.
+
+Each migration is a ``(name, sql)`` pair applied once, in order, in its own transaction, and recorded in the
+``_migrations`` table. Never edit or reorder a migration that has shipped: add a new one at the end, named
+``m<NNN>_<what>`` with the next number.
+
+Tables (after every migration):
+
+``runs``
+    one row per run: ``run_id`` (primary key), ``name``, ``model``, ``prompt``, ``status`` (``running`` until
+    the run ends), ``stop_reason``, ``started`` / ``finished`` (epoch seconds), ``duration``, ``steps``,
+    token counts, ``cost``, ``error``, ``output``, ``timings`` and ``messages`` (JSON: the conversation, one
+    object per message), ``pid`` and ``host`` of the writer, ``dropped`` (events of this run the store had to
+    drop; 0 unless the queue overflowed).
+``events``
+    every event, in segments: one row per run per committed batch, ``id`` (insertion order), ``run_id``
+    (NULL outside runs), ``ts`` (of the first event), ``n`` (events in the segment) and ``data``: a JSON
+    array of the events in order, each an object with ``kind``, ``ts`` and its fields (secrets redacted).
+    A row per event would cost a SQL row (and a GIL hand-off) per event; a segment costs one per run per
+    batch, and a crash still loses at most the batch being written.
+``artifacts``
+    named blobs attached to a run: ``profile.html``, ``profile.txt``, ``breakdown`` (JSON) ...
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+__all__ = ["MIGRATIONS", "applied", "migrate"]
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "m001_runs_events",
+        """
+        CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL DEFAULT '',
+            prompt TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT 'running',
+            stop_reason TEXT NOT NULL DEFAULT '',
+            started REAL,
+            finished REAL,
+            duration REAL,
+            steps INTEGER NOT NULL DEFAULT 0,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            cost REAL NOT NULL DEFAULT 0,
+            error TEXT,
+            pid INTEGER,
+            host TEXT
+        );
+        CREATE INDEX runs_started ON runs(started);
+        CREATE INDEX runs_name ON runs(name);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT,
+            ts REAL NOT NULL,
+            n INTEGER NOT NULL,
+            data TEXT NOT NULL
+        );
+        CREATE INDEX events_run ON events(run_id, id);
+        """,
+    ),
+    (
+        "m002_results_artifacts",
+        """
+        ALTER TABLE runs ADD COLUMN output TEXT NOT NULL DEFAULT '';
+        ALTER TABLE runs ADD COLUMN timings TEXT;
+        ALTER TABLE runs ADD COLUMN messages TEXT;
+        CREATE TABLE artifacts (
+            run_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (run_id, name)
+        );
+        """,
+    ),
+    (
+        "m003_dropped_counts",
+        """
+        ALTER TABLE runs ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
+]
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    """Names of the migrations already applied to this database, in order."""
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied REAL NOT NULL)")
+    return [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[tuple[str, str]] | None = None) -> list[str]:
+    """Apply the missing migrations in order; returns the names applied now.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``); each migration runs in one
+    ``BEGIN IMMEDIATE`` transaction, so two processes opening a new database at once do not both apply it.
+    """
+    todo = MIGRATIONS if migrations is None else migrations
+    done_now: list[str] = []
+    applied(conn)
+    for name, sql in todo:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone():
+                conn.execute("COMMIT")
+                continue
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO _migrations (name, applied) VALUES (?, ?)", (name, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        done_now.append(name)
+    return done_now
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration's SQL on ``;`` (migrations hold no string literals with semicolons)."""
+    return [s.strip() for s in sql.split(";") if s.strip()]

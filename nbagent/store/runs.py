@@ -1,0 +1,499 @@
+"""The run store: every event of every run in SQLite, written behind the run by one thread.
+
+::
+
+    store = RunStore()            # <nbagent home>/runs.db, or $NBAGENT_STORE_PATH
+    store.attach(agent.bus)       # from now on every event (and each run's messages) is kept
+    ...
+    store.runs(status="error", since="1d")
+    store.load(run_id).events
+
+How it stays off the run's back:
+
+* ``record(event)`` (the bus tap) appends the event to a deque and returns: no serialisation, no lock, no
+  I/O on the event loop. When ``batch_size`` events are waiting, or a run finishes, it wakes the writer.
+* One writer thread (the only connection that writes) wakes at least every ``flush_interval`` seconds,
+  serialises and redacts the waiting events, and commits them in transactions of at most ``batch_size``
+  events, one ``events`` row per run per transaction (see :mod:`nbagent.store.migrations`) and one multi-row
+  statement per table. SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit needs no fsync, and a
+  process that is killed loses nothing it committed (only a power cut can; ``synchronous="FULL"`` closes
+  that too).
+* Back-pressure: when ``queue_size`` events are waiting (the disk cannot keep up), ``on_full="wait"`` blocks
+  the emitter until the writer makes room (counted in ``stats()["waits"]`` and ``["wait_seconds"]``) for at
+  most ``max_wait`` seconds; after that, or with ``on_full="drop"``, the event is dropped and counted, in
+  ``stats()["dropped"]`` and in the ``dropped`` column of its run. Nothing is lost without a count.
+* Flushes: at the end of each run (the writer is woken at once and waits ``end_grace``, 10 ms, so that runs
+  ending together share a commit), on :meth:`flush` / :meth:`aflush`, on :meth:`close`, and at interpreter
+  exit (which is also how a Jupyter kernel shuts down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import user_dir
+from ..events import Event, EventBus, RunFinished, RunStarted
+from .codec import EVENT_SQL, RESULT_SQL, RUN_FINISH_SQL, RUN_START_SQL, EventCodec, rows_sql
+from .migrations import migrate
+from .query import RunQueries
+from .redact import Redactor, default_redactor
+
+__all__ = ["RunStore", "default_path"]
+
+log = logging.getLogger("nbagent.store")
+
+DB_NAME = "runs.db"
+
+
+def default_path() -> Path:
+    """``$NBAGENT_STORE_PATH``, else ``<nbagent home>/runs.db`` (the home honours ``$NBAGENT_HOME``)."""
+    env = os.environ.get("NBAGENT_STORE_PATH")
+    return Path(env).expanduser() if env else user_dir() / DB_NAME
+
+
+class _Marker:
+    """A flush request: set once everything queued before it is committed."""
+
+    __slots__ = ("done", "callback")
+
+    def __init__(self, callback: Callable[[], None] | None = None) -> None:
+        self.done = threading.Event()
+        self.callback = callback
+
+    def fire(self) -> None:
+        self.done.set()
+        if self.callback is not None:
+            self.callback()
+
+
+class _Result:
+    """What a run's events do not carry: its messages, output, timings and profile."""
+
+    __slots__ = ("run_id", "messages", "output", "timings", "artifacts")
+
+    def __init__(self, run_id: str, messages: list[Any], output: str, timings: dict[str, float],
+                 artifacts: dict[str, Any]) -> None:
+        self.run_id = run_id
+        self.messages = messages
+        self.output = output
+        self.timings = timings
+        self.artifacts = artifacts
+
+
+class RunStore(RunQueries):
+    """Write-behind SQLite store of runs, events, messages and profiles (see the module docs)."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        batch_size: int = 50,
+        flush_interval: float = 0.1,
+        queue_size: int = 100_000,
+        on_full: str = "wait",
+        max_wait: float = 5.0,
+        synchronous: str = "NORMAL",
+        end_grace: float = 0.01,
+        redactor: Redactor | None = None,
+        redact: bool = True,
+    ) -> None:
+        if on_full not in ("wait", "drop"):
+            raise ValueError("on_full must be 'wait' or 'drop'")
+        if batch_size < 1 or queue_size < 1 or flush_interval <= 0:
+            raise ValueError("batch_size and queue_size must be >= 1 and flush_interval > 0")
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
+        self.path = Path(path).expanduser() if path is not None else default_path()
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.queue_size = queue_size
+        self.on_full = on_full
+        self.max_wait = max_wait
+        self.synchronous = synchronous.upper()
+        self.end_grace = min(end_grace, flush_interval)
+        self.redactor = (redactor or default_redactor()) if redact else None
+        self._codec = EventCodec(self.redactor)
+        self._pending: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
+        self._room = threading.Condition()
+        self._ready = threading.Event()
+        self._closing = False
+        self._flush_now = False  # set by flush() and by a full queue: drain without the run-end grace
+        self._waiters = 0
+        self._accepting = True  # False once the writer has stopped: later events are counted as dropped
+        self._closed = False
+        self._error: BaseException | None = None
+        self._drop_lock = threading.Lock()
+        self._run_drops: dict[str, int] = {}
+        self._runs_seen: dict[str, None] = {}  # runs started on an attached bus, until their result comes
+        self._detach: list[Callable[[], None]] = []
+        self._pid = os.getpid()
+        self._host = socket.gethostname()
+        # counters (written by one thread each; read without locks)
+        self.enqueued = 0
+        self.written = 0
+        self.commits = 0
+        self.dropped = 0
+        self.waits = 0
+        self.wait_seconds = 0.0
+        self.write_errors = 0
+        self.max_pending = 0
+        self._thread = threading.Thread(target=self._writer, name="nbagent-run-store", daemon=True)
+        self._thread.start()
+        _open_stores.add(self)
+
+    # --- feeding -----------------------------------------------------------------------------------
+
+    def attach(self, bus: EventBus) -> Callable[[], None]:
+        """Keep every event of ``bus`` and the messages of its runs. Returns a function that detaches."""
+        from ..agent.loop import add_result_hook
+
+        remove_tap = bus.tap(self.record)
+        remove_hook = add_result_hook(self._on_result)
+
+        def detach() -> None:
+            remove_tap()
+            remove_hook()
+
+        self._detach.append(detach)
+        return detach
+
+    def record(self, event: Event) -> None:
+        """Queue one event (the bus tap). Never does I/O; blocks only when the queue is full (see above)."""
+        if not self._accepting:
+            self._count_drop(event.run_id)
+            return
+        pending = self._pending
+        n = len(pending)
+        if n >= self.queue_size and not self._make_room(event):
+            return
+        pending.append(event)
+        self.enqueued += 1
+        cls = type(event)
+        if cls is RunStarted:
+            seen = self._runs_seen
+            seen[event.run_id] = None  # type: ignore[index]
+            if len(seen) > 100_000:  # runs whose result never came (events from elsewhere): forget the oldest
+                del seen[next(iter(seen))]
+        if n + 1 >= self.batch_size or cls is RunFinished:
+            if not self._wake.is_set():
+                self._wake.set()
+
+    def _make_room(self, event: Event) -> bool:
+        if self.on_full == "wait" and not self._closed and self._thread.is_alive():
+            t0 = time.perf_counter()
+            deadline = t0 + self.max_wait
+            self.waits += 1
+            self._flush_now = True
+            self._wake.set()
+            with self._room:
+                self._waiters += 1
+                try:
+                    while len(self._pending) >= self.queue_size:
+                        left = deadline - time.perf_counter()
+                        if left <= 0:
+                            break
+                        self._room.wait(min(left, 0.05))
+                finally:
+                    self._waiters -= 1
+            self.wait_seconds += time.perf_counter() - t0
+            if len(self._pending) < self.queue_size:
+                return True
+        self._count_drop(event.run_id)
+        return False
+
+    def _count_drop(self, run_id: str | None, n: int = 1) -> None:
+        with self._drop_lock:
+            self.dropped += n
+            if run_id is not None:
+                self._run_drops[run_id] = self._run_drops.get(run_id, 0) + n
+
+    def _on_result(self, result: Any) -> None:
+        if self._runs_seen.pop(result.run_id, 0) is None:
+            self.save_result(result)
+
+    def save_result(self, result: Any) -> None:
+        """Keep what a :class:`~nbagent.agent.RunResult` adds to its events: messages, output, timings, profile."""
+        if not self._accepting:
+            return
+        artifacts: dict[str, Any] = {}
+        profile = getattr(result, "profile", None)
+        if profile is not None:
+            artifacts.update(profile.artifacts())
+        self._pending.append(_Result(result.run_id, list(result.messages), result.output or "",
+                                     dict(result.timings), artifacts))
+        self._wake.set()
+
+    def save_run(self, result: Any) -> None:
+        """Keep a whole run that happened elsewhere (a worker process): its events, then its result."""
+        for ev in result.events:
+            self.record(ev)
+        self.save_result(result)
+
+    # --- flushing ----------------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Block until everything queued so far is committed; False on timeout or a dead writer."""
+        if not self._thread.is_alive():
+            return not self._pending
+        marker = _Marker()
+        self._pending.append(marker)
+        self._flush_now = True
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    async def aflush(self) -> None:
+        """:meth:`flush` without blocking the event loop."""
+        if not self._thread.is_alive():
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(done)
+
+        self._pending.append(_Marker(wake))
+        self._flush_now = True
+        self._wake.set()
+        await fut
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Detach from every bus, commit what is queued, stop the writer. Idempotent."""
+        if self._closed:
+            return
+        for detach in self._detach:
+            detach()
+        self._detach.clear()
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+        self._closed = True
+        if not self._thread.is_alive():
+            self._fail_pending()  # anything that slipped in as the writer stopped
+        _open_stores.discard(self)
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: events queued, written, dropped; commits; back-pressure waits; queue length; errors."""
+        return {
+            "path": str(self.path), "enqueued": self.enqueued, "written": self.written, "commits": self.commits,
+            "dropped": self.dropped, "waits": self.waits, "wait_seconds": self.wait_seconds,
+            "pending": len(self._pending), "max_pending": self.max_pending, "write_errors": self.write_errors,
+            "writer_alive": self._thread.is_alive(), "error": None if self._error is None else repr(self._error),
+        }
+
+    def __repr__(self) -> str:
+        return f"<RunStore {self.path} written={self.written} pending={len(self._pending)} dropped={self.dropped}>"
+
+    # --- the writer thread -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False,
+                               cached_statements=512)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _writer(self) -> None:
+        try:
+            conn = self._connect()
+            migrate(conn)
+        except BaseException as exc:  # noqa: BLE001 - reported through stats() and on read
+            self._error = exc
+            log.error("run store %s cannot be opened: %s", self.path, exc)
+            self._ready.set()
+            self._fail_pending()
+            return
+        self._ready.set()
+        try:
+            while True:
+                woke = self._wake.wait(self.flush_interval)
+                self._wake.clear()
+                if woke and not self._flush_now and not self._closing and len(self._pending) < self.batch_size:
+                    # woken by a run's end: let the runs ending around it join the same commit
+                    time.sleep(self.end_grace)
+                self._flush_now = False
+                self._drain(conn)
+                if self._closing and not self._pending:
+                    break
+        finally:
+            self._fail_pending()
+            conn.close()
+
+    def _fail_pending(self) -> None:
+        """Count what can no longer be written, and release anyone waiting."""
+        self._accepting = False
+        while self._pending:
+            item = self._pending.popleft()
+            if isinstance(item, Event):
+                self._count_drop(item.run_id)
+            elif isinstance(item, _Marker):
+                item.fire()
+        with self._room:
+            self._room.notify_all()
+
+    def _drain(self, conn: sqlite3.Connection) -> None:
+        pending = self._pending
+        size = len(pending)
+        if size > self.max_pending:
+            self.max_pending = size
+        while pending:
+            chunk: list[Any] = []
+            events = rows = 0
+            while pending and rows < self.batch_size:
+                item = pending.popleft()
+                chunk.append(item)
+                if isinstance(item, Event):
+                    events += 1
+                    rows += 1
+                elif isinstance(item, _Result):
+                    rows += 1
+            if self._waiters:
+                with self._room:
+                    self._room.notify_all()
+            try:
+                self._write(conn, chunk, events)
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any bad item
+                self._write_failed(exc, chunk, {})
+            for item in chunk:
+                if isinstance(item, _Marker):
+                    item.fire()
+
+    def _write(self, conn: sqlite3.Connection, chunk: list[Any], n_events: int) -> None:
+        segments: dict[str | None, list[Event]] = {}
+        starts: list[tuple[Any, ...]] = []
+        finishes: list[tuple[Any, ...]] = []
+        results: list[tuple[Any, ...]] = []
+        artifacts: list[tuple[str, str, str]] = []
+        pid, host = self._pid, self._host
+        for item in chunk:
+            if isinstance(item, Event):
+                seg = segments.get(item.run_id)
+                if seg is None:
+                    segments[item.run_id] = [item]
+                else:
+                    seg.append(item)
+                cls = type(item)
+                if cls is RunStarted:
+                    st: RunStarted = item  # type: ignore[assignment]
+                    prompt = self.redactor.redact(st.prompt) if self.redactor else st.prompt
+                    starts.append((st.run_id, st.name, st.model, prompt, st.ts, pid, host))
+                elif cls is RunFinished:
+                    e: RunFinished = item  # type: ignore[assignment]
+                    err = self.redactor.redact(e.error) if (e.error and self.redactor) else e.error
+                    finishes.append((e.run_id, e.status, e.stop_reason, e.ts, e.duration, e.steps, e.input_tokens,
+                                     e.output_tokens, e.cached_tokens, e.cost, err, e.ts - e.duration, pid, host))
+            elif isinstance(item, _Result):
+                self._result_rows(item, results, artifacts)
+        if len(starts) > 1:  # one row per run in a multi-row upsert (a run seen twice keeps its last row)
+            starts = list({r[0]: r for r in starts}.values())
+            finishes = list({r[0]: r for r in finishes}.values())
+            results = list({r[0]: r for r in results}.values())
+        elif len(finishes) > 1 or len(results) > 1:
+            finishes = list({r[0]: r for r in finishes}.values())
+            results = list({r[0]: r for r in results}.values())
+        segment = self._codec.segment
+        rows = [(rid, evs[0].ts, len(evs), segment(evs)) for rid, evs in segments.items()]
+        with self._drop_lock:
+            drops, self._run_drops = self._run_drops, {}
+        for attempt in range(100):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # multi-row statements: SQLite releases the GIL once per statement step, and a step per
+                    # row would make the writer fight the event loop for it
+                    if rows:
+                        conn.execute(rows_sql(EVENT_SQL, len(rows)), [v for r in rows for v in r])
+                    if starts:
+                        conn.execute(rows_sql(RUN_START_SQL, len(starts)), [v for r in starts for v in r])
+                    if finishes:
+                        conn.execute(rows_sql(RUN_FINISH_SQL, len(finishes)), [v for r in finishes for v in r])
+                    if results:
+                        conn.execute(rows_sql(RESULT_SQL, len(results)), [v for r in results for v in r])
+                    if artifacts:
+                        conn.executemany("INSERT OR REPLACE INTO artifacts (run_id, name, data) VALUES (?, ?, ?)",
+                                         artifacts)
+                    if drops:
+                        conn.executemany("UPDATE runs SET dropped = dropped + ? WHERE run_id = ?",
+                                         [(n, rid) for rid, n in drops.items()])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if ("locked" in str(exc) or "busy" in str(exc)) and attempt < 99:
+                    time.sleep(0.05)
+                    continue
+                self._write_failed(exc, chunk, drops)
+                return
+            except Exception as exc:  # noqa: BLE001 - the writer must survive bad data
+                self._write_failed(exc, chunk, drops)
+                return
+            break
+        self.written += n_events
+        self.commits += 1
+
+    def _write_failed(self, exc: BaseException, chunk: list[Any], drops: dict[str, int]) -> None:
+        self.write_errors += 1
+        log.error("run store %s: a batch of %d items could not be written: %s", self.path, len(chunk), exc)
+        for item in chunk:
+            if isinstance(item, Event):
+                self._count_drop(item.run_id)
+        with self._drop_lock:
+            for rid, n in drops.items():
+                self._run_drops[rid] = self._run_drops.get(rid, 0) + n
+
+    def _result_rows(self, res: _Result, results: list[tuple[Any, ...]],
+                     artifacts: list[tuple[str, str, str]]) -> None:
+        dumps = self._codec.dumps
+        output = self.redactor.redact(res.output) if self.redactor else res.output
+        results.append((res.run_id, output, dumps(res.timings), dumps(res.messages), self._pid, self._host))
+        for name, value in res.artifacts.items():
+            artifacts.append((res.run_id, name, value if isinstance(value, str) else dumps(value)))
+
+    # --- reading (see RunQueries) ------------------------------------------------------------------
+
+    def _before_read(self, flush: bool) -> None:
+        self._ready.wait(30.0)
+        if self._error is not None:
+            raise self._error
+        if flush and self._thread.is_alive():
+            self.flush()  # also covers the batch the writer has taken off the queue but not yet committed
+
+
+_open_stores: weakref.WeakSet[RunStore] = weakref.WeakSet()
+
+
+def close_all() -> None:
+    """Flush and close every open store (registered with :mod:`atexit`)."""
+    for store in list(_open_stores):
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - at exit, keep closing the others
+            log.exception("closing run store %s failed", store.path)
+
+
+atexit.register(close_all)
