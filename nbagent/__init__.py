@@ -29,6 +29,7 @@ _LAZY: dict[str, str] = {
     "ToolCache": "nbagent.cache",
     "UsageLimits": "nbagent.llm",
     "amap": "nbagent.fanout",
+    "dashboard": "nbagent.notebook.dashboard",
     "default_bus": "nbagent.events",
     "errors": "nbagent.errors",
     "events": "nbagent.events",
@@ -56,6 +57,7 @@ __all__ = [
     "UsageLimits",
     "__version__",
     "amap",
+    "dashboard",
     "default_bus",
     "errors",
     "events",
@@ -83,7 +85,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'nbagent' has no attribute {name!r}")
     mod = importlib.import_module(module)
-    value = mod if module.endswith("." + name) else getattr(mod, name)
+    value = mod if module.endswith("." + name) and not hasattr(mod, name) else getattr(mod, name)
     globals()[name] = value
     return value
 

@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash scripts/setup.sh dev notebook local
 export NBAGENT_REQUIRE_LOCAL_MODEL=1
-if [ -f scripts/setup-sandbox.sh ]; then
-  bash scripts/setup-sandbox.sh
-  export NBAGENT_REQUIRE_SANDBOXES=1
-fi
+bash scripts/setup-sandbox.sh
+export NBAGENT_REQUIRE_SANDBOXES=1
+bash scripts/setup-notebook.sh
+export NBAGENT_REQUIRE_BROWSER=1
 echo "==> ruff"
 .venv/bin/ruff check nbagent tests benchmarks
 echo "==> mypy"

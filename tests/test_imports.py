@@ -9,7 +9,8 @@ HEAVY_UI = ("IPython", "ipywidgets", "plotly", "anywidget")
 def test_core_does_not_import_ui_packages():
     code = (
         "import sys, nbagent, nbagent.agent, nbagent.llm, nbagent.events, nbagent.metrics, nbagent.config, "
-        "nbagent.testing, nbagent.cli, nbagent.cache, nbagent.local_model\n"
+        "nbagent.testing, nbagent.cli, nbagent.cache, nbagent.local_model, nbagent.metrics.loopmon, "
+        "nbagent.sandbox, nbagent.store, nbagent.bench, nbagent.fanout\n"
         f"bad = [m for m in {HEAVY_UI!r} if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -1,22 +1,86 @@
 """The notebook layer: the only package that imports IPython, ipywidgets or plotly.
 
-``%load_ext nbagent`` calls :func:`load_ipython_extension`, which registers the ``%%agent`` and
-``%agent`` magics.
+``%load_ext nbagent`` calls :func:`load_ipython_extension`, which registers the ``%%agent`` and ``%agent``
+magics (configurable with ``%config AgentMagics``). :func:`nbagent.notebook.dashboard.dashboard` (also
+``nbagent.dashboard``) is the live dashboard of every run in the kernel.
 """
 
 from __future__ import annotations
 
-import importlib
+import asyncio
 from typing import Any
 
-__all__ = ["load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["load_ipython_extension", "register", "unload_ipython_extension", "unregister"]
+
+_loaded: dict[int, Any] = {}
+
+
+def register(ipython: Any, registry: Any = None) -> Any:
+    """Register the magics on ``ipython`` (with ``registry``, default the kernel's); returns them.
+
+    They become configurable with ``%config AgentMagics`` and publish the summaries of runs that ended
+    before each cell.
+    """
+    from .magics import AgentMagics
+
+    unregister(ipython)
+    magics = AgentMagics(ipython, registry=registry)
+    ipython.register_magics(magics)  # a Magics instance adds itself to ipython.configurables (%config)
+    ipython.events.register("pre_run_cell", magics.pre_run_cell)
+    _loaded[id(ipython)] = magics
+    return magics
+
+
+def unregister(ipython: Any) -> None:
+    """Undo :func:`register` (the runs and the registry are left alone)."""
+    magics = _loaded.pop(id(ipython), None)
+    if magics is None:
+        return
+    try:
+        ipython.events.unregister("pre_run_cell", magics.pre_run_cell)
+    except ValueError:
+        pass
+    while magics in ipython.configurables:
+        ipython.configurables.remove(magics)
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    magics = importlib.import_module(".magics", __package__)
-    ipython.register_magics(magics.AgentMagics(ipython))
+    """``%load_ext nbagent``: the magics on the kernel's registry (loading twice is a no-op)."""
+    if id(ipython) not in _loaded:
+        magics = register(ipython)
+        _warm_up_when_idle(magics.registry)
+
+
+def _warm_up_when_idle(registry: Any, delay: float = 1.0) -> None:
+    """Import plotly's widget stack on the loop while no run is active (retrying until then).
+
+    The first import takes from a fraction of a second to seconds (plotly pulls in nbformat and jsonschema);
+    done later, when a dashboard is opened during runs, it would stall them. It is not done in a thread:
+    a CPU-bound thread makes the loop thread wait for the GIL after every ``select()`` and every import lock,
+    which slows all runs far more than one short pause while nothing runs.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+
+    def attempt() -> None:
+        if registry.active():
+            loop.call_later(2.0, attempt)
+            return
+        try:
+            from .dashboard import warm_up
+
+            warm_up()
+        except Exception:  # noqa: BLE001 - only a head start; the dashboard imports what it needs itself
+            pass
+
+    loop.call_later(delay, attempt)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    magics = importlib.import_module(".magics", __package__)
-    magics.shutdown()
+    """``%unload_ext nbagent``: cancel the runs, stop the views and forget the magics."""
+    from .magics import shutdown
+
+    unregister(ipython)
+    shutdown()

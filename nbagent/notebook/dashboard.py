@@ -1,0 +1,258 @@
+"""The live dashboard: latency histograms, tokens over time, cache hit rate, runs in flight, loop lag, CPU, memory.
+
+``%agent dashboard`` or ``nbagent.dashboard()``. One plotly ``FigureWidget`` (plotly renders it through
+``anywidget``) and a header of figures, redrawn by the registry's ticker at most ``max_hz`` times a second
+and only for what changed, inside one ``batch_update()`` (one message per redraw), so many concurrent runs
+do not flood the frontend. Below the widget a static rendering (HTML with SVG bars) is kept up to date as
+runs end, for viewers without a widget manager.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import os
+import resource
+import time
+from collections import deque
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import plotly.graph_objects as go
+from IPython.display import DisplayHandle, display
+from plotly.subplots import make_subplots
+
+from ..metrics import Histogram, MetricsRegistry
+from .integrations import sandbox_histogram_names, sandbox_stats
+from .kernel import current_parent, update_display
+from .registry import RunRegistry, current
+from .static import fmt_seconds, histogram_bins, histogram_svg
+
+__all__ = ["Dashboard", "dashboard"]
+
+HISTOGRAMS = (("LLM latency", "llm.latency"), ("time to first token", "llm.ttft"), ("tool time", "tool.duration"),
+              ("sandbox lease wait", "@wait"), ("sandbox exec", "@exec"), ("event-loop lag", "loop.lag"))
+SERIES_PANELS = (("tokens / s", 0), ("in flight", 1), ("cache hit rate", 2), ("kernel CPU %", 3),
+                 ("kernel memory MiB", 4), ("LLM calls / s", 5))
+#: (trace name, panel): one trace per column of a sample after its time.
+SERIES = (("input", 0), ("output", 0), ("cached", 0), ("runs", 1), ("tools", 1), ("hit rate", 2), ("CPU %", 3),
+          ("MiB", 4), ("calls/s", 5))
+
+
+def _template() -> Any:
+    """A light template built here (loading a named one costs a noticeable pause on first use)."""
+    return go.layout.Template(layout=dict(plot_bgcolor="#f7f7f9", font=dict(size=11),
+                                          xaxis=dict(gridcolor="#e5e5e5"), yaxis=dict(gridcolor="#e5e5e5")))
+
+
+class ProcessSampler:
+    """CPU percent and resident memory of this process (psutil when installed, else ``resource``)."""
+
+    def __init__(self) -> None:
+        try:
+            import psutil
+
+            self._proc: Any = psutil.Process(os.getpid())
+            self._proc.cpu_percent(None)
+        except ImportError:  # pragma: no cover - psutil is part of the notebook extra
+            self._proc = None
+        self._last = (time.monotonic(), time.process_time())
+
+    def sample(self) -> tuple[float, float]:
+        """``(cpu percent since the last sample, resident MiB)``."""
+        if self._proc is not None:
+            return float(self._proc.cpu_percent(None)), self._proc.memory_info().rss / 2**20
+        now, cpu = time.monotonic(), time.process_time()
+        wall, used = now - self._last[0], cpu - self._last[1]
+        self._last = (now, cpu)
+        return (100.0 * used / wall if wall > 0 else 0.0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _hist(reg: MetricsRegistry, name: str) -> Histogram | None:
+    if name.startswith("@"):
+        wait, execs = sandbox_histogram_names(reg)
+        name = (wait if name == "@wait" else execs) or ""
+    return reg.histograms.get(name)
+
+
+class Dashboard(widgets.VBox):
+    """Figures of every run on the registry's bus. Display it; it refreshes itself while it lives."""
+
+    def __init__(self, registry: RunRegistry | None = None, *, max_hz: float = 4.0, window: int = 120) -> None:
+        self.registry = registry or current()
+        self.max_hz = max_hz
+        self.header = widgets.HTML()
+        self.header.add_class("nbagent-dashboard-header")
+        titles = [t for t, _ in HISTOGRAMS] + [t for t, _ in SERIES_PANELS]
+        fig = make_subplots(rows=4, cols=3, subplot_titles=titles, vertical_spacing=0.09, horizontal_spacing=0.07)
+        for i, (title, _) in enumerate(HISTOGRAMS):
+            fig.add_trace(go.Bar(x=[], y=[], name=title, marker_color="#1f77b4", showlegend=False),
+                          row=i // 3 + 1, col=i % 3 + 1)
+        for name, panel in SERIES:
+            fig.add_trace(go.Scatter(x=[], y=[], name=name, mode="lines", showlegend=panel < 2),
+                          row=panel // 3 + 3, col=panel % 3 + 1)
+        fig.update_yaxes(range=[0, 1], row=3, col=3)
+        fig.update_layout(height=860, margin=dict(l=40, r=10, t=30, b=30), bargap=0.05,
+                          legend=dict(orientation="h", y=-0.04), template=_template())
+        self.figure = go.FigureWidget(fig)
+        self.figure.add_class("nbagent-figure")
+        self.figure.add_class("nbagent-histograms")
+        super().__init__([self.header, self.figure], layout=widgets.Layout(width="100%"))
+        self.add_class("nbagent-dashboard")
+        self._samples: deque[tuple[Any, ...]] = deque(maxlen=window)
+        self._sampler = ProcessSampler()
+        self._prev: tuple[float, ...] | None = None
+        self._last_draw = self._last_sample = self._last_publish = 0.0
+        self._drawn_events = -1
+        self._drawn_samples = 0.0
+        self._hist_counts: list[int] = [-1] * len(HISTOGRAMS)
+        self._finished_seen = 0
+        self._static: DisplayHandle | None = None
+        self._parent: dict[str, Any] | None = None
+        self.draws = 0
+        self.registry.add_view(self)
+        self.refresh(time.monotonic(), force=True)
+
+    # --- showing ------------------------------------------------------------------------------------
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):
+            bundle["text/plain"] = "nbagent dashboard (live view)"
+        return bundle
+
+    def show(self) -> Dashboard:
+        """Display the widget and, below it, its static rendering (kept up to date as runs end)."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        self._parent = current_parent(shell)
+        display(self._repr_mimebundle_(), raw=True)
+        self._static = display(self.static_bundle(), raw=True, display_id=True)
+        return self
+
+    def close(self) -> None:
+        self.registry.remove_view(self)
+        super().close()
+
+    # --- refreshing ---------------------------------------------------------------------------------
+
+    def refresh(self, now: float, *, force: bool = False) -> None:
+        """Sample and redraw if due (at most ``max_hz`` per second, and only what changed)."""
+        if not force and now - self._last_draw < 1.0 / self.max_hz:
+            return
+        active = bool(self.registry.active())
+        if force or now - self._last_sample >= (1.0 if active else 5.0):
+            self._sample(now)
+        events = self.registry.bus.emitted
+        if force or events != self._drawn_events or self._last_sample != self._drawn_samples:
+            self._last_draw = now
+            self._draw(series=force or self._last_sample != self._drawn_samples)
+            self._drawn_events, self._drawn_samples = events, self._last_sample
+        finished = int(self.registry.metrics.global_.value("runs.finished"))
+        if self._static is not None and finished != self._finished_seen and now - self._last_publish >= 2.0:
+            self._finished_seen = finished
+            self.publish()
+
+    def _sample(self, now: float) -> None:
+        reg = self.registry.metrics.global_
+        totals = tuple(reg.value(k) for k in ("tokens.input", "tokens.output", "tokens.cached", "llm.calls"))
+        prev = self._prev
+        rates = [0.0] * len(totals)
+        if prev is not None and now > prev[0]:
+            rates = [(v - p) / (now - prev[0]) for v, p in zip(totals, prev[1:], strict=True)]
+        self._prev = (now, *totals)
+        cpu, mib = self._sampler.sample()
+        self._samples.append((dt.datetime.now(), rates[0], rates[1], rates[2], reg.value("runs.in_flight"),
+                              reg.value("tools.in_flight"), reg.hit_rate("response"), cpu, mib, rates[3]))
+        self._last_sample = now
+
+    def _draw(self, *, series: bool) -> None:
+        reg = self.registry.metrics.global_
+        data = self.figure.data
+        with self.figure.batch_update():  # one message for every trace that changed
+            for i, (_, name) in enumerate(HISTOGRAMS):
+                h = _hist(reg, name)
+                count = h.count if h is not None else 0
+                if count == self._hist_counts[i]:
+                    continue
+                self._hist_counts[i] = count
+                centres, counts, labels = histogram_bins(h)
+                keep = [j for j, c in enumerate(centres) if c > 0]
+                data[i].x = [labels[j] for j in keep]  # type: ignore[attr-defined]
+                data[i].y = [counts[j] for j in keep]  # type: ignore[attr-defined]
+            if series and self._samples:
+                cols = list(zip(*self._samples, strict=True))
+                x = np.array(cols[0], dtype="datetime64[ms]")  # arrays: cheap to validate and to send
+                for k in range(len(SERIES)):
+                    trace = data[len(HISTOGRAMS) + k]
+                    y = np.array([np.nan if v is None else v for v in cols[k + 1]], dtype=float)
+                    trace.x, trace.y = x, y  # type: ignore[attr-defined]
+        self.header.value = self.header_html()
+        self.draws += 1
+
+    # --- static -------------------------------------------------------------------------------------
+
+    def header_html(self) -> str:
+        """One line of figures: runs, tokens, cost, LLM latency, hit rate, loop lag, CPU, memory, sandboxes."""
+        reg = self.registry.metrics.global_
+        mon = self.registry.monitor.snapshot()
+        v = reg.value
+        statuses = ", ".join(f"{n.rsplit('.', 1)[1]} {int(c.value)}" for n, c in reg.counters.items()
+                             if n.startswith("runs.status."))
+        llm = reg.histograms.get("llm.latency")
+        hit = reg.hit_rate("response")
+        cpu, mib = (self._samples[-1][7], self._samples[-1][8]) if self._samples else (0.0, 0.0)
+        parts = [
+            f"runs <b>{int(v('runs.started'))}</b> started, <b>{int(v('runs.in_flight'))}</b> in flight"
+            + (f" ({html.escape(statuses)})" if statuses else ""),
+            f'<span class="nbagent-dashboard-tokens">tokens <b>{int(v("tokens.input")):,}</b> in / '
+            f'<b>{int(v("tokens.output")):,}</b> out / <b>{int(v("tokens.cached")):,}</b> cached</span>',
+            f"cost ${v('cost.usd'):.4f}",
+            f"LLM p50 {fmt_seconds(llm.p50 if llm else None)} p99 {fmt_seconds(llm.p99 if llm else None)}",
+            f"cache hit rate {'–' if hit is None else f'{hit:.0%}'}",
+            f"loop lag p99 {fmt_seconds(mon['lag_p99'])}, {mon['blocks']} blocks",  # type: ignore[arg-type]
+            f"kernel CPU {cpu:.0f}% · {mib:.0f} MiB",
+        ]
+        sb = sandbox_stats(create=False)
+        if sb:
+            parts.append(f"sandboxes {sb.get('active', 0)} active / {sb.get('idle', 0)} idle / "
+                         f"{sb.get('total', 0)} of {sb.get('max_total', '?')}")
+        warn = ""
+        if mon["last_block"] is not None:
+            warn = (f'<div style="color:#ef6c00">⚠ event loop blocked {mon["last_block_seconds"]:.2f} s by '
+                    f"{html.escape(str(mon['last_block']) or 'unknown code')}</div>")
+        return f'<div style="font-size:12px">{" · ".join(parts)}</div>{warn}'
+
+    def static_bundle(self) -> dict[str, str]:
+        """The header and the histograms as SVG bars: a mime bundle that needs no widget manager."""
+        reg = self.registry.metrics.global_
+        svgs = "".join(histogram_svg(title, _hist(reg, name)) for title, name in HISTOGRAMS)
+        text = f"nbagent dashboard: {int(reg.value('runs.started'))} runs, {int(reg.value('tokens.input'))} in / " \
+               f"{int(reg.value('tokens.output'))} out tokens"
+        return {"text/plain": text, "text/html": f'<div class="nbagent-dashboard-static">{self.header_html()}'
+                                                 f"<div>{svgs}</div></div>"}
+
+    def publish(self, *, current: bool = False) -> None:
+        """Refresh the static rendering (with the cell's header, or the current request's)."""
+        if self._static is None:
+            return
+        from IPython import get_ipython
+
+        self._last_publish = time.monotonic()
+        update_display(self._static, self.static_bundle(), shell=get_ipython(),
+                       parent=None if current else self._parent)
+
+
+def warm_up() -> None:
+    """Build (and drop) a figure like the dashboard's, so plotly's validators are loaded."""
+    make_subplots(rows=4, cols=3).add_trace(go.Bar(x=[1], y=[1]), row=1, col=1).update_layout(template=_template())
+
+
+def dashboard(registry: RunRegistry | None = None) -> Dashboard:
+    """The live dashboard of every run in this kernel; display it (it is the value of the cell)."""
+    return Dashboard(registry)

@@ -1,0 +1,280 @@
+"""``%%agent`` (run the cell as a prompt) and ``%agent`` (list, cancel, stats, ... the runs of the notebook).
+
+Each magic parses its arguments, calls the registry and displays; the runs, their state and their views
+live in :mod:`nbagent.notebook.registry`, :mod:`~nbagent.notebook.state` and :mod:`~nbagent.notebook.widgets`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.display import display
+from traitlets import Bool, Enum, Float, Integer, List, Unicode, observe
+
+from . import static
+from .integrations import CACHE_MODES, SANDBOX_BACKENDS, cache_stats, sandbox_stats, sandbox_tools
+from .registry import RunEntry, RunRegistry, current
+from .spec import RunSpec, agent_factory, interpolate, resolve_tools
+from .state import shorten
+from .widgets import RunOutput
+
+__all__ = ["AgentMagics", "shutdown"]
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _html(html: str, text: str) -> None:
+    display({"text/html": html, "text/plain": text}, raw=True)
+
+
+@magics_class
+class AgentMagics(Magics):
+    """nbagent's magics. Defaults for every ``%%agent`` cell are settable with ``%config AgentMagics.<name>``."""
+
+    model = Unicode(None, allow_none=True, help="Model name (default: NBAGENT_MODEL or the profile's).").tag(
+        config=True)
+    base_url = Unicode(None, allow_none=True, help="OpenAI-compatible base URL (default: NBAGENT_BASE_URL).").tag(
+        config=True)
+    system = Unicode(None, allow_none=True, help="System prompt of every run.").tag(config=True)
+    tools = List(Unicode(), help="Tools every run gets, by name (notebook @tool functions or registered).").tag(
+        config=True)
+    max_steps = Integer(None, allow_none=True, help="Model calls per run (default: settings limits).").tag(config=True)
+    timeout = Float(None, allow_none=True, help="Wall-time limit of a run in seconds.").tag(config=True)
+    sandbox = Enum(SANDBOX_BACKENDS, None, allow_none=True, help="Sandbox backend of the sandbox tools.").tag(
+        config=True)
+    cache = Enum(CACHE_MODES, "off", help="Response cache mode.").tag(config=True)
+    stream = Bool(True, help="Stream answers (live text in the widget).").tag(config=True)
+    wait = Bool(False, help="Block every %%agent cell until its run ends.").tag(config=True)
+    widgets = Bool(True, help="Show the live run widget (off: only the static summary).").tag(config=True)
+    refresh_hz = Float(4.0, help="Most redraws per second of the run widgets and the dashboard.").tag(config=True)
+    lag_threshold = Float(0.1, help="Event-loop lag (seconds) reported as a block.").tag(config=True)
+
+    def __init__(self, shell: Any = None, registry: RunRegistry | None = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.registry = registry or current()
+        self._apply_rates()
+
+    @observe("refresh_hz", "lag_threshold")
+    def _rates_changed(self, _change: Any) -> None:
+        self._apply_rates()
+
+    def _apply_rates(self) -> None:
+        if self.refresh_hz <= 0 or self.lag_threshold <= 0:
+            raise UsageError("refresh_hz and lag_threshold must be > 0")
+        self.registry.refresh_hz = self.refresh_hz
+        self.registry.monitor.threshold = self.lag_threshold
+
+    # --- %%agent ------------------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("-n", "--name", help="Name of the run (default run-N); %%agent list / cancel use it.")
+    @argument("-m", "--model", help="Model name.")
+    @argument("--base-url", help="OpenAI-compatible base URL.")
+    @argument("-s", "--system", help="System prompt.")
+    @argument("-t", "--tools", action="append", default=[], metavar="NAMES",
+              help="Tools by name, comma-separated or repeated; '*' for every @tool in the notebook.")
+    @argument("--max-steps", type=int, help="Most model calls in the run.")
+    @argument("--timeout", type=float, help="Wall-time limit in seconds.")
+    @argument("--sandbox", choices=SANDBOX_BACKENDS,
+              help="Sandbox backend of the sandbox tools (python, shell, read_file, write_file); alone, adds them.")
+    @argument("--cache", choices=CACHE_MODES, help="Response cache mode.")
+    @argument("--stream", dest="stream", action="store_true", default=None, help="Stream the answer.")
+    @argument("--no-stream", dest="stream", action="store_false", help="Do not stream.")
+    @argument("-o", "--out", metavar="NAME", help="Variable for the result: the RunHandle, then the RunResult.")
+    @argument("-w", "--wait", action="store_true", default=None, help="Block the cell until the run ends.")
+    @argument("--raw", action="store_true", help="Send the cell as it is ({name} is not filled in).")
+    @line_cell_magic
+    def agent(self, line: str, cell: str | None = None) -> None:
+        """Run the cell as an agent prompt in the background; ``{name}`` takes notebook variables.
+
+        The cell returns at once and the run shows its progress in a widget (Stop cancels it). As a line
+        magic, ``%agent`` manages the runs: ``list``, ``cancel NAME|all``, ``wait [NAME...]``,
+        ``stats [NAME]``, ``history``, ``config``, ``cache``, ``sandboxes``, ``dashboard``, ``help``.
+        Defaults of the flags below: ``%config AgentMagics``.
+        """
+        if cell is None:
+            return self._subcommand(line)
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%%agent: {exc}") from None
+        args = self.agent.parser.parse_args(argv)  # type: ignore[attr-defined]  # UsageError when bad
+        spec = self._spec(args, cell)
+        self._run(spec)
+        return None
+
+    def _spec(self, args: Any, cell: str) -> RunSpec:
+        if not cell.strip():
+            raise UsageError("the cell is empty: write the prompt in the cell body")
+        if args.name is not None and not _NAME.fullmatch(args.name):
+            raise UsageError(f"run name {args.name!r}: use letters, digits, '_', '-' or '.'")
+        if args.out is not None and not args.out.isidentifier():
+            raise UsageError(f"-o {args.out!r} is not a valid variable name")
+        if args.max_steps is not None and args.max_steps < 1:
+            raise UsageError("--max-steps must be at least 1")
+        if args.timeout is not None and args.timeout <= 0:
+            raise UsageError("--timeout must be > 0 seconds")
+        ns = self.shell.user_ns if self.shell is not None else {}
+        prompt = cell.strip() if args.raw else interpolate(cell.strip(), ns)
+        pick: Callable[[Any, Any], Any] = lambda flag, trait: trait if flag is None else flag  # noqa: E731
+        return RunSpec(prompt=prompt, name=args.name, model=pick(args.model, self.model),
+                       base_url=pick(args.base_url, self.base_url), system=pick(args.system, self.system),
+                       tools=list(self.tools) + args.tools, max_steps=pick(args.max_steps, self.max_steps),
+                       timeout=pick(args.timeout, self.timeout), sandbox=pick(args.sandbox, self.sandbox),
+                       cache=pick(args.cache, self.cache), stream=pick(args.stream, self.stream), out=args.out,
+                       wait=bool(pick(args.wait, self.wait)))
+
+    def _run(self, spec: RunSpec) -> RunEntry:
+        ns = self.shell.user_ns if self.shell is not None else {}
+        builtin = sandbox_tools(spec.sandbox) if spec.sandbox or spec.tools else {}
+        tools = resolve_tools(spec.tools, ns, {**builtin, **self.registry.tools})
+        if spec.sandbox and not any(t.name in builtin for t in tools):
+            if not builtin:
+                raise UsageError("--sandbox: sandboxes are not available in this installation")
+            tools += list(builtin.values())  # --sandbox alone: every sandbox tool, on that backend
+        name = spec.name or self.registry.new_name()
+        try:
+            self.registry.check_name(name)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+        def view(entry: RunEntry) -> RunOutput:
+            return RunOutput(entry.name, self.shell, on_stop=lambda: self._stop(entry.name), live=self.widgets,
+                             blocking=spec.wait).show()
+
+        entry = self.registry.submit(agent_factory(spec, self.registry, tools), spec.prompt, name=name,
+                                     out=spec.out, namespace=ns, view_factory=view)
+        if spec.wait and not entry.done:
+            try:
+                self.registry.wait([name])
+            except KeyboardInterrupt:  # the kernel's interrupt: stop the run, end the cell cleanly
+                self.registry.cancel(name)
+                self.registry.wait([name])
+                print(f"{name}: cancelled by the interrupt")
+        return entry
+
+    def _stop(self, name: str) -> None:
+        try:
+            self.registry.cancel(name)
+        except KeyError:
+            pass
+
+    # --- %agent <subcommand> ------------------------------------------------------------------------
+
+    def _subcommand(self, line: str) -> None:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%agent: {exc}") from None
+        sub, rest = (words[0], words[1:]) if words else ("help", [])
+        handler = getattr(self, f"_cmd_{sub}", None) if sub.isidentifier() else None
+        if handler is None:
+            raise UsageError(f"%agent: unknown subcommand {sub!r}; use one of: {', '.join(_SUBCOMMANDS)}")
+        handler(rest)
+
+    def _cmd_help(self, rest: list[str]) -> None:
+        print(self.agent.__doc__)
+
+    def _cmd_list(self, rest: list[str]) -> None:
+        self.registry.drain()
+        rows = [[e.name, e.state.status, f"{e.state.elapsed():.1f} s", len(e.state.cards), e.state.input_tokens,
+                 e.state.output_tokens, e.state.cached_tokens, e.state.model] for e in self.registry.entries.values()]
+        header = ["name", "status", "elapsed", "steps", "in", "out", "cached", "model"]
+        caption = f"{len(self.registry.active())} running"
+        _html(static.table_html(header, rows, caption=caption),
+              "\n".join([caption] + [f"{r[0]}: {r[1]} {r[2]}" for r in rows]))
+
+    def _cmd_cancel(self, rest: list[str]) -> None:
+        if len(rest) != 1:
+            raise UsageError("usage: %agent cancel NAME|all")
+        try:
+            names = self.registry.cancel(rest[0])
+        except KeyError:
+            raise UsageError(f"no run named {rest[0]!r} (see %agent list)") from None
+        print(f"cancelled: {', '.join(names)}" if names else "nothing to cancel")
+
+    def _cmd_wait(self, rest: list[str]) -> None:
+        names = None if not rest or rest == ["all"] else rest
+        unknown = [n for n in names or () if n not in self.registry.entries]
+        if unknown:
+            raise UsageError(f"no run named {unknown[0]!r} (see %agent list)")
+        entries = self.registry.wait(names)
+        print(", ".join(f"{e.name}: {e.state.status}" for e in entries) or "no runs to wait for")
+
+    def _cmd_stats(self, rest: list[str]) -> None:
+        if len(rest) > 1:
+            raise UsageError("usage: %agent stats [NAME]")
+        if not rest:
+            snap = self.registry.metrics.global_.snapshot()
+            mon = self.registry.monitor.snapshot()
+            lag = f"loop lag p99 {static.fmt_seconds(mon['lag_p99'])}, {mon['blocks']} blocks"  # type: ignore[arg-type]
+            _html(static.metrics_table(snap, caption=f"all runs · {lag}"), str(snap))
+            return
+        entry = self.registry.get(rest[0])
+        if entry is None:
+            raise UsageError(f"no run named {rest[0]!r} (see %agent list)")
+        reg = self.registry.metrics.for_run(entry.state.run_id)
+        if reg is None and entry.result is not None:
+            reg = entry.result.metrics()
+        snap = reg.snapshot() if reg is not None else {}
+        _html(static.metrics_table(snap, caption=static.text_summary(entry.state)), str(snap))
+
+    def _cmd_history(self, rest: list[str]) -> None:
+        rows = [[e.name, e.state.status, e.state.stop_reason, f"{e.state.elapsed():.2f} s", e.state.input_tokens,
+                 e.state.output_tokens, shorten(e.prompt, 60)] for e in self.registry.history]
+        _html(static.table_html(["name", "status", "reason", "time", "in", "out", "prompt"], rows),
+              "\n".join(f"{r[0]}: {r[1]}" for r in rows) or "no finished runs")
+
+    def _cmd_config(self, rest: list[str]) -> None:
+        traits = {k: getattr(self, k) for k in sorted(self.trait_names(config=True))}
+        rows: list[list[Any]] = [[f"AgentMagics.{k}", v] for k, v in traits.items()]
+        try:
+            ep = self.registry.settings.endpoint(self.model, self.base_url)
+            rows += [["endpoint", ep.base_url], ["model", ep.model], ["context window", ep.context_window]]
+        except Exception as exc:  # noqa: BLE001 - shown, not raised: config is how one finds the problem
+            rows.append(["endpoint", f"not configured: {exc}"])
+        rows.append(["home", self.registry.settings.home])
+        _html(static.table_html(["setting", "value"], rows), "\n".join(f"{k} = {v}" for k, v in rows))
+
+    def _cmd_cache(self, rest: list[str]) -> None:
+        reg = self.registry.metrics.global_
+        rows: list[list[Any]] = [[n, c.value] for n, c in reg.counters.items() if n.startswith("cache.")]
+        hit = reg.hit_rate("response")
+        rows.insert(0, ["response hit rate", "–" if hit is None else f"{hit:.1%}"])
+        for mode, cache in self.registry.caches.items():
+            rows += [[f"{mode}: {k}", v] for k, v in (cache_stats(cache) or {}).items()]
+        if not self.registry.caches:
+            rows.append(["response cache", "not used yet (%%agent --cache read-write|record|replay)"])
+        _html(static.table_html(["cache", "value"], rows), "\n".join(f"{k}: {v}" for k, v in rows))
+
+    def _cmd_sandboxes(self, rest: list[str]) -> None:
+        stats = sandbox_stats()
+        if stats is None:
+            print("sandboxes are not available in this installation")
+            return
+        _html(static.table_html(["sandboxes", "value"], list(stats.items())), str(stats))
+
+    def _cmd_dashboard(self, rest: list[str]) -> None:
+        from .dashboard import Dashboard
+
+        Dashboard(self.registry, max_hz=self.refresh_hz).show()
+
+    def pre_run_cell(self, info: Any = None) -> None:
+        """Before each cell: publish the summaries of runs that ended since, under this cell's request."""
+        self.registry.republish()
+
+
+_SUBCOMMANDS = ("list", "cancel", "wait", "stats", "history", "config", "cache", "sandboxes", "dashboard", "help")
+
+
+def shutdown() -> None:
+    """Cancel the notebook's runs and release what they hold (unloading the extension calls it)."""
+    from .registry import shutdown as close_registry
+
+    close_registry()

@@ -1,0 +1,107 @@
+"""From a ``%%agent`` cell to an agent: prompt interpolation, tool lookup and the run's settings.
+
+Errors a user can fix in the cell are raised as IPython ``UsageError`` (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from ..agent import Agent, Tool
+from .integrations import response_cache
+from .registry import RunRegistry
+
+__all__ = ["RunSpec", "interpolate", "resolve_tools"]
+
+
+@dataclass
+class RunSpec:
+    """One ``%%agent`` cell, parsed: the prompt and every setting of its run (None = the default)."""
+
+    prompt: str
+    name: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+    system: str | None = None
+    tools: list[str] = field(default_factory=list)
+    max_steps: int | None = None
+    timeout: float | None = None
+    sandbox: str | None = None
+    cache: str | None = None
+    stream: bool | None = None
+    out: str | None = None
+    wait: bool = False
+
+
+class _Namespace(string.Formatter):
+    def get_value(self, key: int | str, args: Any, kwargs: Any) -> Any:
+        if isinstance(key, int):
+            raise UsageError(f"positional field {{{key}}} in the prompt: use a name, or {{{{ }}}} for a brace")
+        if key not in kwargs:
+            raise UsageError(f"name {key!r} in the prompt is not defined in the notebook (write {{{{ for a "
+                             f"literal brace, or use --raw)")
+        return kwargs[key]
+
+
+def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
+    """Fill ``{name}`` (also ``{name.attr}``, ``{name[0]}``, ``{name:.2f}``) from ``namespace``; ``{{`` is ``{``."""
+    try:
+        return _Namespace().vformat(template, (), namespace)
+    except UsageError:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"cannot fill the prompt: {msg} (write {{{{ for a literal brace, or use --raw)") from None
+
+
+def resolve_tools(names: list[str], namespace: Mapping[str, Any], registry: Mapping[str, Tool]) -> list[Tool]:
+    """Tools by name: notebook variables (``@tool`` functions or plain functions), then ``registry`` (registered
+    and built-in tools).
+
+    ``*`` takes every ``Tool`` defined in the notebook.
+    """
+    out: dict[str, Tool] = {}
+    for raw in names:
+        for name in filter(None, (n.strip() for n in raw.split(","))):
+            if name == "*":
+                out.update({t.name: t for t in namespace.values() if isinstance(t, Tool)})
+                continue
+            value = namespace.get(name, registry.get(name))
+            if isinstance(value, Tool):
+                out[value.name] = value
+            elif callable(value) and not isinstance(value, type):
+                try:
+                    tool = Tool(value)
+                except (TypeError, ValueError) as exc:
+                    raise UsageError(f"{name} cannot be a tool: {exc}") from None
+                out[tool.name] = tool
+            else:
+                known = sorted({k for k, v in namespace.items() if isinstance(v, Tool)} | set(registry))
+                raise UsageError(f"unknown tool {name!r}; tools defined: {', '.join(known) or 'none'} "
+                                 f"(define one with @tool)")
+    return list(out.values())
+
+
+def agent_factory(spec: RunSpec, registry: RunRegistry, tools: list[Tool]) -> Callable[[], Agent]:
+    """Build the agent lazily, so that bad settings become a failed run instead of a traceback."""
+
+    def build() -> Agent:
+        kwargs: dict[str, Any] = {"system": spec.system, "max_steps": spec.max_steps, "stream": spec.stream,
+                                  "base_url": spec.base_url, "settings": registry.settings}
+        cache = response_cache(spec.cache or "off", registry.bus, registry.caches)
+        if cache is not None:
+            kwargs["cache"] = cache
+            if hasattr(cache, "tool_cache"):
+                kwargs["tool_cache"] = registry.caches.setdefault(f"{spec.cache}:tools", cache.tool_cache())
+        agent = registry.agent(spec.model, tools, **kwargs)
+        if spec.timeout is not None:
+            agent.limits.max_wall_time = spec.timeout
+        agent.endpoint()  # resolve now: a missing endpoint fails the run before it starts
+        return agent
+
+    return build

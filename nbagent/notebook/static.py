@@ -1,0 +1,182 @@
+"""Static renderings: HTML (with inline SVG charts) that shows the numbers without any JavaScript.
+
+A widget view alone renders nothing in nbconvert HTML or on GitHub, so every live view also publishes one of
+these: a run's summary when it ends, the dashboard's figures as SVG bars. Everything is escaped; nothing
+here touches a widget.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..metrics import Histogram
+from .state import RunState, StepItem
+
+__all__ = ["histogram_bins", "metrics_table", "run_summary_html", "svg_bars", "table_html", "text_summary"]
+
+STATUS_COLORS = {"ok": "#2e7d32", "error": "#c62828", "cancelled": "#6d4c41", "limit": "#ef6c00",
+                 "stuck": "#ef6c00", "running": "#1565c0", "starting": "#1565c0"}
+_BOX = "font-family:var(--jp-ui-font-family,sans-serif);font-size:12px;line-height:1.4;"
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if value < 1:
+        return f"{value * 1000:.1f} ms"
+    return f"{value:.2f} s"
+
+
+def badge(status: str) -> str:
+    color = STATUS_COLORS.get(status, "#555")
+    return (f'<span style="background:{color};color:#fff;border-radius:3px;padding:0 6px;'
+            f'font-weight:600">{_e(status)}</span>')
+
+
+def text_summary(state: RunState) -> str:
+    """One line of plain text: name, status, steps, tokens, time."""
+    return (f"{state.name}: {state.status}"
+            + (f" ({state.stop_reason})" if state.stop_reason and state.stop_reason != "stop" else "")
+            + f" · {len(state.cards)} steps · {state.input_tokens:,} in / {state.output_tokens:,} out / "
+              f"{state.cached_tokens:,} cached tokens · {state.elapsed():.2f} s")
+
+
+def tokens_line(state: RunState) -> str:
+    out = state.live_output_tokens
+    approx = "~" if state.streamed_chars and not state.done else ""
+    return (f'<span class="nbagent-token-counter" data-input-tokens="{state.input_tokens}" '
+            f'data-output-tokens="{out}" data-cached-tokens="{state.cached_tokens}">'
+            f"tokens <b>{state.input_tokens:,}</b> in / <b>{approx}{out:,}</b> out / "
+            f"<b>{state.cached_tokens:,}</b> cached</span>")
+
+
+def step_rows(state: RunState) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for card in state.cards:
+        for item in card.items:
+            mark = "" if item.ok else " ⚠"
+            rows.append([str(card.step), item.kind, item.label + mark, item.detail])
+    return rows
+
+
+def run_summary_html(state: RunState) -> str:
+    """The static summary of a run: status, tokens, timings, answer and steps (in a ``<details>``)."""
+    timing_bars = svg_bars(
+        [(f"#{c.step}", _card_seconds(c.items)) for c in state.cards[-40:]],
+        title="seconds per step", width=360, height=90,
+    ) if state.cards else ""
+    answer = _e(state.text[:4000]) + ("…" if len(state.text) > 4000 else "")
+    error = (f'<div style="color:#c62828;white-space:pre-wrap">{_e(state.error)}</div>'
+             if state.error and state.status != "ok" else "")
+    warnings = "".join(f'<div style="color:#ef6c00">⚠ {_e(w)}</div>' for w in state.warnings)
+    rows = step_rows(state)
+    steps = table_html(["step", "kind", "what", "detail"], rows[-200:]) if rows else ""
+    return (
+        f'<div class="nbagent-summary" data-run="{_e(state.name)}" data-status="{_e(state.status)}" '
+        f'data-input-tokens="{state.input_tokens}" data-output-tokens="{state.output_tokens}" '
+        f'data-cached-tokens="{state.cached_tokens}" style="{_BOX}border-left:3px solid '
+        f'{STATUS_COLORS.get(state.status, "#555")};padding:2px 8px">'
+        f"<div><b>{_e(state.name)}</b> {badge(state.status)} {_e(state.stop_reason)} · {state.elapsed():.2f} s · "
+        f"{len(state.cards)} steps · {state.requests} model calls · {state.tool_calls} tool calls · "
+        f"{tokens_line(state)} · ${state.cost:.6f}</div>{error}{warnings}"
+        f"<details><summary>answer and steps</summary>"
+        f'<pre style="white-space:pre-wrap;max-height:20em;overflow:auto">{answer}</pre>{timing_bars}{steps}'
+        f"</details></div>"
+    )
+
+
+def _card_seconds(items: Iterable[StepItem]) -> float:
+    return sum(item.seconds for item in items)
+
+
+def table_html(header: Sequence[str], rows: Iterable[Sequence[object]], *, caption: str = "") -> str:
+    """A compact HTML table (cells escaped)."""
+    cap = f"<caption style='text-align:left;font-weight:600'>{_e(caption)}</caption>" if caption else ""
+    head = "".join(f"<th style='text-align:left;padding:1px 8px'>{_e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='text-align:left;padding:1px 8px'>{_e(c)}</td>" for c in row) + "</tr>"
+        for row in rows
+    )
+    return f'<table class="nbagent-table" style="{_BOX}border-collapse:collapse">{cap}<tr>{head}</tr>{body}</table>'
+
+
+def metrics_table(snapshot: Mapping[str, Any], *, caption: str = "") -> str:
+    """A :meth:`MetricsRegistry.snapshot` as one table: histograms (seconds) then counters and gauges."""
+    rows: list[list[object]] = []
+    for name, s in snapshot.get("histograms", {}).items():
+        rows.append([name, s["count"], fmt_seconds(s["p50"]), fmt_seconds(s["p95"]), fmt_seconds(s["p99"]),
+                     fmt_seconds(s["max"])])
+    for name, v in snapshot.get("counters", {}).items():
+        rows.append([name, _num(v), "", "", "", ""])
+    for name, g in snapshot.get("gauges", {}).items():
+        rows.append([name, _num(g["value"]), "", "", "", f"peak {_num(g['max'])}"])
+    return table_html(["metric", "count / value", "p50", "p95", "p99", "max"], rows, caption=caption)
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "–"
+    return f"{v:,.6f}".rstrip("0").rstrip(".") if isinstance(v, float) and not v.is_integer() else f"{int(v):,}"
+
+
+def histogram_bins(h: Histogram | None, per_decade: int = 8) -> tuple[list[float], list[int], list[str]]:
+    """Coarse log bins of a histogram for plotting: ``(centres, counts, labels)``."""
+    if h is None or h.count == 0:
+        return [], [], []
+    bins: dict[int, int] = {}
+    zero = 0
+    for lo, hi, n in h.buckets():
+        if hi <= 0:
+            zero += n
+            continue
+        mid = math.sqrt(lo * hi)
+        key = math.floor(math.log10(mid) * per_decade)
+        bins[key] = bins.get(key, 0) + n
+    keys = sorted(bins)
+    centres = [10 ** ((k + 0.5) / per_decade) for k in keys]
+    counts = [bins[k] for k in keys]
+    if zero:
+        centres.insert(0, 0.0)
+        counts.insert(0, zero)
+    return centres, counts, [fmt_seconds(c) for c in centres]
+
+
+def svg_bars(bars: Sequence[tuple[str, float]], *, title: str = "", width: int = 300, height: int = 110,
+             color: str = "#1f77b4") -> str:
+    """A tiny inline SVG bar chart (no JavaScript); labels of the first and last bar under the axis."""
+    if not bars:
+        return ""
+    top = max((v for _, v in bars), default=0) or 1.0
+    pad, n = 16, len(bars)
+    bw = (width - 2 * pad) / n
+    plot_h = height - 34
+    rects = []
+    for i, (label, v) in enumerate(bars):
+        h = plot_h * v / top
+        rects.append(f'<rect x="{pad + i * bw:.1f}" y="{18 + plot_h - h:.1f}" width="{max(bw - 1, 1):.1f}" '
+                     f'height="{h:.1f}" fill="{color}"><title>{_e(label)}: {v:g}</title></rect>')
+    first, last = _e(bars[0][0]), _e(bars[-1][0])
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'style="{_BOX}display:inline-block;margin:2px 8px 2px 0">'
+        f'<text x="{pad}" y="12" font-size="11" font-weight="600">{_e(title)}</text>{"".join(rects)}'
+        f'<line x1="{pad}" y1="{18 + plot_h}" x2="{width - pad}" y2="{18 + plot_h}" stroke="#999"/>'
+        f'<text x="{pad}" y="{height - 3}" font-size="10">{first}</text>'
+        f'<text x="{width - pad}" y="{height - 3}" font-size="10" text-anchor="end">{last}</text></svg>'
+    )
+
+
+def histogram_svg(title: str, h: Histogram | None) -> str:
+    """A histogram as an SVG bar chart titled with its count and p50 / p99."""
+    centres, counts, labels = histogram_bins(h)
+    if h is None or not counts:
+        return svg_bars([("no data", 0.0)], title=f"{title}: no data", width=260)
+    label = f"{title}: n={h.count}, p50 {fmt_seconds(h.p50)}, p99 {fmt_seconds(h.p99)}"
+    return svg_bars(list(zip(labels, [float(c) for c in counts], strict=True)), title=label, width=260)

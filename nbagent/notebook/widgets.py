@@ -1,0 +1,165 @@
+"""The run widget: status, elapsed time, streaming answer, one card per step, token counter and a Stop button.
+
+Widgets hold no logic: :class:`RunWidget` draws a :class:`~nbagent.notebook.state.RunState` and calls the
+``on_stop`` it was given when Stop is clicked. :class:`RunOutput` puts the widget in the cell that started
+the run, next to a static rendering that is replaced by the run's summary when it ends.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+from IPython.display import DisplayHandle, display
+from ipywidgets.widgets.widget_string import HTMLStyle
+
+from .kernel import current_parent, update_display
+from .state import RunState, StepCard
+from .static import STATUS_COLORS, badge, run_summary_html, text_summary, tokens_line
+
+__all__ = ["RunOutput", "RunWidget"]
+
+_TAGS = {"llm": ("LLM", "#1565c0"), "tool": ("TOOL", "#6a1b9a"), "retry": ("RETRY", "#ef6c00"),
+         "cache": ("CACHE", "#2e7d32"), "sandbox": ("SANDBOX", "#455a64"), "error": ("ERROR", "#c62828")}
+MAX_VISIBLE_CARDS = 30
+
+
+def _tag(kind: str) -> str:
+    label, color = _TAGS.get(kind, (kind.upper(), "#555"))
+    return (f'<span style="font-size:10px;color:{color};border:1px solid {color};border-radius:3px;'
+            f'padding:0 3px">{label}</span>')
+
+
+def card_html(card: StepCard) -> str:
+    lines = []
+    for item in card.items:
+        color = "" if item.ok else "color:#c62828;"
+        pending = "" if item.done else " …"
+        lines.append(
+            f'<div style="{color}white-space:nowrap;overflow:hidden;text-overflow:ellipsis">'
+            f"{_tag(item.kind)} <b>{html.escape(item.label)}</b>{pending} "
+            f'<span style="opacity:.8">{html.escape(item.detail)}</span></div>'
+        )
+    return (f'<div class="nbagent-step" style="border:1px solid #ddd;border-radius:4px;padding:2px 6px;'
+            f'margin:1px 0;font-size:12px"><span style="opacity:.6">step {card.step}</span>{"".join(lines)}</div>')
+
+
+_SHARED: dict[str, widgets.Widget] = {}
+
+
+def _shared(key: str, factory: Callable[[], widgets.Widget]) -> Any:
+    """One layout or style instance shared by every run widget (fewer models for the frontend to sync)."""
+    w = _SHARED.get(key)
+    if w is None or w.comm is None:
+        w = _SHARED[key] = factory()
+    return w
+
+
+class RunWidget(widgets.VBox):
+    """The live view of one run: Stop, a header (status, time, tokens), the answer and the step cards.
+
+    ``render(state)`` redraws; only the parts that changed are sent. Stop calls ``on_stop()``.
+    """
+
+    def __init__(self, name: str, on_stop: Callable[[], None] | None = None) -> None:
+        layout = _shared("layout", widgets.Layout)
+        style = _shared("html-style", HTMLStyle)
+        self.stop = widgets.Button(description="Stop", icon="stop", button_style="danger", tooltip="Cancel this run",
+                                   layout=_shared("button", lambda: widgets.Layout(width="100px")),
+                                   style=_shared("button-style", widgets.ButtonStyle))
+        self.stop.add_class("nbagent-stop")
+        self.header = widgets.HTML(layout=layout, style=style)
+        self.header.add_class("nbagent-header")
+        self.answer = widgets.HTML(layout=layout, style=style)
+        self.answer.add_class("nbagent-answer")
+        self.steps = widgets.HTML(layout=layout, style=style)
+        self.steps.add_class("nbagent-steps")
+        self._on_stop = on_stop
+        self._name = name
+        self._cards_key: tuple[int, ...] = ()
+        self.stop.on_click(self._clicked)
+        top = widgets.HBox([self.stop, self.header], layout=layout)
+        super().__init__([top, self.answer, self.steps], layout=layout)
+        self.add_class("nbagent-run")
+        self.render(RunState(name=name))
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):
+            bundle["text/plain"] = f"nbagent run {self._name} (live view)"
+        return bundle
+
+    def _clicked(self, _button: Any) -> None:
+        with self.stop.hold_sync():
+            self.stop.disabled = True
+            self.stop.description = "Stopping"
+        if self._on_stop is not None:
+            self._on_stop()
+
+    def render(self, state: RunState) -> None:
+        """Redraw from ``state``; unchanged parts send nothing."""
+        color = STATUS_COLORS.get(state.status, "#555")
+        self.header.value = (
+            f'<div style="border-left:3px solid {color};padding-left:6px">'
+            f'<span class="nbagent-status" data-status="{html.escape(state.status)}">'
+            f"<b>{html.escape(state.name)}</b> {badge(state.status)} {html.escape(state.stop_reason)} · "
+            f"{state.elapsed():.1f} s · {state.model and html.escape(state.model) + ' · '}{len(state.cards)} steps"
+            f"</span><br>{tokens_line(state)} · ${state.cost:.6f}"
+            + "".join(f'<div style="color:#ef6c00">⚠ {html.escape(w)}</div>' for w in state.warnings) + "</div>")
+        text = state.text[-4000:] if state.text else ("" if state.done else "…")
+        err = (f'<div style="color:#c62828">{html.escape(state.error)}</div>'
+               if state.error and state.status != "ok" else "")
+        self.answer.value = (f'{err}<pre style="white-space:pre-wrap;margin:2px 0;max-height:16em;overflow:auto">'
+                             f"{html.escape(text)}</pre>")
+        cards = state.cards[-MAX_VISIBLE_CARDS:]
+        key = (len(state.cards), state.dropped_cards, *(c.version for c in cards))
+        if key != self._cards_key:
+            self._cards_key = key
+            more = len(state.cards) - len(cards) + state.dropped_cards
+            older = f'<div style="opacity:.6;font-size:11px">{more} earlier steps</div>' if more else ""
+            self.steps.value = (f'<div style="max-height:18em;overflow:auto">{older}'
+                                f'{"".join(card_html(c) for c in cards)}</div>')
+        if state.done and self.stop.description not in ("Done", "Stopped"):
+            with self.stop.hold_sync():  # one message for both traits
+                self.stop.disabled = True
+                self.stop.description = "Done" if state.status != "cancelled" else "Stopped"
+
+
+class RunOutput:
+    """A run's output in the cell that started it: the live widget and a static rendering below it.
+
+    The static part starts as one line and becomes the run's summary (HTML with the numbers) when the run
+    ends, so notebooks viewed without a widget manager (nbconvert, GitHub) still show the result.
+    """
+
+    def __init__(self, name: str, shell: Any = None, *, on_stop: Callable[[], None] | None = None,
+                 live: bool = True, blocking: bool = False) -> None:
+        self.shell = shell
+        self.parent = current_parent(shell)
+        self.widget = RunWidget(name, on_stop) if live else None
+        if self.widget is not None and blocking:
+            # the kernel reads button clicks only between cells: a cell that waits is stopped by an interrupt
+            self.widget.stop.tooltip = "This cell waits for the run: interrupt the kernel (■) to stop it"
+        self._widget_handle: DisplayHandle | None = None
+        self._static_handle: DisplayHandle | None = None
+        self.name = name
+
+    def show(self) -> RunOutput:
+        if self.widget is not None:
+            self._widget_handle = display(self.widget, display_id=True)
+        bundle = {"text/plain": f"{self.name}: running", "text/html":
+                  f'<div class="nbagent-summary" data-run="{html.escape(self.name)}" data-status="running" '
+                  f'style="font-size:12px;opacity:.7">{html.escape(self.name)}: running…</div>'}
+        self._static_handle = display(bundle, raw=True, display_id=True)
+        return self
+
+    def render(self, state: RunState) -> None:
+        if self.widget is not None:
+            self.widget.render(state)
+
+    def publish(self, state: RunState, *, current: bool = False) -> None:
+        """Replace the static part with the run's summary (with the cell's header, or the current one)."""
+        bundle = {"text/plain": text_summary(state), "text/html": run_summary_html(state)}
+        update_display(self._static_handle, bundle, shell=self.shell, parent=None if current else self.parent)

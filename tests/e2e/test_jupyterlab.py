@@ -1,0 +1,233 @@
+"""End to end in a real JupyterLab, in headless Chromium driven by Playwright.
+
+Opens a notebook, runs a ``%%agent`` cell and watches its token counter rise and the dashboard's histogram
+draw, clicks Stop on a long run and sees it cancelled. Screenshots go to ``artifacts/`` at the project root.
+
+Skipped when Chromium, JupyterLab or Playwright is missing, unless ``NBAGENT_REQUIRE_BROWSER=1`` (then it
+fails and says what is missing). ``scripts/setup-notebook.sh`` installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbagent.testing import SimServer
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "artifacts"
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic"]
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("NBAGENT_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _missing() -> list[str]:
+    missing = [] if _chromium() else ["Chromium (apt-get install chromium)"]
+    for module, what in (("jupyterlab", "JupyterLab"), ("playwright", "Playwright (pip)")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(what)
+    return missing
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _browser_gate() -> None:
+    missing = _missing()
+    if not missing:
+        return
+    message = f"browser end-to-end test needs: {', '.join(missing)}; run scripts/setup-notebook.sh"
+    if os.environ.get("NBAGENT_REQUIRE_BROWSER") == "1":
+        pytest.fail(message + " (NBAGENT_REQUIRE_BROWSER=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+NOTEBOOK_CELLS = [
+    "%load_ext nbagent\nimport os\nfrom nbagent import tool\nslow_url = os.environ['E2E_SLOW_URL']\n\n"
+    "@tool\ndef lookup(key: str) -> str:\n    '''Look a key up.'''\n    return 'v-' + key",
+    "%%agent -n quick -t lookup\nWhat does the key say?",
+    "%agent dashboard",
+    "%%agent -n long -t lookup --max-steps 500 --base-url {slow_url}\nKeep looking until told to stop.",
+]
+
+
+def _write_notebook(path: Path) -> None:
+    cells = [{"cell_type": "code", "execution_count": None, "id": uuid.uuid4().hex[:8], "metadata": {},
+              "outputs": [], "source": src} for src in NOTEBOOK_CELLS]
+    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                      "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """JupyterLab on a free loopback port with a token, its kernels pointed at two simulated servers."""
+    root, home = tmp_path_factory.mktemp("lab-root"), tmp_path_factory.mktemp("lab-home")
+    fast = SimServer(latency=0.7, tool_calls_per_run=14).start()
+    slow = SimServer(latency=0.5, tool_calls_per_run=1000).start()
+    _write_notebook(root / "e2e.ipynb")
+    port, token = _free_port(), uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "NBAGENT_", "JUPYTER"))}
+    env.update(PYTHONPATH=str(ROOT), NBAGENT_BASE_URL=fast.url, NBAGENT_MODEL="sim", NBAGENT_HOME=str(home / "nb"),
+               NBAGENT_LIMITS__STUCK_REPEATS="0", E2E_SLOW_URL=slow.url, JUPYTER_PLATFORM_DIRS="1",
+               JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
+    log = (home / "lab.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with opener.open(f"{url}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"JupyterLab did not start:\n{(home / 'lab.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield {"url": url, "token": token, "fast": fast, "slow": slow, "home": home}
+    finally:
+        _stop(proc)
+        log.close()
+        fast.stop()
+        slow.stop()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop JupyterLab and the kernels it started (one process group)."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _run_widget(page: Any, name: str) -> Any:
+    return page.locator(f'.nbagent-run:has(.nbagent-header:has-text("{name}"))').first
+
+
+def _status(run: Any) -> str:
+    return str(run.locator(".nbagent-status").first.get_attribute("data-status"))
+
+
+def test_jupyterlab_run_widget_dashboard_and_stop(lab: dict[str, Any], tmp_path: Path) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=_chromium(), headless=True, args=BROWSER_FLAGS,
+            viewport={"width": 1400, "height": 1800})
+        page = context.new_page()
+        try:
+            page.goto(f"{lab['url']}/lab/tree/e2e.ipynb?token={lab['token']}")
+            # JupyterLab sometimes asks which kernel to start although the notebook names one: accept python3
+            kernel_dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+            page.add_locator_handler(kernel_dialog, lambda dialog: dialog.locator(".jp-mod-accept").click())
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            try:
+                kernel_dialog.wait_for(timeout=5_000)
+                kernel_dialog.locator(".jp-mod-accept").click()
+            except PlaywrightTimeout:
+                pass
+            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=90_000)
+            page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()  # select cell 1, command mode
+
+            def run_cell() -> None:  # run the selected cell and select the next one
+                page.keyboard.press("Shift+Enter")
+
+            run_cell()  # %load_ext nbagent
+            run_cell()  # %%agent -n quick
+
+            # the token counter of the quick run rises while it runs
+            quick = _run_widget(page, "quick")
+            counter = quick.locator(".nbagent-token-counter").first
+            counter.wait_for(timeout=60_000)
+            seen: list[int] = []
+            deadline = time.monotonic() + 60
+            shot = False
+            while time.monotonic() < deadline:
+                value = int(counter.get_attribute("data-input-tokens") or 0)
+                if not seen or value != seen[-1]:
+                    seen.append(value)
+                if len(seen) >= 3 and not shot:
+                    page.screenshot(path=str(ARTIFACTS / "e2e-1-token-counter-rising.png"), full_page=True)
+                    shot = True
+                if _status(quick) == "ok":
+                    break
+                time.sleep(0.1)
+            assert _status(quick) == "ok", seen
+            assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] > 0, seen
+
+            # the dashboard's latency histogram has drawn bars
+            run_cell()  # %agent dashboard
+            run_cell()  # %%agent -n long
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.nbagent-histograms .trace.bars path')]"
+                ".some(p => (p.getAttribute('d') || '').length > 8)", timeout=30_000)
+            page.locator(".nbagent-dashboard").first.screenshot(path=str(ARTIFACTS / "e2e-2-dashboard.png"))
+
+            # Stop cancels the long run
+            long_run = _run_widget(page, "long")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.nbagent-run')].some(r => r.innerText.includes('long') &&"
+                " r.querySelectorAll('.nbagent-step').length >= 2)", timeout=60_000)
+            requests_before = lab["slow"].requests
+            t0 = time.monotonic()
+            long_run.locator("button.nbagent-stop").click()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.nbagent-status')].some(s => s.innerText.includes('long') &&"
+                " s.dataset.status === 'cancelled')", timeout=30_000)
+            stopped_after = time.monotonic() - t0
+            page.screenshot(path=str(ARTIFACTS / "e2e-3-stopped.png"), full_page=True)
+            assert stopped_after < 15.0  # generous: the cancel itself is immediate
+            settled = lab["slow"].requests
+            time.sleep(1.5)
+            assert lab["slow"].requests == settled and settled <= requests_before + 2
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "e2e-failure.png"), full_page=True)
+            raise
+        finally:
+            context.close()

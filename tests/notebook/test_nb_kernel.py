@@ -1,0 +1,153 @@
+"""The magics in a real ipykernel, executed by nbclient, against the simulated server over real HTTP.
+
+One kernel serves the whole module (kernel start-up is the slow part); each test uses its own run names.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from kernels import KernelNotebook, dump, kernel_env, summaries, text_of
+from nbconvert import HTMLExporter
+
+from nbagent.testing import SimServer
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def sim_module() -> Iterator[SimServer]:
+    with SimServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def kn(sim_module: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelNotebook]:
+    work = tmp_path_factory.mktemp("kernel")
+    env = kernel_env(sim_module.url, tmp_path_factory.mktemp("kernel-home"), NBAGENT_RETRY__MAX_ATTEMPTS="1",
+                     NBAGENT_LIMITS__STUCK_REPEATS="0")  # the simulated model repeats its tool call
+    notebook = KernelNotebook(work, env)
+    try:
+        setup = notebook.run("%load_ext nbagent\nfrom nbagent import tool\n\n@tool\ndef lookup(key: str) -> str:\n"
+                             "    '''Look a key up.'''\n    return 'v-' + key\n")
+        assert not text_of(setup), text_of(setup)
+        yield notebook
+    finally:
+        notebook.close()
+
+
+@pytest.fixture
+def sim(sim_module: SimServer) -> Iterator[SimServer]:
+    sim_module.configure(latency=0.0, tool_calls_per_run=1, ttft=None, chunk_delay=0.0)
+    yield sim_module
+
+
+def wait_for(predicate: object, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_background_run_progresses_while_the_kernel_is_idle(kn: KernelNotebook, sim: SimServer) -> None:
+    sim.configure(latency=0.5, tool_calls_per_run=3)
+    dash = kn.run("%agent dashboard")
+    base = sim.stats()["completed"]
+    start = kn.run("%%agent -n bg -o res --no-stream -t lookup\nwhat is up?")
+    check = kn.run("print(type(res).__name__, res.done())")
+    assert text_of(check).strip() == "RunHandle False", dump(check)
+    completed = sim.stats()["completed"]
+    # no cell is executing now: the run must still make its model calls (four in all)
+    assert wait_for(lambda: sim.stats()["completed"] >= base + 4), sim.stats()
+    assert sim.stats()["completed"] > completed
+    time.sleep(1.0)
+    after = kn.run("print(type(res).__name__, res.status, res.usage.requests, res.usage.tokens.input_tokens > 0)")
+    assert text_of(after).strip() == "RunResult ok 4 True", dump(after)
+    # the run's summary went to the cell that started it, not to the cell being executed
+    found = summaries(start)
+    assert found and found[-1]["status"] == "ok" and int(found[-1]["input-tokens"]) > 0, dump(start)
+    assert not summaries(after)
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in start.outputs)
+    # the dashboard's static rendering follows the runs as well
+    html = "".join(o.get("data", {}).get("text/html", "") for o in dash.outputs)
+    m = re.search(r"LLM latency: n=(\d+)", html)
+    assert m and int(m.group(1)) >= 4, html[:2000]
+
+
+def test_wait_blocks_until_the_run_ends(kn: KernelNotebook, sim: SimServer) -> None:
+    sim.configure(latency=0.3)
+    cell = kn.run("%%agent -n w --wait -o r2\nhello there")
+    meta = cell.metadata["execution"]
+    assert meta["shell.execute_reply"] > meta["iopub.execute_input"]
+    found = summaries(cell)
+    assert found and found[-1]["status"] == "ok" and int(found[-1]["output-tokens"]) > 0, dump(cell)
+    check = kn.run("print(type(r2).__name__, r2.status, r2.output)")
+    assert text_of(check).strip() == "RunResult ok Answer to: hello there"
+
+
+def test_stop_button_cancels_the_run(kn: KernelNotebook, sim: SimServer) -> None:
+    sim.configure(latency=0.2, tool_calls_per_run=50)
+    cell = kn.run("%%agent -n long -o rl -t lookup --max-steps 100 --no-stream\nkeep looking")
+    button = kn.stop_button_of(cell)
+    before = sim.requests
+    assert wait_for(lambda: sim.requests >= before + 2)
+    kn.click(button)  # the message a browser sends when Stop is clicked
+    done = kn.run("%agent wait long")
+    assert text_of(done).strip() == "long: cancelled", dump(done)
+    check = kn.run("print(rl.status, rl.usage.requests < 50)")
+    assert text_of(check).strip() == "cancelled True"
+    assert kn.widget_state()[button]["description"] in ("Stopped", "Stopping")
+
+
+def test_failed_run_is_shown_not_raised(kn: KernelNotebook) -> None:
+    cell = kn.run("%%agent -n bad -o rb --wait --base-url http://127.0.0.1:9/v1\nhi")
+    assert not [o for o in cell.outputs if o.output_type == "error"], dump(cell)
+    found = summaries(cell)
+    assert found and found[-1]["status"] == "error", dump(cell)
+    check = kn.run("print(rb.status, type(rb.error).__name__)")
+    assert text_of(check).startswith("error "), dump(check)
+
+
+def test_bad_flags_are_a_usage_error_without_traceback(kn: KernelNotebook) -> None:
+    cell = kn.run("%%agent --max-steps lots\nhi", raises=True)
+    text = text_of(cell)
+    assert "UsageError" in text and "invalid int value" in text and "Traceback" not in text, dump(cell)
+
+
+def test_run_sync_waits_inside_the_kernel_loop(kn: KernelNotebook, sim: SimServer) -> None:
+    cell = kn.run("from nbagent import Agent\nr3 = Agent('sim').run_sync('from run_sync')\nprint(r3.status, r3.output)")
+    assert text_of(cell).strip() == "ok Answer to: from run_sync", dump(cell)
+    after = kn.run("%%agent -n after --wait -o r4\nstill fine\n")
+    assert summaries(after)[-1]["status"] == "ok"
+
+
+def test_loop_monitor_names_code_that_blocks_the_kernel(kn: KernelNotebook, sim: SimServer) -> None:
+    sim.configure(latency=1.5)
+    kn.run("%%agent -n lagged\nslow answer")
+    kn.run("import time\ntime.sleep(0.6)  # blocks the event loop while the run is active")
+    kn.run("%agent wait lagged")
+    cell = kn.run("from nbagent.notebook.registry import current\nb = current().monitor.blocks[-1]\n"
+                  "print(round(b.seconds, 1) >= 0.5, b.where)")
+    assert text_of(cell).startswith("True "), dump(cell)
+    assert "time.sleep(0.6)" in text_of(cell)
+
+
+def test_saved_notebook_shows_the_numbers_without_widgets(kn: KernelNotebook, tmp_path: Path) -> None:
+    path = kn.save(tmp_path / "executed.ipynb")
+    nb = nbformat.read(str(path), as_version=4)
+    found = [s for cell in nb.cells for s in summaries(cell)]
+    by_run = {s["run"]: s for s in found}
+    for name in ("bg", "w"):
+        assert by_run[name]["status"] == "ok" and int(by_run[name]["input-tokens"]) > 0, by_run
+    assert nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    tags = re.findall(r'<div class="nbagent-summary"[^>]*data-run="bg"[^>]*>', body)
+    assert tags and 'data-status="ok"' in tags[-1] and not re.search(r'data-input-tokens="0"', tags[-1])
+    assert "RunWidget(children" not in body
