@@ -48,6 +48,9 @@ def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbagent``: the magics on the kernel's registry (loading twice is a no-op)."""
     if id(ipython) not in _loaded:
         magics = register(ipython)
+        from .. import store
+
+        store.enable(magics.registry.bus)  # every run of the kernel is kept (NBAGENT_STORE=off: not kept)
         _warm_up_when_idle(magics.registry)
 
 

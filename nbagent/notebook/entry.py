@@ -41,6 +41,7 @@ class RunEntry:
     view: RunView | None = None
     out: str | None = None
     namespace: MutableMapping[str, Any] | None = field(default=None, repr=False)
+    profile: bool = False
     rendered_version: int = -1
     rendered_at: float = 0.0
     published: bool = False

@@ -89,13 +89,16 @@ class AgentMagics(Magics):
     @argument("-o", "--out", metavar="NAME", help="Variable for the result: the RunHandle, then the RunResult.")
     @argument("-w", "--wait", action="store_true", default=None, help="Block the cell until the run ends.")
     @argument("--raw", action="store_true", help="Send the cell as it is ({name} is not filled in).")
+    @argument("--first-tool", metavar="NAME", help="The first model call must call this tool (small models).")
+    @argument("--profile", action="store_true", help="Profile the run (pyinstrument) and show where time went.")
     @line_cell_magic
     def agent(self, line: str, cell: str | None = None) -> None:
         """Run the cell as an agent prompt in the background; ``{name}`` takes notebook variables.
 
         The cell returns at once and the run shows its progress in a widget (Stop cancels it). As a line
         magic, ``%agent`` manages the runs: ``list``, ``cancel NAME|all``, ``wait [NAME...]``,
-        ``stats [NAME]``, ``history``, ``config``, ``cache``, ``sandboxes``, ``dashboard``, ``help``.
+        ``stats [NAME]``, ``history [N]``, ``config``, ``cache``, ``sandboxes``, ``dashboard``,
+        ``bench [RUNS [CONCURRENCY [LATENCY]]]``, ``help``.
         Defaults of the flags below: ``%config AgentMagics``.
         """
         if cell is None:
@@ -128,12 +131,14 @@ class AgentMagics(Magics):
                        tools=list(self.tools) + args.tools, max_steps=pick(args.max_steps, self.max_steps),
                        timeout=pick(args.timeout, self.timeout), sandbox=pick(args.sandbox, self.sandbox),
                        cache=pick(args.cache, self.cache), stream=pick(args.stream, self.stream), out=args.out,
-                       wait=bool(pick(args.wait, self.wait)))
+                       wait=bool(pick(args.wait, self.wait)), first_tool=args.first_tool, profile=args.profile)
 
     def _run(self, spec: RunSpec) -> RunEntry:
         ns = self.shell.user_ns if self.shell is not None else {}
         builtin = sandbox_tools(spec.sandbox) if spec.sandbox or spec.tools else {}
         tools = resolve_tools(spec.tools, ns, {**builtin, **self.registry.tools})
+        if spec.first_tool is not None and spec.first_tool not in {t.name for t in tools} | set(builtin):
+            raise UsageError(f"--first-tool {spec.first_tool!r} is not one of the run's tools")
         if spec.sandbox and not any(t.name in builtin for t in tools):
             if not builtin:
                 raise UsageError("--sandbox: sandboxes are not available in this installation")
@@ -149,7 +154,7 @@ class AgentMagics(Magics):
                              blocking=spec.wait).show()
 
         entry = self.registry.submit(agent_factory(spec, self.registry, tools), spec.prompt, name=name,
-                                     out=spec.out, namespace=ns, view_factory=view)
+                                     out=spec.out, namespace=ns, view_factory=view, profile=spec.profile)
         if spec.wait and not entry.done:
             try:
                 self.registry.wait([name])
@@ -226,10 +231,36 @@ class AgentMagics(Magics):
         _html(static.metrics_table(snap, caption=static.text_summary(entry.state)), str(snap))
 
     def _cmd_history(self, rest: list[str]) -> None:
-        rows = [[e.name, e.state.status, e.state.stop_reason, f"{e.state.elapsed():.2f} s", e.state.input_tokens,
-                 e.state.output_tokens, shorten(e.prompt, 60)] for e in self.registry.history]
-        _html(static.table_html(["name", "status", "reason", "time", "in", "out", "prompt"], rows),
-              "\n".join(f"{r[0]}: {r[1]}" for r in rows) or "no finished runs")
+        """Runs kept in the run store (every kernel's, newest first); ``%agent history N`` shows N."""
+        from .. import store
+
+        try:
+            limit = int(rest[0]) if rest else 20
+        except ValueError:
+            raise UsageError(f"%agent history: expected a number of runs, got {rest[0]!r}") from None
+        frame = store.history(limit=limit)
+        if frame.empty:
+            rows = [[e.name, e.state.status, e.state.stop_reason, f"{e.state.elapsed():.2f} s", e.state.input_tokens,
+                     e.state.output_tokens, shorten(e.prompt, 60)] for e in self.registry.history]
+            _html(static.table_html(["name", "status", "reason", "time", "in", "out", "prompt"], rows),
+                  "\n".join(f"{r[0]}: {r[1]}" for r in rows) or "no finished runs")
+            return
+        display(frame)
+
+    def _cmd_bench(self, rest: list[str]) -> None:
+        """``%agent bench [RUNS [CONCURRENCY [LATENCY]]]``: a load test against the simulated server."""
+        from ..bench import run_bench
+
+        try:
+            runs, concurrency = (int(rest[0]) if rest else 50), (int(rest[1]) if len(rest) > 1 else 10)
+            latency = float(rest[2]) if len(rest) > 2 else 0.05
+        except ValueError:
+            raise UsageError("%agent bench: expected RUNS CONCURRENCY LATENCY, e.g. %agent bench 100 20 0.05") from None
+        if runs < 1 or concurrency < 1 or latency < 0:
+            raise UsageError("%agent bench: runs and concurrency must be >= 1 and latency >= 0")
+        result = run_bench(runs=runs, concurrency=concurrency, latency=latency, progress=False)
+        _html(result.to_html(), result.summary())
+        display(result.figure())
 
     def _cmd_config(self, rest: list[str]) -> None:
         traits = {k: getattr(self, k) for k in sorted(self.trait_names(config=True))}
@@ -270,7 +301,8 @@ class AgentMagics(Magics):
         self.registry.republish()
 
 
-_SUBCOMMANDS = ("list", "cancel", "wait", "stats", "history", "config", "cache", "sandboxes", "dashboard", "help")
+_SUBCOMMANDS = ("list", "cancel", "wait", "stats", "history", "config", "cache", "sandboxes", "dashboard", "bench",
+                "help")
 
 
 def shutdown() -> None:

@@ -106,7 +106,7 @@ class RunRegistry:
 
     def submit(self, agent: Agent | Callable[[], Agent], prompt: str, *, name: str | None = None,
                out: str | None = None, namespace: MutableMapping[str, Any] | None = None,
-               view_factory: Callable[[RunEntry], RunView | None] | None = None) -> RunEntry:
+               view_factory: Callable[[RunEntry], RunView | None] | None = None, profile: bool = False) -> RunEntry:
         """Start a run in the background on the running loop and return its entry at once.
 
         ``agent`` may be a factory: an error while building the agent (bad settings) becomes a failed run,
@@ -115,7 +115,7 @@ class RunRegistry:
         name = name or self.new_name()
         self.check_name(name)
         entry = RunEntry(name=name, prompt=prompt, state=RunState(name=name, prompt=prompt), out=out,
-                         namespace=namespace)
+                         namespace=namespace, profile=profile)
         self.entries[name] = entry
         if out is not None and namespace is not None:
             namespace.pop(out, None)
@@ -146,7 +146,7 @@ class RunRegistry:
 
     def _start(self, entry: RunEntry, agent: Agent, *, ticker: bool = True) -> RunHandle:
         self._ensure_ticker(start_task=ticker)
-        handle = agent.start(entry.prompt, name=entry.name)
+        handle = agent.start(entry.prompt, name=entry.name, profile=entry.profile)
         entry.handle = handle
         entry.state.run_id = handle.run_id
         self._by_run_id[handle.run_id] = entry

@@ -12,7 +12,9 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
+from .. import local_model
 from ..agent import Agent, Tool
+from ..errors import EndpointNotConfigured
 from .integrations import response_cache
 from .registry import RunRegistry
 
@@ -36,6 +38,8 @@ class RunSpec:
     stream: bool | None = None
     out: str | None = None
     wait: bool = False
+    first_tool: str | None = None
+    profile: bool = False
 
 
 class _Namespace(string.Formatter):
@@ -92,7 +96,8 @@ def agent_factory(spec: RunSpec, registry: RunRegistry, tools: list[Tool]) -> Ca
 
     def build() -> Agent:
         kwargs: dict[str, Any] = {"system": spec.system, "max_steps": spec.max_steps, "stream": spec.stream,
-                                  "base_url": spec.base_url, "settings": registry.settings}
+                                  "base_url": spec.base_url, "settings": registry.settings,
+                                  "first_tool": spec.first_tool}
         cache = response_cache(spec.cache or "off", registry.bus, registry.caches)
         if cache is not None:
             kwargs["cache"] = cache
@@ -101,7 +106,11 @@ def agent_factory(spec: RunSpec, registry: RunRegistry, tools: list[Tool]) -> Ca
         agent = registry.agent(spec.model, tools, **kwargs)
         if spec.timeout is not None:
             agent.limits.max_wall_time = spec.timeout
-        agent.endpoint()  # resolve now: a missing endpoint fails the run before it starts
+        try:
+            agent.endpoint()  # resolve now: a missing endpoint fails the run before it starts
+        except EndpointNotConfigured:
+            if not (agent.settings.embedded and local_model.available()):
+                raise  # otherwise the run starts the embedded model
         return agent
 
     return build

@@ -77,6 +77,7 @@ class RunState:
     cards: list[StepCard] = field(default_factory=list)
     dropped_cards: int = 0
     warnings: list[str] = field(default_factory=list)
+    profile_text: str = ""  # the profile's breakdown and call tree, for runs started with --profile
     version: int = 0
     _tools: dict[str, StepItem] = field(default_factory=dict, repr=False)
     _fresh_text: bool = field(default=False, repr=False)
@@ -139,6 +140,9 @@ class RunState:
         self.cached_tokens, self.cost = u.tokens.cached_tokens, u.cost
         self.requests, self.tool_calls, self.cache_hits = u.requests, u.tool_calls, u.cache_hits
         self.streamed_chars = 0
+        profile = getattr(result, "profile", None)
+        if profile is not None:
+            self.profile_text = f"{profile.breakdown_table()}\n\n{profile.text[:20_000]}"
         if result.output:
             self.text = result.output[:MAX_TEXT]
         if self.ended is None:

@@ -78,6 +78,8 @@ def run_summary_html(state: RunState) -> str:
     warnings = "".join(f'<div style="color:#ef6c00">⚠ {_e(w)}</div>' for w in state.warnings)
     rows = step_rows(state)
     steps = table_html(["step", "kind", "what", "detail"], rows[-200:]) if rows else ""
+    profile = (f'<details><summary>profile: where the time went</summary><pre style="max-height:30em;'
+               f'overflow:auto">{_e(state.profile_text)}</pre></details>' if state.profile_text else "")
     return (
         f'<div class="nbagent-summary" data-run="{_e(state.name)}" data-status="{_e(state.status)}" '
         f'data-input-tokens="{state.input_tokens}" data-output-tokens="{state.output_tokens}" '
@@ -88,7 +90,7 @@ def run_summary_html(state: RunState) -> str:
         f"{tokens_line(state)} · ${state.cost:.6f}</div>{error}{warnings}"
         f"<details><summary>answer and steps</summary>"
         f'<pre style="white-space:pre-wrap;max-height:20em;overflow:auto">{answer}</pre>{timing_bars}{steps}'
-        f"</details></div>"
+        f"</details>{profile}</div>"
     )
 
 

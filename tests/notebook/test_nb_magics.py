@@ -334,3 +334,53 @@ def test_help_documents_the_flags() -> None:
                  "--stream", "--out", "--wait", "--name", "list", "cancel", "dashboard"):
         assert flag in doc, flag
 
+
+
+# --- first tool, profile, history, bench -------------------------------------------------------------
+
+
+async def test_first_tool_flag(nb: Notebook, sim: SimServer) -> None:
+    await nb.run("from nbagent import tool\n@tool\ndef lookup(key: str) -> str:\n    '''Look up.'''\n    return key")
+    msg = usage_error(await nb.run("%%agent -t lookup --first-tool nope\nq"))
+    assert "--first-tool 'nope'" in msg
+    await nb.run("%%agent -n ft -t lookup --first-tool lookup\nq")
+    result = await nb.until_done("ft")
+    assert result.ok
+    assert sim.history[0]["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}
+
+
+async def test_profile_flag_attaches_a_profile_to_the_result(nb: Notebook) -> None:
+    await nb.run("%%agent -n prof --profile -o pr\nprofile me")
+    result = await nb.until_done("prof")
+    assert result.ok and result.profile is not None
+    assert set(result.profile.breakdown) >= {"model", "overhead"}
+    entry = nb.registry.get("prof")
+    assert entry is not None and "model" in entry.state.profile_text
+
+
+async def test_history_reads_the_run_store(nb: Notebook, tmp_path, monkeypatch) -> None:
+    from nbagent import store
+
+    monkeypatch.setenv("NBAGENT_STORE_PATH", str(tmp_path / "runs.db"))
+    kept = store.enable(nb.registry.bus, path=tmp_path / "runs.db")
+    try:
+        await nb.run("%%agent -n kept\nremember me")
+        await nb.until_done("kept")
+        kept.flush()
+        frame = store.history(path=tmp_path / "runs.db")
+        assert "kept" in set(frame["name"])
+        result = await nb.run("%agent history 5")
+        assert result.error_in_exec is None
+        assert "expected a number of runs" in usage_error(await nb.run("%agent history three"))
+    finally:
+        store.disable(nb.registry.bus)
+
+
+async def test_bench_subcommand_errors_are_one_line(nb: Notebook) -> None:
+    assert "expected RUNS" in usage_error(await nb.run("%agent bench many"))
+    assert "must be >= 1" in usage_error(await nb.run("%agent bench 0 1"))
+
+
+async def test_bench_subcommand_runs_a_small_load_test(nb: Notebook, capsys) -> None:
+    result = await nb.run("%agent bench 6 3 0")
+    assert result.error_in_exec is None, result.error_in_exec
