@@ -39,7 +39,7 @@ async def test_run_prompt_tool_tool_answer(sim: SimServer) -> None:
                                                    "assistant"]
     assert result.usage.steps == 3 and result.usage.requests == 3 and result.usage.tool_calls == 2
     assert result.usage.tokens.input_tokens > 0
-    assert set(result.timings) == {"total", "model", "tools", "overhead"}
+    assert set(result.timings) == {"total", "model", "tools", "startup", "overhead"}
     kinds = [e.kind for e in result.events]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
     assert kinds.count("tool_finished") == 2 and kinds.count("llm_response") == 3

@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -91,7 +92,8 @@ class RunResult:
             f"{u.steps} steps, {u.requests} requests, {u.tool_calls} tool calls; tokens in "
             f"{u.tokens.input_tokens:,} / out {u.tokens.output_tokens:,} / cached {u.tokens.cached_tokens:,}; "
             f"cost ${u.cost:.6f}; model {t.get('model', 0.0):.2f} s, tools {t.get('tools', 0.0):.2f} s, "
-            f"overhead {t.get('overhead', 0.0) * 1000:.1f} ms"
+            + (f"model start-up {t['startup']:.2f} s, " if t.get("startup", 0.0) >= 0.01 else "")
+            + f"overhead {t.get('overhead', 0.0) * 1000:.1f} ms"
         )
 
 
@@ -138,13 +140,14 @@ class _Recorder:
                 events.append(ev)
 
 
-_recorders: dict[int, _Recorder] = {}
+_recorders: weakref.WeakKeyDictionary[EventBus, _Recorder] = weakref.WeakKeyDictionary()
 
 
 def _recorder(bus: EventBus) -> _Recorder:
-    rec = _recorders.get(id(bus))
+    # keyed by the bus itself, weakly: an id() key would be reused by a later bus once this one is freed
+    rec = _recorders.get(bus)
     if rec is None:
-        rec = _recorders[id(bus)] = _Recorder(bus)
+        rec = _recorders[bus] = _Recorder(bus)
     return rec
 
 
@@ -406,8 +409,8 @@ class Agent:
         except Exception:  # noqa: BLE001 - releasing resources must not hide the run's own outcome
             pass
         total = usage.elapsed
-        timings = {"total": total, "model": state.model_time, "tools": state.tool_time,
-                   "overhead": max(total - state.model_time - state.tool_time, 0.0)}
+        timings = {"total": total, "model": state.model_time, "tools": state.tool_time, "startup": state.startup_time,
+                   "overhead": max(total - state.model_time - state.tool_time - state.startup_time, 0.0)}
         t = usage.tokens
         self.bus.emit(RunFinished(run_id=run_id, status=status, stop_reason=reason, duration=total,
                                   steps=usage.steps, input_tokens=t.input_tokens, output_tokens=t.output_tokens,
@@ -417,7 +420,9 @@ class Agent:
 
     async def _loop(self, messages: list[dict[str, Any]], usage: RunUsage, ctx: RunContext, state: _RunState,
                     on_text: TextCallback | None) -> tuple[str, str, str]:
+        t_start = time.perf_counter()
         model = await self._resolve_model()
+        state.startup_time = time.perf_counter() - t_start  # e.g. starting the embedded model server
         model_name = self.model_name or getattr(model, "model_name", "") or ""
         limits = self.limits
         while True:
@@ -519,9 +524,10 @@ class ModelWrapper(Protocol):
 
 
 class _RunState:
-    __slots__ = ("model_time", "tool_time", "last_text", "seen")
+    __slots__ = ("model_time", "tool_time", "startup_time", "last_text", "seen")
 
     def __init__(self) -> None:
+        self.startup_time = 0.0
         self.model_time = 0.0
         self.tool_time = 0.0
         self.last_text = ""
