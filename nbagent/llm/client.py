@@ -375,8 +375,9 @@ class _StreamAccumulator:
                 if tc.get("id"):
                     slot[0] = tc["id"]
                 fn = tc.get("function") or {}
-                if fn.get("name"):
-                    slot[1] += fn["name"]
+                name = fn.get("name")
+                if name and name != slot[1]:  # llama.cpp repeats the whole name in every chunk; OpenAI sends it once
+                    slot[1] += name
                 if fn.get("arguments"):
                     slot[2] += fn["arguments"]
             if (piece or delta.get("tool_calls")) and self.first_at is None:

@@ -62,6 +62,17 @@ async def test_forced_tool_call(llama: LocalModelServer) -> None:
     await c.aclose()
 
 
+async def test_streamed_tool_call(llama: LocalModelServer) -> None:
+    c = client_for(llama)
+    resp = await c.request(ModelRequest(
+        model=llama.alias, messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        params={"max_tokens": 64, "temperature": 0}, stream=True))
+    # llama.cpp repeats the function name in every chunk; it must not be concatenated
+    assert [tc.name for tc in resp.tool_calls] == ["get_weather"]
+    await c.aclose()
+
+
 async def test_tool_call_round_trip_through_the_agent_loop(llama: LocalModelServer) -> None:
     calls: list[str] = []
 
