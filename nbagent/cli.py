@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs", type=int, default=3, help="how many concurrent runs")
     demo.add_argument("--latency", type=float, default=0.05, help="simulated model latency (s)")
     demo.set_defaults(func=_cmd_demo)
+    ex = sub.add_parser("execute", help="run a notebook headless and export it to HTML")
+    ex.add_argument("notebook", help="the .ipynb to run")
+    ex.add_argument("--out", default="artifacts", help="folder for the executed notebook and its HTML")
+    ex.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per cell")
+    ex.set_defaults(func=_cmd_execute)
     for name in _PLUGINS:
         try:
             mod = importlib.import_module(name)
@@ -96,6 +101,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return asyncio.run(run_demo(prompt=args.prompt, runs=args.runs, latency=args.latency))
+
+
+def _cmd_execute(args: argparse.Namespace) -> int:
+    from .execute import execute_notebook
+
+    try:
+        result = execute_notebook(args.notebook, args.out, timeout=args.timeout)
+    except FileNotFoundError as exc:
+        print(f"nbagent: {exc}", file=sys.stderr)
+        return 2
+    print(f"executed {result.cells} code cells of {args.notebook} in {result.seconds:.1f} s")
+    print(f"  notebook with outputs: {result.notebook.resolve()}")
+    print(f"  HTML to open in a browser: {result.html.resolve()}")
+    for err in result.errors:
+        print(f"nbagent: a cell failed: {err}", file=sys.stderr)
+    return 1 if result.errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:

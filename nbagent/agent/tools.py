@@ -217,7 +217,7 @@ class Tool:
             args: Any = {}
         else:
             try:
-                args = json.loads(raw)
+                args = json.loads(raw, strict=False)  # raw newlines in strings: small models write them
             except json.JSONDecodeError as e:
                 raise ValueError(f"arguments are not valid JSON ({e.msg} at char {e.pos}): {raw[:200]!r}") from None
         if not isinstance(args, dict):
