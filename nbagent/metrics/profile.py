@@ -10,7 +10,8 @@
   an upper bound for runs that overlap;
 * ``breakdown``: the run's wall time split into ``model`` (waiting on the model endpoint, retries
   included), ``tools`` (tool code), ``sandbox_wait`` (waiting for a sandbox lease), ``cache`` (cache
-  lookups) and ``overhead`` (everything else: the framework). The five add up to ``total``.
+  lookups), ``startup`` (starting the embedded model server) and ``overhead`` (everything else: the
+  framework). The six add up to ``total``.
 
 :func:`wall_breakdown` computes the breakdown for any run from its events and timings, profiled or not.
 """
@@ -33,7 +34,7 @@ __all__ = ["BREAKDOWN_KEYS", "RunProfile", "RunProfiler", "rss_bytes", "wall_bre
 
 log = logging.getLogger("nbagent.metrics.profile")
 
-BREAKDOWN_KEYS = ("model", "tools", "sandbox_wait", "cache", "overhead")
+BREAKDOWN_KEYS = ("model", "tools", "sandbox_wait", "cache", "startup", "overhead")
 
 
 def wall_breakdown(events: Iterable[Event], timings: dict[str, float]) -> dict[str, float]:
@@ -69,9 +70,10 @@ def wall_breakdown(events: Iterable[Event], timings: dict[str, float]) -> dict[s
     sandbox_wait = min(lease_wait, tool_time - tool_lookup)
     tools = max(tool_time - tool_lookup - sandbox_wait, 0.0)
     cache = resp_lookup + tool_lookup
-    overhead = max(total - model - tools - sandbox_wait - cache, 0.0)
+    startup = min(float(timings.get("startup", 0.0)), total)  # e.g. starting the embedded model server
+    overhead = max(total - model - tools - sandbox_wait - cache - startup, 0.0)
     return {"total": total, "model": model, "tools": tools, "sandbox_wait": sandbox_wait, "cache": cache,
-            "overhead": overhead}
+            "startup": startup, "overhead": overhead}
 
 
 def rss_bytes() -> int | None:

@@ -69,7 +69,7 @@ async def test_a_run_is_kept_whole(store: RunStore, agent: Agent) -> None:
     assert row["stop_reason"] == "stop" and row["steps"] == result.usage.steps == 2
     assert row["input_tokens"] == result.usage.tokens.input_tokens and row["output"] == result.output
     assert row["prompt"] == "what is x?" and row["model"] == "sim" and row["dropped"] == 0
-    assert set(row["timings"]) == {"total", "model", "tools", "overhead"}
+    assert set(row["timings"]) == {"total", "model", "tools", "startup", "overhead"}
     assert row["started"] <= row["finished"]
 
     stored = store.events(result.run_id)
@@ -100,7 +100,8 @@ async def test_load_to_result_and_replay_redraw_the_same_figures(store: RunStore
     assert store.replay(result.run_id, bus) == len(result.events)
     assert reg.snapshot() == result.metrics().snapshot()
     b = run.breakdown()
-    assert b["total"] == pytest.approx(sum(b[k] for k in ("model", "tools", "sandbox_wait", "cache", "overhead")))
+    parts = ("model", "tools", "sandbox_wait", "cache", "startup", "overhead")
+    assert b["total"] == pytest.approx(sum(b[k] for k in parts))
     with pytest.raises(KeyError):
         store.load("nope")
 
