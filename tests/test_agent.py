@@ -58,23 +58,30 @@ async def test_assistant_tool_call_messages_carry_empty_content(sim: SimServer) 
     await agent.client.aclose()
 
 
+class Concurrency:
+    """An async tool ``slow(n)`` that records how many of its calls ran at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.running = self.peak = 0
+
+        @tool
+        async def slow(n: int) -> str:
+            """Wait a little, then echo n."""
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            await asyncio.sleep(seconds)
+            self.running -= 1
+            return str(n)
+
+        self.tool = slow
+
+
 async def test_tool_calls_of_one_step_run_concurrently(sim: SimServer) -> None:
-    running = 0
-    peak = 0
-
-    @tool
-    async def slow(n: int) -> str:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.05)
-        running -= 1
-        return str(n)
-
+    probe = Concurrency(0.05)
     sim.script(Reply(tool_calls=[("slow", {"n": i}) for i in range(4)]), Reply(text="done"))
-    agent = make_agent(sim, tools=[slow])
+    agent = make_agent(sim, tools=[probe.tool])
     result = await agent.run("go")
-    assert result.output == "done" and peak == 4
+    assert result.output == "done" and probe.peak == 4
     # results come back in call order, each paired with its call id
     tool_msgs = [m for m in result.messages if m["role"] == "tool"]
     assert [m["content"] for m in tool_msgs] == ["0", "1", "2", "3"]
@@ -82,21 +89,10 @@ async def test_tool_calls_of_one_step_run_concurrently(sim: SimServer) -> None:
 
 
 async def test_tool_concurrency_cap(sim: SimServer) -> None:
-    running = 0
-    peak = 0
-
-    @tool
-    async def slow(n: int) -> str:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.02)
-        running -= 1
-        return str(n)
-
+    probe = Concurrency(0.02)
     sim.script(Reply(tool_calls=[("slow", {"n": i}) for i in range(6)]), Reply(text="done"))
-    agent = make_agent(sim, tools=[slow], settings=sim_settings(sim, limits__tool_concurrency=2))
-    assert (await agent.run("go")).ok and peak == 2
+    agent = make_agent(sim, tools=[probe.tool], settings=sim_settings(sim, limits__tool_concurrency=2))
+    assert (await agent.run("go")).ok and probe.peak == 2
     await agent.client.aclose()
 
 
