@@ -194,6 +194,7 @@ class Settings:
     prices: dict[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
     context_windows: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CONTEXT_WINDOWS))
     sandbox: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)  # [policy] table: see nbagent.policy.Policy.from_settings
     home: Path = field(default_factory=user_dir)
     config_path: Path | None = None
 
@@ -239,6 +240,8 @@ class Settings:
                 self.context_windows.update({k: int(v) for k, v in _table(value, "[context_windows]").items()})
             elif key == "sandbox":
                 self.sandbox.update(_table(value, "[sandbox]"))
+            elif key == "policy":
+                self.policy.update(_table(value, "[policy]"))
             elif key in {"profile", "model", "base_url", "api_key", "context_window", "stream", "count_tokens",
                          "embedded"}:
                 setattr(self, key, _coerce(value, type(getattr(self, key)) if getattr(self, key) is not None
@@ -280,6 +283,7 @@ class Settings:
             profiles=dict(self.profiles),
             prices=dict(self.prices),
             sandbox=dict(self.sandbox),
+            policy=dict(self.policy),
         )
         for key, value in overrides.items():
             if value is None:

@@ -220,6 +220,7 @@ class Agent:
         cache: ModelWrapper | None = None,
         tool_choice: Any = None,
         first_tool: str | None = None,
+        policy: Any = None,
     ) -> None:
         self.settings = settings or (client.settings if client else default_settings())
         self.bus = bus or (client.bus if client else default_bus())
@@ -247,6 +248,9 @@ class Agent:
         if first_tool is not None and first_tool not in self.tools:
             raise ValueError(f"first_tool {first_tool!r} is not one of the agent's tools: {', '.join(self.tools)}")
         self.first_tool = first_tool
+        self.policy = policy  # a nbagent.policy.Policy: allow / deny / ask before each tool call
+        if policy is not None and getattr(policy, "bus", False) is None:
+            policy.bus = self.bus  # its decisions land among the run's events
         if tool_cache is not None and getattr(tool_cache, "bus", False) is None:
             tool_cache.bus = self.bus  # type: ignore[attr-defined]  # tool-cache events land in the run
         self.cache = cache
@@ -404,6 +408,8 @@ class Agent:
 
     async def _finish(self, ctx: RunContext, run_id: str, name: str, status: str, reason: str, usage: RunUsage,
                       state: _RunState, error: BaseException | None) -> dict[str, float]:
+        if self.policy is not None:
+            self.policy.forget_run(run_id)
         try:
             await asyncio.shield(ctx.aclose())
         except Exception:  # noqa: BLE001 - releasing resources must not hide the run's own outcome
@@ -484,29 +490,43 @@ class Agent:
                 ok, err = False, f"invalid arguments for {call.name}: {exc}"
                 text = f"Error: {err}. Call the tool again with a valid JSON object."
             else:
-                try:
-                    cached = None
-                    if tool.cache and self.tool_cache is not None:
-                        cached = await self.tool_cache.get(tool.name, args, run_id=ctx.run_id)
-                    if cached is not None:
-                        text = cached
-                    else:
-                        text = _to_text(await tool.call(ctx, args))
-                        if tool.cache and self.tool_cache is not None:
-                            await self.tool_cache.put(tool.name, args, text, run_id=ctx.run_id)
-                except asyncio.CancelledError:
-                    raise
-                except TimeoutError:
-                    ok, err = False, f"tool {call.name} timed out after {tool.timeout} s"
-                    text = f"Error: {err}"
-                except Exception as exc:  # noqa: BLE001 - a failing tool becomes a message for the model
-                    ok, err = False, f"{type(exc).__name__}: {exc}"
-                    text = f"Error: tool {call.name} failed: {err}"
+                decision = None
+                if self.policy is not None:
+                    decision = await self.policy.decide(tool.name, args, run_id=ctx.run_id, agent=self.name)
+                if decision is not None and not decision.allowed:
+                    ok, err = False, f"denied by policy ({decision.decided_by}): {decision.reason}"
+                    text = f"Error: the call to {call.name} was not run: {err}. Do not retry it unchanged."
+                else:
+                    text, ok, err = await self._run_tool(tool, args, ctx, call)
         text, truncated, full_len = _truncate(text, self.settings.limits.max_tool_output_chars)
         bus.emit(ToolFinished(run_id=ctx.run_id, call_id=call.id, name=call.name,
                               duration=time.perf_counter() - t0, ok=ok, error=err, output_chars=full_len,
                               truncated=truncated, output_preview=text[:200]))
         return {"role": "tool", "tool_call_id": call.id, "content": text}
+
+    async def _run_tool(self, tool: Tool, args: dict[str, Any], ctx: RunContext,
+                        call: ToolCall) -> tuple[str, bool, str | None]:
+        """Call the tool (through the tool-result cache when it is declared deterministic)."""
+        ok, err = True, None
+        try:
+            cached = None
+            if tool.cache and self.tool_cache is not None:
+                cached = await self.tool_cache.get(tool.name, args, run_id=ctx.run_id)
+            if cached is not None:
+                text = cached
+            else:
+                text = _to_text(await tool.call(ctx, args))
+                if tool.cache and self.tool_cache is not None:
+                    await self.tool_cache.put(tool.name, args, text, run_id=ctx.run_id)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            ok, err = False, f"tool {call.name} timed out after {tool.timeout} s"
+            text = f"Error: {err}"
+        except Exception as exc:  # noqa: BLE001 - a failing tool becomes a message for the model
+            ok, err = False, f"{type(exc).__name__}: {exc}"
+            text = f"Error: tool {call.name} failed: {err}"
+        return text, ok, err
 
 
 class ToolResultCache(Protocol):

@@ -1,0 +1,239 @@
+"""Tool policy: allow, deny or ask before a tool call runs, with cached decisions.
+
+Rules are checked in order; the first whose tool pattern and argument conditions match decides. A rule's
+``when`` maps argument names to regular expressions (all must match, ``re.search``); ``check`` is any
+Python predicate on the arguments. With no matching rule, ``default`` decides.
+
+>>> policy = Policy([Rule("shell", "deny", when={"command": r"\\brm\\s+-rf\\b"}, reason="no recursive deletes"),
+...                  Rule("shell", "ask"), Rule("*", "allow")])
+
+``ask`` calls the ``ask`` callback (in a notebook, the run widget's Approve / Deny buttons); with no
+callback, or when it does not answer within ``ask_timeout``, the call is denied. A callback may answer
+``"always"`` to allow the same tool for the rest of the run.
+
+Decisions made by rules are cached (TTL + size bound) under the agent, the tool and the normalised values of
+just the arguments the matching rules read, so checking a policy on every tool call costs a dict lookup;
+any change to the policy clears the cache. Every decision is one event (``PolicyDecided``, with ``cached``
+and ``seconds``) kept with the run; the metrics registry counts it as a ``cache.policy`` hit or miss and
+times it (``policy.decision``), so the dashboard shows the decision-cache hit rate beside the response cache's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from cachetools import TTLCache
+
+from .errors import ConfigError
+from .events import Event, EventBus, default_bus
+from .metrics.registry import MetricsRegistry, register_handler
+
+__all__ = ["AskCallback", "Decision", "Policy", "PolicyDecided", "Rule"]
+
+ACTIONS = ("allow", "deny", "ask")
+AskCallback = Callable[[str, dict[str, Any], str | None], Awaitable[bool | str]]
+
+
+_frozen = dict(frozen=True, slots=True, kw_only=True)
+
+
+@dataclass(**_frozen)  # type: ignore[call-overload]
+class PolicyDecided(Event):
+    kind: ClassVar[str] = "policy_decided"
+    tool: str = ""
+    action: str = "allow"  # allow | deny
+    decided_by: str = "rule"  # rule | default | callback | timeout | no-callback | run-memo
+    reason: str = ""
+    seconds: float = 0.0
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``tool`` is an fnmatch pattern; ``action`` is allow, deny or ask."""
+
+    tool: str = "*"
+    action: str = "allow"
+    when: Mapping[str, str] | None = None
+    check: Callable[[dict[str, Any]], bool] | None = None
+    reason: str = ""
+    _patterns: tuple[tuple[str, re.Pattern[str]], ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ConfigError(f"policy rule for {self.tool!r}: action must be one of {ACTIONS}, not {self.action!r}")
+        try:
+            pats = tuple((k, re.compile(v)) for k, v in (self.when or {}).items())
+        except re.error as exc:
+            raise ConfigError(f"policy rule for {self.tool!r}: bad pattern: {exc}") from None
+        object.__setattr__(self, "_patterns", pats)
+
+    def applies_to(self, tool: str) -> bool:
+        return fnmatch.fnmatchcase(tool, self.tool)
+
+    def matches(self, args: Mapping[str, Any]) -> bool:
+        for name, pat in self._patterns:
+            value = args.get(name)
+            if value is None or not pat.search(value if isinstance(value, str) else json.dumps(value)):
+                return False
+        return self.check is None or bool(self.check(dict(args)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # allow | deny
+    decided_by: str
+    reason: str = ""
+    seconds: float = 0.0
+    cached: bool = False
+
+    @property
+    def allowed(self) -> bool:
+        return self.action == "allow"
+
+
+def _norm(value: Any) -> Any:
+    """A hashable, canonical form of one argument value (strings as they are: the common case is cheap)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return (type(value).__name__, value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _count_decision(reg: MetricsRegistry, ev: Event) -> None:
+    assert isinstance(ev, PolicyDecided)
+    reg.counter("cache.policy.hits" if ev.cached else "cache.policy.misses").inc()
+    reg.counter(f"policy.{ev.action}").inc()
+    reg.histogram("policy.decision").record(ev.seconds)
+
+
+register_handler(PolicyDecided, _count_decision)
+
+
+class Policy:
+    """An ordered list of rules, a default, an ``ask`` callback and a decision cache."""
+
+    def __init__(self, rules: Iterable[Rule] = (), default: str = "allow", *, ask: AskCallback | None = None,
+                 ask_timeout: float = 120.0, cache_size: int = 4096, cache_ttl: float = 300.0,
+                 bus: EventBus | None = None) -> None:
+        if default not in ACTIONS:
+            raise ConfigError(f"policy default must be one of {ACTIONS}, not {default!r}")
+        self._rules = list(rules)
+        self.default = default
+        self.ask = ask
+        self.ask_timeout = ask_timeout
+        self.bus = bus
+        self._cache: TTLCache[tuple[Any, ...], tuple[str, str, str]] = TTLCache(cache_size, cache_ttl)
+        self._by_tool: dict[str, tuple[list[Rule], tuple[str, ...] | None]] = {}
+        self._always: set[tuple[str | None, str]] = set()  # (run_id, tool) approved "always for this run"
+        self.version = 0
+        self.hits = self.misses = 0
+
+    # --- changing the policy --------------------------------------------------------------------
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple(self._rules)
+
+    def set_rules(self, rules: Iterable[Rule], default: str | None = None) -> None:
+        """Replace the rules (and default); the decision cache is cleared."""
+        self._rules = list(rules)
+        if default is not None:
+            self.default = default
+        self._changed()
+
+    def add(self, rule: Rule, index: int | None = None) -> None:
+        self._rules.insert(len(self._rules) if index is None else index, rule)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._cache.clear()
+        self._by_tool.clear()
+
+    @classmethod
+    def from_settings(cls, section: Mapping[str, Any], **kwargs: Any) -> Policy:
+        """From the config file's ``[policy]`` table: ``default`` and ``[[policy.rules]]`` entries."""
+        rules = []
+        for i, raw in enumerate(section.get("rules", [])):
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"[[policy.rules]] #{i + 1} must be a table")
+            unknown = set(raw) - {"tool", "action", "when", "reason"}
+            if unknown:
+                raise ConfigError(f"[[policy.rules]] #{i + 1}: unknown key(s) {sorted(unknown)}")
+            rules.append(Rule(str(raw.get("tool", "*")), str(raw.get("action", "allow")), raw.get("when"),
+                              reason=str(raw.get("reason", ""))))
+        return cls(rules, str(section.get("default", "allow")), **kwargs)
+
+    # --- deciding -------------------------------------------------------------------------------
+
+    def _candidates(self, tool: str) -> tuple[list[Rule], tuple[str, ...] | None]:
+        got = self._by_tool.get(tool)
+        if got is None:
+            rules = [r for r in self._rules if r.applies_to(tool)]
+            reads: set[str] = set()
+            whole = False
+            for r in rules:
+                reads.update(name for name, _ in r._patterns)
+                whole = whole or r.check is not None
+            got = self._by_tool[tool] = (rules, None if whole else tuple(sorted(reads)))
+        return got
+
+    def _key(self, agent: str, tool: str, args: Mapping[str, Any], reads: tuple[str, ...] | None) -> tuple[Any, ...]:
+        if reads is None:  # a Python check may read anything
+            return (agent, tool, json.dumps(args, sort_keys=True, default=str))
+        return (agent, tool, *(_norm(args.get(n)) for n in reads))
+
+    def _rule_decision(self, tool: str, args: Mapping[str, Any], rules: list[Rule]) -> tuple[str, str, str]:
+        for rule in rules:
+            if rule.matches(args):
+                return rule.action, "rule", rule.reason or f"rule {rule.tool!r} -> {rule.action}"
+        return self.default, "default", f"no rule matched; default {self.default}"
+
+    async def decide(self, tool: str, args: Mapping[str, Any], *, run_id: str | None = None,
+                     agent: str = "") -> Decision:
+        """Whether ``tool(**args)`` may run now. Emits ``PolicyDecided`` (and cache events)."""
+        t0 = time.perf_counter()
+        bus = self.bus or default_bus()
+        rules, reads = self._candidates(tool)
+        key = self._key(agent, tool, args, reads)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.hits += 1
+            action, by, reason = cached
+        else:
+            self.misses += 1
+            action, by, reason = self._rule_decision(tool, args, rules)
+            self._cache[key] = (action, by, reason)
+        if action == "ask":
+            action, by, reason = await self._ask(tool, dict(args), run_id)
+        decision = Decision(action, by, reason, time.perf_counter() - t0, cached is not None)
+        bus.emit(PolicyDecided(run_id=run_id, tool=tool, action=decision.action, decided_by=decision.decided_by,
+                               reason=decision.reason[:500], seconds=decision.seconds, cached=decision.cached))
+        return decision
+
+    async def _ask(self, tool: str, args: dict[str, Any], run_id: str | None) -> tuple[str, str, str]:
+        if (run_id, tool) in self._always:
+            return "allow", "run-memo", "approved for the rest of this run"
+        if self.ask is None:
+            return "deny", "no-callback", "the policy asks for approval and nobody can be asked here"
+        try:
+            answer = await asyncio.wait_for(self.ask(tool, args, run_id), self.ask_timeout)
+        except TimeoutError:
+            return "deny", "timeout", f"no approval within {self.ask_timeout:g} s"
+        if answer == "always":
+            self._always.add((run_id, tool))
+            return "allow", "callback", "approved for the rest of this run"
+        if answer is True or answer == "allow":
+            return "allow", "callback", "approved"
+        return "deny", "callback", "denied by the person asked" if answer is False else f"denied: {answer}"
+
+    def forget_run(self, run_id: str | None) -> None:
+        """Drop the run's "always" approvals (the agent calls it when a run ends)."""
+        self._always = {k for k in self._always if k[0] != run_id}
