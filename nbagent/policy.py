@@ -29,8 +29,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from cachetools import TTLCache
-
 from .errors import ConfigError
 from .events import Event, EventBus, default_bus
 from .metrics.registry import MetricsRegistry, register_handler
@@ -121,7 +119,7 @@ class Policy:
 
     def __init__(self, rules: Iterable[Rule] = (), default: str = "allow", *, ask: AskCallback | None = None,
                  ask_timeout: float = 120.0, cache_size: int = 4096, cache_ttl: float = 300.0,
-                 bus: EventBus | None = None) -> None:
+                 bus: EventBus | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         if default not in ACTIONS:
             raise ConfigError(f"policy default must be one of {ACTIONS}, not {default!r}")
         self._rules = list(rules)
@@ -129,7 +127,12 @@ class Policy:
         self.ask = ask
         self.ask_timeout = ask_timeout
         self.bus = bus
-        self._cache: TTLCache[tuple[Any, ...], tuple[str, str, str]] = TTLCache(cache_size, cache_ttl)
+        # key -> (expires at, decision); a plain dict because a lookup must cost well under a microsecond
+        # (cachetools' TTLCache.get costs several); the oldest entries go first when it is full
+        self._cache: dict[tuple[Any, ...], tuple[float, tuple[str, str, str]]] = {}
+        self.cache_size = cache_size
+        self.cache_ttl = cache_ttl
+        self._clock = clock
         self._by_tool: dict[str, tuple[list[Rule], tuple[str, ...] | None]] = {}
         self._always: set[tuple[str | None, str]] = set()  # (run_id, tool) approved "always for this run"
         self.version = 0
@@ -199,21 +202,26 @@ class Policy:
     async def decide(self, tool: str, args: Mapping[str, Any], *, run_id: str | None = None,
                      agent: str = "") -> Decision:
         """Whether ``tool(**args)`` may run now. Emits ``PolicyDecided`` (and cache events)."""
-        t0 = time.perf_counter()
+        t0 = self._clock()
         bus = self.bus or default_bus()
         rules, reads = self._candidates(tool)
         key = self._key(agent, tool, args, reads)
-        cached = self._cache.get(key)
+        entry = self._cache.get(key)
+        cached = entry[1] if entry is not None and entry[0] > t0 else None
         if cached is not None:
             self.hits += 1
             action, by, reason = cached
         else:
             self.misses += 1
             action, by, reason = self._rule_decision(tool, args, rules)
-            self._cache[key] = (action, by, reason)
+            cache = self._cache
+            cache.pop(key, None)
+            if len(cache) >= self.cache_size:
+                del cache[next(iter(cache))]
+            cache[key] = (t0 + self.cache_ttl, (action, by, reason))
         if action == "ask":
             action, by, reason = await self._ask(tool, dict(args), run_id)
-        decision = Decision(action, by, reason, time.perf_counter() - t0, cached is not None)
+        decision = Decision(action, by, reason, self._clock() - t0, cached is not None)
         bus.emit(PolicyDecided(run_id=run_id, tool=tool, action=decision.action, decided_by=decision.decided_by,
                                reason=decision.reason[:500], seconds=decision.seconds, cached=decision.cached))
         return decision

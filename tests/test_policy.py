@@ -119,3 +119,17 @@ async def test_a_denied_call_never_runs_and_the_decision_is_kept_with_the_run(si
     decisions = [e for e in result.events if isinstance(e, PolicyDecided)]
     assert [(d.tool, d.action) for d in decisions] == [("shell", "deny"), ("shell", "allow")]
     await agent.client.aclose()
+
+
+async def test_decision_cache_ttl_and_size_bound() -> None:
+    now = [0.0]
+    p = Policy([Rule("t", "deny", when={"x": "bad"})], bus=EventBus(), cache_ttl=10, cache_size=2,
+               clock=lambda: now[0])
+    await p.decide("t", {"x": "a"})
+    assert (await p.decide("t", {"x": "a"})).cached
+    now[0] = 11.0  # past the TTL: decided again
+    assert not (await p.decide("t", {"x": "a"})).cached
+    await p.decide("t", {"x": "b"})
+    await p.decide("t", {"x": "c"})  # the cache holds two: "a" (the oldest) goes
+    assert len(p._cache) == 2
+    assert not (await p.decide("t", {"x": "a"})).cached
