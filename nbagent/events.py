@@ -47,6 +47,7 @@ __all__ = [
 
 log = logging.getLogger("nbagent.events")
 
+# every event class is declared with @dataclass(**_frozen); modules with events of their own import it
 _frozen = dict(frozen=True, slots=True, kw_only=True)
 
 

@@ -30,16 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import ConfigError
-from .events import Event, EventBus, default_bus
+from .events import Event, EventBus, _frozen, default_bus
 from .metrics.registry import MetricsRegistry, register_handler
 
 __all__ = ["AskCallback", "Decision", "Policy", "PolicyDecided", "Rule"]
 
 ACTIONS = ("allow", "deny", "ask")
 AskCallback = Callable[[str, dict[str, Any], str | None], Awaitable[bool | str]]
-
-
-_frozen = dict(frozen=True, slots=True, kw_only=True)
 
 
 @dataclass(**_frozen)  # type: ignore[call-overload]

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..events import Event, EventBus, RunFinished, RunStarted
+from ..events import Event, EventBus, RunFinished, RunStarted, _frozen
 from .histogram import Histogram
 from .profile import rss_bytes
 
@@ -41,9 +41,6 @@ STATS = ("max", "mean", "p50", "p90", "p95", "p99")
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "k": 1e3, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20,
           "gib": 2**30, "b": 1.0, "$": 1.0, "usd": 1.0, "": 1.0}
-
-
-_frozen = dict(frozen=True, slots=True, kw_only=True)
 
 
 @dataclass(**_frozen)  # type: ignore[call-overload]

@@ -31,13 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..events import Event, EventBus
+from ..events import Event, EventBus, _frozen
 from .histogram import Histogram
 from .registry import MetricsRegistry
 
 __all__ = ["LoopBlocked", "LoopMonitor", "describe_stack"]
 
-_frozen = dict(frozen=True, slots=True, kw_only=True)
 
 #: Frames from these directories are library code: the "where" of a block names the innermost frame outside.
 _LIBRARY_DIRS = tuple(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..events import Event
+from ..events import Event, _frozen
 
 __all__ = [
     "SandboxChecked",
@@ -19,8 +19,6 @@ __all__ = [
     "SandboxLeaseTimedOut",
     "SandboxReleased",
 ]
-
-_frozen = dict(frozen=True, slots=True, kw_only=True)
 
 
 @dataclass(**_frozen)  # type: ignore[call-overload]
