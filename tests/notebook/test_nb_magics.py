@@ -4,72 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
-from IPython.core.error import UsageError
-from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
-from support import sim_settings
+from IPython.core.interactiveshell import InteractiveShell
+from shells import Notebook, make_notebook, usage_error
 
 from nbagent.agent import RunHandle, RunResult
-from nbagent.events import EventBus
-from nbagent.notebook import register, unregister
+from nbagent.notebook import unregister
 from nbagent.notebook.magics import AgentMagics
-from nbagent.notebook.registry import RunRegistry
 from nbagent.testing import SimServer
-
-
-class Notebook:
-    """A shell with the magics on a private registry and bus; ``await nb.run(code)`` runs one cell."""
-
-    def __init__(self, shell: InteractiveShell, registry: RunRegistry, magics: AgentMagics) -> None:
-        self.shell, self.registry, self.magics = shell, registry, magics
-
-    async def run(self, code: str) -> ExecutionResult:
-        return await self.shell.run_cell_async(code, transformed_cell=self.shell.transform_cell(code))
-
-    def ns(self, name: str) -> Any:
-        return self.shell.user_ns[name]
-
-    async def until_done(self, name: str, timeout: float = 20.0) -> RunResult:
-        entry = self.registry.get(name)
-        assert entry is not None and entry.handle is not None
-        await asyncio.wait([entry.handle.task], timeout=timeout)
-        await asyncio.sleep(0)
-        assert entry.result is not None
-        return entry.result
-
-
-@pytest.fixture
-def shell() -> Iterator[InteractiveShell]:
-    sh = InteractiveShell.instance()
-    yield sh
-    sh.config.pop("AgentMagics", None)  # %config persists in the shell's config
-    for name in [k for k in sh.user_ns if not k.startswith("_") and k not in sh.user_ns_hidden]:
-        sh.user_ns.pop(name, None)
-
-
-def make_notebook(shell: InteractiveShell, sim: SimServer, **settings: Any) -> Notebook:
-    registry = RunRegistry(EventBus(), settings=sim_settings(sim, **settings))
-    return Notebook(shell, registry, register(shell, registry))
-
-
-@pytest.fixture
-async def nb(shell: InteractiveShell, sim: SimServer) -> AsyncIterator[Notebook]:
-    notebook = make_notebook(shell, sim, retry__max_attempts=1)
-    yield notebook
-    unregister(shell)
-    await notebook.registry.aclose()
-
-
-def usage_error(result: ExecutionResult) -> str:
-    err = result.error_in_exec or result.error_before_exec
-    assert isinstance(err, UsageError), err
-    msg = str(err)
-    assert "\n" not in msg and "Traceback" not in msg
-    return msg
-
 
 # --- running ------------------------------------------------------------------------------------------
 
