@@ -159,7 +159,17 @@ class Policy:
 
     @classmethod
     def from_settings(cls, section: Mapping[str, Any], **kwargs: Any) -> Policy:
-        """From the config file's ``[policy]`` table: ``default`` and ``[[policy.rules]]`` entries."""
+        """From the config file's ``[policy]`` table: ``default``, ``ask_timeout``, ``cache_size``, ``cache_ttl``
+        and ``[[policy.rules]]`` entries."""
+        unknown = set(section) - {"default", "rules", "ask_timeout", "cache_size", "cache_ttl"}
+        if unknown:
+            raise ConfigError(f"[policy]: unknown key(s) {sorted(unknown)}")
+        for key, kind in (("ask_timeout", float), ("cache_size", int), ("cache_ttl", float)):
+            if key in section:
+                try:
+                    kwargs.setdefault(key, kind(section[key]))
+                except (TypeError, ValueError):
+                    raise ConfigError(f"[policy] {key} must be a number, not {section[key]!r}") from None
         rules = []
         for i, raw in enumerate(section.get("rules", [])):
             if not isinstance(raw, Mapping):

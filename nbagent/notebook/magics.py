@@ -20,7 +20,7 @@ from traitlets import Bool, Enum, Float, Integer, List, Unicode, observe
 from . import static
 from .integrations import CACHE_MODES, SANDBOX_BACKENDS, cache_stats, sandbox_stats, sandbox_tools
 from .registry import RunEntry, RunRegistry, current
-from .spec import RunSpec, agent_factory, interpolate, resolve_tools
+from .spec import RunSpec, agent_factory, interpolate, resolve_policy, resolve_tools
 from .state import shorten
 from .widgets import RunOutput
 
@@ -51,6 +51,9 @@ class AgentMagics(Magics):
     cache = Enum(CACHE_MODES, "off", help="Response cache mode.").tag(config=True)
     stream = Bool(True, help="Stream answers (live text in the widget).").tag(config=True)
     wait = Bool(False, help="Block every %%agent cell until its run ends.").tag(config=True)
+    policy = Unicode(None, allow_none=True,
+                     help="Notebook variable holding the Policy of every run (default: the [policy] settings).").tag(
+        config=True)
     widgets = Bool(True, help="Show the live run widget (off: only the static summary).").tag(config=True)
     refresh_hz = Float(4.0, help="Most redraws per second of the run widgets and the dashboard.").tag(config=True)
     lag_threshold = Float(0.1, help="Event-loop lag (seconds) reported as a block.").tag(config=True)
@@ -91,6 +94,9 @@ class AgentMagics(Magics):
     @argument("--raw", action="store_true", help="Send the cell as it is ({name} is not filled in).")
     @argument("--first-tool", metavar="NAME", help="The first model call must call this tool (small models).")
     @argument("--profile", action="store_true", help="Profile the run (pyinstrument) and show where time went.")
+    @argument("--policy", metavar="NAME",
+              help="Tool policy: a notebook variable holding a nbagent.policy.Policy, or 'off'. Calls it asks "
+                   "about wait for Approve / Deny in the run widget.")
     @line_cell_magic
     def agent(self, line: str, cell: str | None = None) -> None:
         """Run the cell as an agent prompt in the background; ``{name}`` takes notebook variables.
@@ -125,13 +131,15 @@ class AgentMagics(Magics):
             raise UsageError("--timeout must be > 0 seconds")
         ns = self.shell.user_ns if self.shell is not None else {}
         prompt = cell.strip() if args.raw else interpolate(cell.strip(), ns)
+        policy, no_policy = resolve_policy(args.policy if args.policy is not None else self.policy, ns)
         pick: Callable[[Any, Any], Any] = lambda flag, trait: trait if flag is None else flag  # noqa: E731
         return RunSpec(prompt=prompt, name=args.name, model=pick(args.model, self.model),
                        base_url=pick(args.base_url, self.base_url), system=pick(args.system, self.system),
                        tools=list(self.tools) + args.tools, max_steps=pick(args.max_steps, self.max_steps),
                        timeout=pick(args.timeout, self.timeout), sandbox=pick(args.sandbox, self.sandbox),
                        cache=pick(args.cache, self.cache), stream=pick(args.stream, self.stream), out=args.out,
-                       wait=bool(pick(args.wait, self.wait)), first_tool=args.first_tool, profile=args.profile)
+                       wait=bool(pick(args.wait, self.wait)), first_tool=args.first_tool, profile=args.profile,
+                       policy=policy, no_policy=no_policy)
 
     def _run(self, spec: RunSpec) -> RunEntry:
         ns = self.shell.user_ns if self.shell is not None else {}
@@ -278,6 +286,9 @@ class AgentMagics(Magics):
         rows: list[list[Any]] = [[n, c.value] for n, c in reg.counters.items() if n.startswith("cache.")]
         hit = reg.hit_rate("response")
         rows.insert(0, ["response hit rate", "–" if hit is None else f"{hit:.1%}"])
+        policy_hit = reg.hit_rate("policy")
+        if policy_hit is not None:
+            rows.insert(1, ["policy decision hit rate", f"{policy_hit:.1%}"])
         for mode, cache in self.registry.caches.items():
             rows += [[f"{mode}: {k}", v] for k, v in (cache_stats(cache) or {}).items()]
         if not self.registry.caches:

@@ -23,6 +23,7 @@ from ..events import EventBus, Subscription, default_bus
 from ..llm import LLMClient
 from ..metrics import RunMetricsIndex
 from ..metrics.loopmon import LoopMonitor
+from .approvals import Approvals
 from .entry import LiveView, RunEntry, RunView, failed_result
 from .integrations import install_sandbox_metrics
 from .kernel import block_on, running_loop
@@ -61,6 +62,9 @@ class RunRegistry:
         """Tools that ``%%agent --tools`` finds by name (after the notebook's own variables)."""
         self.caches: dict[str, Any] = {}
         """Response caches made for ``--cache`` modes, by mode."""
+        self.approvals = Approvals(self)
+        """The ``ask`` callback of the notebook's policies: Approve / Deny in the run widget."""
+        self._policy: Any = None
         self._views: weakref.WeakSet[Any] = weakref.WeakSet()
         self._by_run_id: dict[str, RunEntry] = {}
         self._sub: Subscription | None = None
@@ -85,6 +89,29 @@ class RunRegistry:
         if self._client is None:
             self._client = LLMClient(self.settings, bus=self.bus)
         return self._client
+
+    @property
+    def default_policy(self) -> Any:
+        """The policy of runs that name none: the settings' ``[policy]`` table (None when it is empty).
+
+        One :class:`~nbagent.policy.Policy` for every run, so they share its decision cache; it asks in the
+        run widget.
+        """
+        if self._policy is None and self.settings.policy:
+            from ..policy import Policy
+
+            self._policy = Policy.from_settings(self.settings.policy, bus=self.bus)
+        return self.with_approvals(self._policy)
+
+    def with_approvals(self, policy: Any) -> Any:
+        """``policy``, asking in the run widget when it has no ``ask`` callback of its own."""
+        if policy is not None and getattr(policy, "ask", False) is None:
+            policy.ask = self.approvals
+        return policy
+
+    def entry_for_run(self, run_id: str) -> RunEntry | None:
+        """The entry of a running run by its run id."""
+        return self._by_run_id.get(run_id)
 
     def agent(self, model: str | None = None, tools: Iterable[Any] = (), **kwargs: Any) -> Agent:
         """An :class:`Agent` on this registry's bus and pooled client."""

@@ -18,7 +18,7 @@ from ..errors import EndpointNotConfigured
 from .integrations import response_cache
 from .registry import RunRegistry
 
-__all__ = ["RunSpec", "interpolate", "resolve_tools"]
+__all__ = ["RunSpec", "interpolate", "resolve_policy", "resolve_tools"]
 
 
 @dataclass
@@ -40,6 +40,8 @@ class RunSpec:
     wait: bool = False
     first_tool: str | None = None
     profile: bool = False
+    policy: Any = None  # a nbagent.policy.Policy; None: the settings' [policy], if any
+    no_policy: bool = False
 
 
 class _Namespace(string.Formatter):
@@ -91,13 +93,35 @@ def resolve_tools(names: list[str], namespace: Mapping[str, Any], registry: Mapp
     return list(out.values())
 
 
+def resolve_policy(name: str | None, namespace: Mapping[str, Any]) -> tuple[Any, bool]:
+    """``--policy NAME``: the notebook variable holding a :class:`~nbagent.policy.Policy`; ``off`` for none.
+
+    Returns ``(policy, off)``; ``(None, False)`` when no name is given (the settings' policy applies).
+    """
+    if name is None:
+        return None, False
+    if name in ("off", "none"):
+        return None, True
+    from ..policy import Policy
+
+    value = namespace.get(name)
+    if isinstance(value, Policy):
+        return value, False
+    if value is None:
+        raise UsageError(f"--policy {name!r} is not defined in the notebook (make one with nbagent.policy.Policy, "
+                         f"or use --policy off)")
+    raise UsageError(f"--policy {name!r} is a {type(value).__name__}, not a nbagent.policy.Policy")
+
+
 def agent_factory(spec: RunSpec, registry: RunRegistry, tools: list[Tool]) -> Callable[[], Agent]:
     """Build the agent lazily, so that bad settings become a failed run instead of a traceback."""
 
     def build() -> Agent:
         kwargs: dict[str, Any] = {"system": spec.system, "max_steps": spec.max_steps, "stream": spec.stream,
                                   "base_url": spec.base_url, "settings": registry.settings,
-                                  "first_tool": spec.first_tool}
+                                  "first_tool": spec.first_tool,
+                                  "policy": None if spec.no_policy else
+                                  registry.with_approvals(spec.policy) or registry.default_policy}
         cache = response_cache(spec.cache or "off", registry.bus, registry.caches)
         if cache is not None:
             kwargs["cache"] = cache

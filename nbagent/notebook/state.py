@@ -32,7 +32,7 @@ def shorten(text: str, limit: int) -> str:
 
 @dataclass
 class StepItem:
-    """One line of a step card: ``kind`` is llm, tool, retry, cache, sandbox or error."""
+    """One line of a step card: ``kind`` is llm, tool, retry, cache, sandbox, policy or error."""
 
     kind: str
     label: str
@@ -78,6 +78,7 @@ class RunState:
     dropped_cards: int = 0
     warnings: list[str] = field(default_factory=list)
     profile_text: str = ""  # the profile's breakdown and call tree, for runs started with --profile
+    pending_approval: str = ""  # the tool call a policy is asking about, while it waits for an answer
     version: int = 0
     _tools: dict[str, StepItem] = field(default_factory=dict, repr=False)
     _fresh_text: bool = field(default=False, repr=False)
@@ -128,6 +129,12 @@ class RunState:
             del self.warnings[:-5]
             self.version += 1
 
+    def set_pending(self, what: str) -> None:
+        """The tool call waiting for approval ("" when none)."""
+        if what != self.pending_approval:
+            self.pending_approval = what
+            self.version += 1
+
     def finish(self, result: RunResult) -> None:
         """Take the authoritative figures from the run's result."""
         u = result.usage
@@ -140,6 +147,7 @@ class RunState:
         self.cached_tokens, self.cost = u.tokens.cached_tokens, u.cost
         self.requests, self.tool_calls, self.cache_hits = u.requests, u.tool_calls, u.cache_hits
         self.streamed_chars = 0
+        self.pending_approval = ""
         profile = getattr(result, "profile", None)
         if profile is not None:
             self.profile_text = f"{profile.breakdown_table()}\n\n{profile.text[:20_000]}"
@@ -268,6 +276,14 @@ def _on_sandbox_exec(s: RunState, e: Any) -> None:
     s._add(StepItem("sandbox", f"exec ({e.lang})", f"{e.seconds:.2f} s, {code}", ok=bool(e.ok), done=True))
 
 
+def _on_policy(s: RunState, e: Any) -> None:
+    if e.action == "allow" and e.decided_by in ("rule", "default"):
+        return  # an allowed call shows as the tool call itself
+    label = f"{e.tool}: {'approved' if e.action == 'allow' else 'denied'}"
+    s._add(StepItem("policy", label, f"{e.decided_by}, {shorten(e.reason, 100)} ({e.seconds:.2f} s)",
+                    ok=e.action == "allow", done=True, seconds=e.seconds))
+
+
 def _last(s: RunState, kind: str) -> StepItem | None:
     if not s.cards:
         return None
@@ -293,4 +309,5 @@ _HANDLERS: dict[str, Any] = {
     "run_finished": _on_run_finished,
     "sandbox_leased": _on_sandbox_leased,
     "sandbox_exec": _on_sandbox_exec,
+    "policy_decided": _on_policy,
 }

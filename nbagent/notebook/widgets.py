@@ -1,8 +1,10 @@
 """The run widget: status, elapsed time, streaming answer, one card per step, token counter and a Stop button.
 
 Widgets hold no logic: :class:`RunWidget` draws a :class:`~nbagent.notebook.state.RunState` and calls the
-``on_stop`` it was given when Stop is clicked. :class:`RunOutput` puts the widget in the cell that started
-the run, next to a static rendering that is replaced by the run's summary when it ends.
+``on_stop`` it was given when Stop is clicked; a tool call that a policy asks about is shown in its approval
+panel, whose buttons call the ``on_answer`` they were given (see :mod:`nbagent.notebook.approvals`).
+:class:`RunOutput` puts the widget in the cell that started the run, next to a static rendering that is
+replaced by the run's summary when it ends.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from .kernel import current_parent, update_display
 from .state import RunState, StepCard
 from .static import STATUS_COLORS, badge, run_summary_html, text_summary, tokens_line
 
-__all__ = ["RunOutput", "RunWidget"]
+__all__ = ["ApprovalPanel", "RunOutput", "RunWidget"]
 
 _TAGS = {"llm": ("LLM", "#1565c0"), "tool": ("TOOL", "#6a1b9a"), "retry": ("RETRY", "#ef6c00"),
-         "cache": ("CACHE", "#2e7d32"), "sandbox": ("SANDBOX", "#455a64"), "error": ("ERROR", "#c62828")}
+         "cache": ("CACHE", "#2e7d32"), "sandbox": ("SANDBOX", "#455a64"), "error": ("ERROR", "#c62828"),
+         "policy": ("POLICY", "#ef6c00")}
 MAX_VISIBLE_CARDS = 30
 
 
@@ -80,8 +83,9 @@ class RunWidget(widgets.VBox):
         self._name = name
         self._cards_key: tuple[int, ...] = ()
         self.stop.on_click(self._clicked)
+        self.approval = ApprovalPanel()
         top = widgets.HBox([self.stop, self.header], layout=layout)
-        super().__init__([top, self.answer, self.steps], layout=layout)
+        super().__init__([top, self.approval, self.answer, self.steps], layout=layout)
         self.add_class("nbagent-run")
         self.render(RunState(name=name))
 
@@ -90,6 +94,13 @@ class RunWidget(widgets.VBox):
         if isinstance(bundle, dict):
             bundle["text/plain"] = f"nbagent run {self._name} (live view)"
         return bundle
+
+    def show_approval(self, tool: str, arguments: str, on_answer: Callable[[str], None], *, waiting: int = 0) -> None:
+        """Show a pending call with Approve / Deny / Always buttons; a click calls ``on_answer(answer)``."""
+        self.approval.show(tool, arguments, on_answer, waiting=waiting)
+
+    def hide_approval(self) -> None:
+        self.approval.hide()
 
     def _clicked(self, _button: Any) -> None:
         with self.stop.hold_sync():
@@ -107,6 +118,8 @@ class RunWidget(widgets.VBox):
             f"<b>{html.escape(state.name)}</b> {badge(state.status)} {html.escape(state.stop_reason)} · "
             f"{state.elapsed():.1f} s · {state.model and html.escape(state.model) + ' · '}{len(state.cards)} steps"
             f"</span><br>{tokens_line(state)} · ${state.cost:.6f}"
+            + (f'<div class="nbagent-pending" style="color:#ef6c00;font-weight:bold">waiting for approval: '
+               f"{html.escape(state.pending_approval)}</div>" if state.pending_approval and not state.done else "")
             + "".join(f'<div style="color:#ef6c00">⚠ {html.escape(w)}</div>' for w in state.warnings) + "</div>")
         text = state.text[-4000:] if state.text else ("" if state.done else "…")
         err = (f'<div style="color:#c62828">{html.escape(state.error)}</div>'
@@ -125,6 +138,58 @@ class RunWidget(widgets.VBox):
             with self.stop.hold_sync():  # one message for both traits
                 self.stop.disabled = True
                 self.stop.description = "Done" if state.status != "cancelled" else "Stopped"
+
+
+class ApprovalPanel(widgets.VBox):
+    """A pending tool call and its three buttons; hidden while nothing is asked.
+
+    Each button answers once: all three are disabled after a click until the next question is shown.
+    """
+
+    def __init__(self) -> None:
+        self.question = widgets.HTML()
+        self.question.add_class("nbagent-approval-question")
+        self.approve = widgets.Button(description="Approve", icon="check", button_style="success",
+                                      tooltip="Run this call")
+        self.deny = widgets.Button(description="Deny", icon="times", button_style="danger",
+                                   tooltip="Do not run it; the model is told it was denied")
+        self.always = widgets.Button(description="Always for this run", button_style="info",
+                                     tooltip="Run this and every later call of this tool in this run",
+                                     layout=widgets.Layout(width="auto"))
+        for button, answer in ((self.approve, "allow"), (self.deny, "deny"), (self.always, "always")):
+            button.add_class(f"nbagent-{'approve' if answer == 'allow' else answer}")
+            button.on_click(lambda _b, a=answer: self._answered(a))
+        self._on_answer: Callable[[str], None] | None = None
+        super().__init__([self.question, widgets.HBox([self.approve, self.deny, self.always])],
+                         layout=widgets.Layout(display="none", border="2px solid #ef6c00", padding="4px",
+                                               margin="2px 0"))
+        self.add_class("nbagent-approval")
+
+    @property
+    def visible(self) -> bool:
+        return self.layout.display != "none"
+
+    def show(self, tool: str, arguments: str, on_answer: Callable[[str], None], *, waiting: int = 0) -> None:
+        self._on_answer = on_answer
+        more = f' <span style="opacity:.7">({waiting} more waiting)</span>' if waiting else ""
+        self.question.value = (f'<div class="nbagent-approval-call" data-tool="{html.escape(tool)}">'
+                               f"<b>Approve this tool call?</b>{more}<br><code>{html.escape(tool)}</code>"
+                               f'<pre style="margin:2px 0;max-height:12em;overflow:auto">{html.escape(arguments)}'
+                               f"</pre></div>")
+        for button in (self.approve, self.deny, self.always):
+            button.disabled = False
+        self.layout.display = "flex"
+
+    def hide(self) -> None:
+        self._on_answer = None
+        self.layout.display = "none"
+        self.question.value = ""
+
+    def _answered(self, answer: str) -> None:
+        for button in (self.approve, self.deny, self.always):
+            button.disabled = True
+        if self._on_answer is not None:
+            self._on_answer(answer)
 
 
 class RunOutput:

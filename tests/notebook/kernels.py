@@ -68,13 +68,23 @@ class KernelNotebook:
 
     def stop_button_of(self, cell: NotebookNode) -> str:
         """The model id of the Stop button of the run widget shown in ``cell``."""
+        button = self.widget_in(cell, "nbagent-stop")
+        state = self.widget_state()[button]
+        assert state["description"] in ("Stop", "Stopping"), state
+        return button
+
+    def widget_in(self, cell: NotebookNode, css_class: str) -> str:
+        """The model id of the widget with ``css_class`` in the widget tree shown in ``cell``."""
         state = self.widget_state()
         view = next(o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {}))
-        run = state[view["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]]
-        top = state[_ref(run["children"][0])]
-        button = _ref(top["children"][0])
-        assert state[button]["description"] in ("Stop", "Stopping"), state[button]
-        return button
+        stack = [view["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]]
+        while stack:
+            model_id = stack.pop()
+            model = state[model_id]
+            if css_class in model.get("_dom_classes", ()):
+                return model_id
+            stack.extend(_ref(child) for child in model.get("children", ()))
+        raise AssertionError(f"no widget with class {css_class} in the cell")
 
     def save(self, path: Path) -> Path:
         """Write the notebook as ``nbclient`` does at the end of an execution (widget state included)."""

@@ -15,7 +15,7 @@ import pytest
 from kernels import KernelNotebook, dump, kernel_env, summaries, text_of
 from nbconvert import HTMLExporter
 
-from nbagent.testing import SimServer
+from nbagent.testing import Reply, SimServer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -151,3 +151,44 @@ def test_saved_notebook_shows_the_numbers_without_widgets(kn: KernelNotebook, tm
     tags = re.findall(r'<div class="nbagent-summary"[^>]*data-run="bg"[^>]*>', body)
     assert tags and 'data-status="ok"' in tags[-1] and not re.search(r'data-input-tokens="0"', tags[-1])
     assert "RunWidget(children" not in body
+
+
+WAIT_FOR_QUESTION = """
+import asyncio
+from nbagent.notebook.registry import current
+entry = current().get({name!r})
+for _ in range(400):  # the cell awaits on the kernel's loop, so the run goes on meanwhile
+    if entry.state.pending_approval:
+        break
+    await asyncio.sleep(0.05)
+panel = entry.view.widget.approval
+print(entry.state.pending_approval, panel.layout.display, 'launch-codes' in panel.question.value,
+      panel.approve.model_id in {ids})
+"""
+
+
+def test_approve_through_the_widget_in_a_kernel(kn: KernelNotebook, sim: SimServer) -> None:
+    kn.run("from nbagent.policy import Policy, Rule\nasks = Policy([Rule('lookup', 'ask')], ask_timeout=60)")
+    sim.script(Reply(tool_calls=[("lookup", {"key": "launch-codes"})]), Reply(text="approved and done"))
+    start = kn.run("%%agent -n ap -t lookup --policy asks -o rap --no-stream\nLook up the launch codes.")
+    # the buttons are in the widget tree the cell displayed (their messages carry the start cell as parent,
+    # so the state the kernel holds is read from the kernel)
+    approve = kn.widget_in(start, "nbagent-approve")
+    asked = kn.run(WAIT_FOR_QUESTION.format(name="ap", ids=[approve]))
+    assert text_of(asked).split() == ["lookup", "flex", "True", "True"], dump(asked)
+    kn.click(approve)  # the message a browser sends when Approve is clicked
+    done = kn.run("%agent wait ap")
+    assert text_of(done).strip() == "ap: ok", dump(done)
+    check = kn.run("print(rap.output, [(e.action, e.decided_by) for e in rap.events if e.kind == 'policy_decided'],"
+                   " [m['content'] for m in rap.messages if m['role'] == 'tool'], panel.layout.display)")
+    assert text_of(check).strip() == "approved and done [('allow', 'callback')] ['v-launch-codes'] none", dump(check)
+
+
+def test_an_unanswered_question_times_out_as_a_deny_in_a_kernel(kn: KernelNotebook, sim: SimServer) -> None:
+    kn.run("from nbagent.policy import Policy, Rule\nhurried = Policy([Rule('lookup', 'ask')], ask_timeout=0.5)")
+    sim.script(Reply(tool_calls=[("lookup", {"key": "k"})]), Reply(text="denied, fine"))
+    kn.run("%%agent -n late -t lookup --policy hurried -o rlate --no-stream\nLook it up.")
+    done = kn.run("%agent wait late")
+    assert text_of(done).strip() == "late: ok", dump(done)
+    check = kn.run("print([(e.action, e.decided_by) for e in rlate.events if e.kind == 'policy_decided'])")
+    assert text_of(check).strip() == "[('deny', 'timeout')]", dump(check)
