@@ -1,4 +1,5 @@
-"""The live dashboard: latency histograms, tokens over time, cache hit rate, runs in flight, loop lag, CPU, memory.
+"""The live dashboard: latency histograms, tokens over time, response- and policy-cache hit rates, runs in flight,
+loop lag, CPU, memory.
 
 ``%agent dashboard`` or ``nbagent.dashboard()``. One plotly ``FigureWidget`` (plotly renders it through
 ``anywidget``) and a header of figures, redrawn by the registry's ticker at most ``max_hz`` times a second
@@ -36,8 +37,8 @@ HISTOGRAMS = (("LLM latency", "llm.latency"), ("time to first token", "llm.ttft"
 SERIES_PANELS = (("tokens / s", 0), ("in flight", 1), ("cache hit rate", 2), ("kernel CPU %", 3),
                  ("kernel memory MiB", 4), ("LLM calls / s", 5))
 #: (trace name, panel): one trace per column of a sample after its time.
-SERIES = (("input", 0), ("output", 0), ("cached", 0), ("runs", 1), ("tools", 1), ("hit rate", 2), ("CPU %", 3),
-          ("MiB", 4), ("calls/s", 5))
+SERIES = (("input", 0), ("output", 0), ("cached", 0), ("runs", 1), ("tools", 1), ("responses", 2), ("CPU %", 3),
+          ("MiB", 4), ("calls/s", 5), ("policy decisions", 2))
 
 
 def _template() -> Any:
@@ -90,7 +91,7 @@ class Dashboard(widgets.VBox):
             fig.add_trace(go.Bar(x=[], y=[], name=title, marker_color="#1f77b4", showlegend=False),
                           row=i // 3 + 1, col=i % 3 + 1)
         for name, panel in SERIES:
-            fig.add_trace(go.Scatter(x=[], y=[], name=name, mode="lines", showlegend=panel < 2),
+            fig.add_trace(go.Scatter(x=[], y=[], name=name, mode="lines", showlegend=panel <= 2),
                           row=panel // 3 + 3, col=panel % 3 + 1)
         fig.update_yaxes(range=[0, 1], row=3, col=3)
         fig.update_layout(height=860, margin=dict(l=40, r=10, t=30, b=30), bargap=0.05,
@@ -168,7 +169,8 @@ class Dashboard(widgets.VBox):
         self._prev = (now, *totals)
         cpu, mib = self._sampler.sample()
         self._samples.append((dt.datetime.now(), rates[0], rates[1], rates[2], reg.value("runs.in_flight"),
-                              reg.value("tools.in_flight"), reg.hit_rate("response"), cpu, mib, rates[3]))
+                              reg.value("tools.in_flight"), reg.hit_rate("response"), cpu, mib, rates[3],
+                              reg.hit_rate("policy")))
         self._last_sample = now
 
     def _draw(self, *, series: bool) -> None:
@@ -205,7 +207,7 @@ class Dashboard(widgets.VBox):
         statuses = ", ".join(f"{n.rsplit('.', 1)[1]} {int(c.value)}" for n, c in reg.counters.items()
                              if n.startswith("runs.status."))
         llm = reg.histograms.get("llm.latency")
-        hit = reg.hit_rate("response")
+        hit, policy_hit = reg.hit_rate("response"), reg.hit_rate("policy")
         cpu, mib = (self._samples[-1][7], self._samples[-1][8]) if self._samples else (0.0, 0.0)
         parts = [
             f"runs <b>{int(v('runs.started'))}</b> started, <b>{int(v('runs.in_flight'))}</b> in flight"
@@ -214,7 +216,9 @@ class Dashboard(widgets.VBox):
             f'<b>{int(v("tokens.output")):,}</b> out / <b>{int(v("tokens.cached")):,}</b> cached</span>',
             f"cost ${v('cost.usd'):.4f}",
             f"LLM p50 {fmt_seconds(llm.p50 if llm else None)} p99 {fmt_seconds(llm.p99 if llm else None)}",
-            f"cache hit rate {'–' if hit is None else f'{hit:.0%}'}",
+            f'<span class="nbagent-dashboard-hits">cache hit rate {"–" if hit is None else f"{hit:.0%}"}'
+            + ("" if policy_hit is None else f", policy decisions {policy_hit:.0%} cached "
+               f"({int(v('policy.allow'))} allowed, {int(v('policy.deny'))} denied)") + "</span>",
             f"loop lag p99 {fmt_seconds(mon['lag_p99'])}, {mon['blocks']} blocks",  # type: ignore[arg-type]
             f"kernel CPU {cpu:.0f}% · {mib:.0f} MiB",
         ]

@@ -1,7 +1,8 @@
 """End to end in a real JupyterLab, in headless Chromium driven by Playwright.
 
 Opens a notebook, runs a ``%%agent`` cell and watches its token counter rise and the dashboard's histogram
-draw, clicks Stop on a long run and sees it cancelled. Screenshots go to ``artifacts/`` at the project root.
+draw, clicks Stop on a long run and sees it cancelled, and clicks Approve on a tool call that a policy asks
+about and sees that run complete. Screenshots go to ``artifacts/`` at the project root.
 
 Skipped when Chromium, JupyterLab or Playwright is missing, unless ``NBAGENT_REQUIRE_BROWSER=1`` (then it
 fails and says what is missing). ``scripts/setup-notebook.sh`` installs them.
@@ -71,11 +72,14 @@ def _free_port() -> int:
 
 
 NOTEBOOK_CELLS = [
-    "%load_ext nbagent\nimport os\nfrom nbagent import tool\nslow_url = os.environ['E2E_SLOW_URL']\n\n"
+    "%load_ext nbagent\nimport os\nfrom nbagent import tool\nfrom nbagent.policy import Policy, Rule\n"
+    "slow_url, guard_url = os.environ['E2E_SLOW_URL'], os.environ['E2E_GUARD_URL']\n"
+    "asks = Policy([Rule('lookup', 'ask')], ask_timeout=120)\n\n"
     "@tool\ndef lookup(key: str) -> str:\n    '''Look a key up.'''\n    return 'v-' + key",
     "%%agent -n quick -t lookup\nWhat does the key say?",
     "%agent dashboard",
     "%%agent -n long -t lookup --max-steps 500 --base-url {slow_url}\nKeep looking until told to stop.",
+    "%%agent -n guarded -t lookup --policy asks --base-url {guard_url}\nLook the key up, with permission.",
 ]
 
 
@@ -93,11 +97,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root, home = tmp_path_factory.mktemp("lab-root"), tmp_path_factory.mktemp("lab-home")
     fast = SimServer(latency=0.7, tool_calls_per_run=14).start()
     slow = SimServer(latency=0.5, tool_calls_per_run=1000).start()
+    guard = SimServer(latency=0.2, tool_calls_per_run=1).start()
     _write_notebook(root / "e2e.ipynb")
     port, token = _free_port(), uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "NBAGENT_", "JUPYTER"))}
     env.update(PYTHONPATH=str(ROOT), NBAGENT_BASE_URL=fast.url, NBAGENT_MODEL="sim", NBAGENT_HOME=str(home / "nb"),
-               NBAGENT_LIMITS__STUCK_REPEATS="0", E2E_SLOW_URL=slow.url, JUPYTER_PLATFORM_DIRS="1",
+               NBAGENT_LIMITS__STUCK_REPEATS="0", E2E_SLOW_URL=slow.url, E2E_GUARD_URL=guard.url,
+               JUPYTER_PLATFORM_DIRS="1",
                JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
     log = (home / "lab.log").open("w")
@@ -121,12 +127,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"JupyterLab did not start:\n{(home / 'lab.log').read_text()[-3000:]}")
             time.sleep(0.3)
-        yield {"url": url, "token": token, "fast": fast, "slow": slow, "home": home}
+        yield {"url": url, "token": token, "fast": fast, "slow": slow, "guard": guard, "home": home}
     finally:
         _stop(proc)
         log.close()
         fast.stop()
         slow.stop()
+        guard.stop()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -226,6 +233,27 @@ def test_jupyterlab_run_widget_dashboard_and_stop(lab: dict[str, Any], tmp_path:
             settled = lab["slow"].requests
             time.sleep(1.5)
             assert lab["slow"].requests == settled and settled <= requests_before + 2
+
+            # a policy asks before the guarded run's tool call: Approve lets it run and the run completes
+            page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(4).click()  # Stop took the focus: select
+            run_cell()  # %%agent -n guarded
+            guarded = _run_widget(page, "guarded")
+            approve = guarded.locator("button.nbagent-approve")
+            approve.wait_for(state="visible", timeout=60_000)
+            assert "key" in guarded.locator(".nbagent-approval-question").inner_text()
+            assert lab["guard"].requests == 1  # the model asked for the tool; nothing more until the answer
+            page.screenshot(path=str(ARTIFACTS / "e2e-4-approval.png"), full_page=True)
+            approve.click()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.nbagent-status')].some(s => s.innerText.includes('guarded')"
+                " && s.dataset.status === 'ok')", timeout=60_000)
+            assert lab["guard"].requests == 2
+            assert not approve.is_visible()
+            assert "approved" in guarded.locator(".nbagent-steps").inner_text()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.nbagent-dashboard-header')]"
+                ".some(h => h.innerText.includes('policy decisions'))", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "e2e-5-approved.png"), full_page=True)
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "e2e-failure.png"), full_page=True)
             raise
