@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from .errors import ConfigError
 from .events import Event, EventBus, _frozen, default_bus
@@ -81,8 +81,9 @@ class Rule:
         return self.check is None or bool(self.check(dict(args)))
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """What :meth:`Policy.decide` answered (a named tuple: built on every tool call, it must cost little)."""
+
     action: str  # allow | deny
     decided_by: str
     reason: str = ""
