@@ -133,3 +133,22 @@ async def test_decision_cache_ttl_and_size_bound() -> None:
     await p.decide("t", {"x": "c"})  # the cache holds two: "a" (the oldest) goes
     assert len(p._cache) == 2
     assert not (await p.decide("t", {"x": "a"})).cached
+
+
+async def test_an_agent_takes_the_settings_policy_unless_told_otherwise(sim: SimServer) -> None:
+    settings = sim_settings(sim, policy={"rules": [{"tool": "shell", "action": "deny", "reason": "configured"}]})
+    bus = EventBus()
+    client = LLMClient(settings, bus=bus)
+    try:
+        sim.script(Reply(tool_calls=[("shell", {"command": "ls"})]), Reply(text="done"))
+        result = await Agent("sim", [shell], settings=settings, client=client, bus=bus).run("list")
+        assert result.ok and ran == []
+        assert [(e.action, e.reason) for e in result.events if isinstance(e, PolicyDecided)] == [("deny", "configured")]
+        sim.script(Reply(tool_calls=[("shell", {"command": "ls"})]), Reply(text="done"))
+        result = await Agent("sim", [shell], settings=settings, client=client, bus=bus, policy=False).run("list")
+        assert result.ok and ran == ["ls"] and not [e for e in result.events if isinstance(e, PolicyDecided)]
+    finally:
+        await client.aclose()
+    with pytest.raises(ConfigError, match="unknown key"):
+        Policy.from_settings({"defualt": "deny"})
+    assert Policy.from_settings({"ask_timeout": 7, "cache_ttl": 9}).ask_timeout == 7.0

@@ -197,6 +197,8 @@ class Agent:
     with the :class:`~nbagent.llm.types.Model` ``request`` method (a cached or test model).
     ``tool_choice`` is sent with every request; ``first_tool`` names a tool the first model call must
     call (later calls choose freely), which keeps small local models from answering without their tools.
+    ``policy`` (a :class:`~nbagent.policy.Policy`) decides before each tool call; by default the settings'
+    ``[policy]`` table, when there is one; ``policy=False`` for none.
     """
 
     def __init__(
@@ -248,7 +250,11 @@ class Agent:
         if first_tool is not None and first_tool not in self.tools:
             raise ValueError(f"first_tool {first_tool!r} is not one of the agent's tools: {', '.join(self.tools)}")
         self.first_tool = first_tool
-        self.policy = policy  # a nbagent.policy.Policy: allow / deny / ask before each tool call
+        if policy is None and self.settings.policy:  # the settings' [policy] table, for this agent
+            from ..policy import Policy
+
+            policy = Policy.from_settings(self.settings.policy)
+        self.policy = policy or None  # a nbagent.policy.Policy: allow / deny / ask before each tool call
         if policy is not None and getattr(policy, "bus", False) is None:
             policy.bus = self.bus  # its decisions land among the run's events
         if tool_cache is not None and getattr(tool_cache, "bus", False) is None:

@@ -120,8 +120,8 @@ def agent_factory(spec: RunSpec, registry: RunRegistry, tools: list[Tool]) -> Ca
         kwargs: dict[str, Any] = {"system": spec.system, "max_steps": spec.max_steps, "stream": spec.stream,
                                   "base_url": spec.base_url, "settings": registry.settings,
                                   "first_tool": spec.first_tool,
-                                  "policy": None if spec.no_policy else
-                                  registry.with_approvals(spec.policy) or registry.default_policy}
+                                  "policy": False if spec.no_policy else
+                                  registry.with_approvals(spec.policy) or registry.default_policy or False}
         cache = response_cache(spec.cache or "off", registry.bus, registry.caches)
         if cache is not None:
             kwargs["cache"] = cache
