@@ -53,7 +53,7 @@ def sandbox_tools(
             raise ToolError(f"sandbox error: {e}") from e
 
     def limit(timeout: float | None) -> float | None:
-        if timeout is None:
+        if timeout is None or timeout == 0:  # small models send 0 for "no particular timeout"
             return None
         if not timeout > 0:
             raise ToolError("timeout must be a positive number of seconds")
@@ -68,7 +68,7 @@ def sandbox_tools(
 
         Args:
             code: the Python source to run; print what you want to see
-            timeout: seconds before the process is killed (default: the sandbox's)
+            timeout: seconds before the process is killed (default or 0: the sandbox's)
         """
         async with sandbox(ctx) as sb:
             return (await sb.exec(code, lang="python", timeout=limit(timeout))).summary()
@@ -79,7 +79,7 @@ def sandbox_tools(
 
         Args:
             command: the command line, run with sh -c in the working directory
-            timeout: seconds before the process tree is killed (default: the sandbox's)
+            timeout: seconds before the process tree is killed (default or 0: the sandbox's)
         """
         async with sandbox(ctx) as sb:
             return (await sb.exec(command, timeout=limit(timeout))).summary()

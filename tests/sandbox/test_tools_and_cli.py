@@ -50,6 +50,7 @@ async def test_a_run_leases_once_and_keeps_its_sandbox(
         await tools["read_file"].call(ctx, {"path": "missing.txt"})
     with pytest.raises(ToolError, match="positive"):
         await tools["shell"].call(ctx, {"command": "ls", "timeout": -1})
+    assert "sh -c ls" in await tools["shell"].call(ctx, {"command": "ls", "timeout": 0})  # 0: the default
     assert m.stats().leases == 1 and m.stats().active == 1
     await ctx.aclose()  # the run ends: the lease ends
     await m.settle()
