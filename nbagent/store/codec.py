@@ -12,16 +12,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import operator
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from ..events import Event
-from .redact import Redactor
 
-__all__ = ["EVENT_SQL", "RESULT_SQL", "RUN_FINISH_SQL", "RUN_START_SQL", "EventCodec", "event_class", "event_from_dict",
-           "rows_sql"]
+__all__ = ["EVENT_SQL", "RESULT_SQL", "RUN_FINISH_SQL", "RUN_START_SQL", "event_class", "event_from_dict", "rows_sql"]
 
 # string fields that never carry user text: identifiers, enums, names
 _SAFE_TEXT = frozenset({
@@ -29,57 +25,10 @@ _SAFE_TEXT = frozenset({
     "usage_source", "finish_reason", "error_type", "limit", "sandbox_id", "backend", "image", "lang", "budget",
     "metric", "stat",
 })
-_COLUMNS = ("run_id", "ts")
 # modules whose events may be in a store; imported on demand when an unknown kind is read
 _EVENT_MODULES = ("nbagent.sandbox.events", "nbagent.metrics.budgets")
 
 _dumps = json.JSONEncoder(ensure_ascii=False, default=str, check_circular=False, separators=(",", ":")).encode
-
-
-class EventCodec:
-    """Turns events into ``(run_id, ts, kind, data)`` rows, redacting free-text fields."""
-
-    def __init__(self, redactor: Redactor | None) -> None:
-        self.redactor = redactor
-        self._specs: dict[type, tuple[tuple[str, ...], Callable[[Any], Any], tuple[str, ...]]] = {}
-
-    def _spec(self, cls: type) -> tuple[tuple[str, ...], Callable[[Any], Any], tuple[str, ...]]:
-        spec = self._specs.get(cls)
-        if spec is None:
-            fields = dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ()
-            names = tuple(f.name for f in fields if f.name not in _COLUMNS)
-            text = tuple(f.name for f in fields
-                         if f.name not in _COLUMNS and f.name not in _SAFE_TEXT and "str" in str(f.type))
-            get = operator.attrgetter(*names) if len(names) > 1 else (
-                (lambda ev, n=names[0]: (getattr(ev, n),)) if names else (lambda ev: ()))
-            spec = self._specs[cls] = (names, get, text)
-        return spec
-
-    def event_dict(self, ev: Event) -> dict[str, Any]:
-        """``kind``, ``ts`` and the event's other fields (not ``run_id``), free text redacted."""
-        names, get, text = self._spec(type(ev))
-        data = dict(zip(names, get(ev), strict=True))
-        red = self.redactor
-        if red is not None:
-            for n in text:
-                v = data[n]
-                if v and isinstance(v, str):
-                    data[n] = red.redact(v)
-        data["kind"] = ev.kind
-        data["ts"] = ev.ts
-        return data
-
-    def segment(self, events: list[Event]) -> str:
-        """The JSON array of several events of one run (one ``events`` row)."""
-        return _dumps([self.event_dict(ev) for ev in events])
-
-    def dumps(self, value: Any) -> str:
-        """JSON of any value, redacted when a redactor is set."""
-        text = _dumps(value)
-        red = self.redactor
-        if red is None or not red.might_contain(text):
-            return text
-        return _dumps(red.redact_obj(value))
 
 
 _kinds: dict[str, type[Event]] = {}

@@ -76,6 +76,11 @@ class Redactor:
             # longest first, so a secret that contains another is replaced whole
             self._secrets = tuple(sorted({*self._secrets, value}, key=len, reverse=True))
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The exact values redacted so far (a new tuple whenever one is added)."""
+        return self._secrets
+
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by ``[REDACTED]``."""
         if not text:

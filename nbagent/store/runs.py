@@ -12,12 +12,18 @@ How it stays off the run's back:
 
 * ``record(event)`` (the bus tap) appends the event to a deque and returns: no serialisation, no lock, no
   I/O on the event loop. When ``batch_size`` events are waiting, or a run finishes, it wakes the writer.
-* One writer thread (the only connection that writes) wakes at least every ``flush_interval`` seconds,
-  serialises and redacts the waiting events, and commits them in transactions of at most ``batch_size``
-  events, one ``events`` row per run per transaction (see :mod:`nbagent.store.migrations`) and one multi-row
-  statement per table. SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit needs no fsync, and a
-  process that is killed loses nothing it committed (only a power cut can; ``synchronous="FULL"`` closes
-  that too).
+* One writer thread wakes at least every ``flush_interval`` seconds and packs the waiting events into tuples
+  (:mod:`nbagent.store.batch`). It either writes them itself or hands them to a writer process
+  (:mod:`nbagent.store.proc`); whichever writes is the only connection that writes, and it serialises and
+  redacts the events and commits them in transactions of at most ``batch_size`` events, one ``events`` row
+  per run per transaction (see :mod:`nbagent.store.migrations`) and one multi-row statement per table.
+  SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit needs no fsync, and a process that is killed
+  loses nothing it committed (only a power cut can; ``synchronous="FULL"`` closes that too).
+* ``writer``: ``"thread"`` writes in this process; ``"process"`` starts the writer process at once;
+  ``"auto"`` (the default, or ``$NBAGENT_STORE_WRITER``) writes in the thread and starts the process once
+  the store takes more than ``AUTO_PROCESS_RATE`` events per second on a machine with more than one core.
+  The thread's encoding and inserts hold the GIL, so in a CPU-bound client they come out of the event loop's
+  time; the process does them on another core. A custom redactor (a subclass) keeps the thread.
 * Back-pressure: when ``queue_size`` events are waiting (the disk cannot keep up), ``on_full="wait"`` blocks
   the emitter until the writer makes room (counted in ``stats()["waits"]`` and ``["wait_seconds"]``) for at
   most ``max_wait`` seconds; after that, or with ``on_full="drop"``, the event is dropped and counted, in
@@ -45,8 +51,9 @@ from typing import Any
 
 from ..config import user_dir
 from ..events import Event, EventBus, RunFinished, RunStarted
-from .codec import EVENT_SQL, RESULT_SQL, RUN_FINISH_SQL, RUN_START_SQL, EventCodec, rows_sql
+from .batch import BatchWriter, Packer, WriteFailed, connect
 from .migrations import migrate
+from .proc import WriterProcess
 from .query import RunQueries
 from .redact import Redactor, default_redactor
 
@@ -55,6 +62,8 @@ __all__ = ["RunStore", "default_path"]
 log = logging.getLogger("nbagent.store")
 
 DB_NAME = "runs.db"
+# writer="auto" starts a writer process once the store takes this many events per second
+AUTO_PROCESS_RATE = 1000
 
 
 def default_path() -> Path:
@@ -108,6 +117,7 @@ class RunStore(RunQueries):
         end_grace: float = 0.01,
         redactor: Redactor | None = None,
         redact: bool = True,
+        writer: str | None = None,
     ) -> None:
         if on_full not in ("wait", "drop"):
             raise ValueError("on_full must be 'wait' or 'drop'")
@@ -115,6 +125,9 @@ class RunStore(RunQueries):
             raise ValueError("batch_size and queue_size must be >= 1 and flush_interval > 0")
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
+        writer = (writer or os.environ.get("NBAGENT_STORE_WRITER") or "auto").lower()
+        if writer not in ("auto", "thread", "process"):
+            raise ValueError("writer must be 'auto', 'thread' or 'process'")
         self.path = Path(path).expanduser() if path is not None else default_path()
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -124,7 +137,8 @@ class RunStore(RunQueries):
         self.synchronous = synchronous.upper()
         self.end_grace = min(end_grace, flush_interval)
         self.redactor = (redactor or default_redactor()) if redact else None
-        self._codec = EventCodec(self.redactor)
+        # a custom redactor (a subclass) only works in this process
+        self.writer = writer if self.redactor is None or type(self.redactor) is Redactor else "thread"
         self._pending: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()
         self._room = threading.Condition()
@@ -141,6 +155,13 @@ class RunStore(RunQueries):
         self._detach: list[Callable[[], None]] = []
         self._pid = os.getpid()
         self._host = socket.gethostname()
+        self._packer = Packer()
+        self._local = BatchWriter(self.redactor, self._pid, self._host)
+        self._conn: sqlite3.Connection | None = None
+        self._proc: WriterProcess | None = None  # the writer process, once started
+        self._via_proc = False  # batches go to the writer process (once it is ready)
+        self._announce = False
+        self._rate = (time.monotonic(), 0)  # when and at what count "auto" last measured the event rate
         # counters (written by one thread each; read without locks)
         self.enqueued = 0
         self.written = 0
@@ -301,6 +322,8 @@ class RunStore(RunQueries):
             "dropped": self.dropped, "waits": self.waits, "wait_seconds": self.wait_seconds,
             "pending": len(self._pending), "max_pending": self.max_pending, "write_errors": self.write_errors,
             "writer_alive": self._thread.is_alive(), "error": None if self._error is None else repr(self._error),
+            "writer": "process" if self._via_proc else "thread",
+            "writer_pid": self._proc.pid if self._via_proc and self._proc is not None else None,
         }
 
     def __repr__(self) -> str:
@@ -308,18 +331,9 @@ class RunStore(RunQueries):
 
     # --- the writer thread -------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False,
-                               cached_statements=512)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
-
     def _writer(self) -> None:
         try:
-            conn = self._connect()
+            conn = self._conn = connect(self.path, self.synchronous)
             migrate(conn)
         except BaseException as exc:  # noqa: BLE001 - reported through stats() and on read
             self._error = exc
@@ -328,6 +342,9 @@ class RunStore(RunQueries):
             self._fail_pending()
             return
         self._ready.set()
+        if self.writer == "process" and self._start_process():
+            assert self._proc is not None
+            self._proc.ready.wait(30.0)  # until then events wait in the queue
         try:
             while True:
                 woke = self._wake.wait(self.flush_interval)
@@ -336,12 +353,47 @@ class RunStore(RunQueries):
                     # woken by a run's end: let the runs ending around it join the same commit
                     time.sleep(self.end_grace)
                 self._flush_now = False
-                self._drain(conn)
+                self._choose_writer()
+                self._drain()
                 if self._closing and not self._pending:
                     break
         finally:
+            if self._proc is not None:
+                self._proc.close()
             self._fail_pending()
             conn.close()
+
+    def _start_process(self) -> bool:
+        try:
+            self._proc = WriterProcess(path=self.path, synchronous=self.synchronous, batch_size=self.batch_size,
+                                       redactor=self.redactor, pid=self._pid, host=self._host,
+                                       on_written=self._acked, on_lost=self._lost)
+            return True
+        except Exception as exc:  # noqa: BLE001 - no child process: keep writing in this thread
+            log.warning("run store %s: no writer process (%s); writing in-process", self.path, exc)
+            self.writer = "thread"
+            return False
+
+    def _choose_writer(self) -> None:
+        """Start the writer process when ``auto`` sees a busy store; use it once ready; leave it if it died."""
+        proc = self._proc
+        if proc is None:
+            if self.writer == "auto" and not self._closing:
+                now = time.monotonic()
+                t0, n0 = self._rate
+                if now - t0 >= 0.5:
+                    self._rate = (now, self.enqueued)
+                    if (self.enqueued - n0) / (now - t0) >= AUTO_PROCESS_RATE and (os.cpu_count() or 1) > 1:
+                        self._start_process()
+            return
+        if proc.dead:
+            if self._via_proc:
+                self._via_proc = False
+                self._local.learn(self._packer.schemas())  # classes first seen while the process wrote
+            self.writer = "thread"  # do not start another
+        elif not self._via_proc and proc.ready.is_set():
+            self._via_proc = True
+            self._announce = True  # the process learns the classes seen so far with its first batch
 
     def _fail_pending(self) -> None:
         """Count what can no longer be written, and release anyone waiting."""
@@ -355,124 +407,72 @@ class RunStore(RunQueries):
         with self._room:
             self._room.notify_all()
 
-    def _drain(self, conn: sqlite3.Connection) -> None:
+    def _drain(self) -> None:
         pending = self._pending
         size = len(pending)
         if size > self.max_pending:
             self.max_pending = size
+        packer = self._packer
+        pack = packer.event
+        # the process takes bigger messages (it commits them in batch_size transactions): fewer hand-offs
+        limit = self.batch_size * (20 if self._via_proc else 1)
         while pending:
-            chunk: list[Any] = []
+            records: list[Any] = []
+            markers: list[_Marker] = []
             events = rows = 0
-            while pending and rows < self.batch_size:
+            while pending and rows < limit:
                 item = pending.popleft()
-                chunk.append(item)
-                if isinstance(item, Event):
-                    events += 1
+                cls = type(item)
+                if cls is _Marker:
+                    markers.append(item)
+                elif cls is _Result:
+                    records.append(packer.result(item.run_id, item.messages, item.output, item.timings,
+                                                 item.artifacts))
                     rows += 1
-                elif isinstance(item, _Result):
+                else:
+                    pack(item, records)
+                    events += 1
                     rows += 1
             if self._waiters:
                 with self._room:
                     self._room.notify_all()
-            try:
-                self._write(conn, chunk, events)
-            except Exception as exc:  # noqa: BLE001 - the writer must outlive any bad item
-                self._write_failed(exc, chunk, {})
-            for item in chunk:
-                if isinstance(item, _Marker):
-                    item.fire()
-
-    def _write(self, conn: sqlite3.Connection, chunk: list[Any], n_events: int) -> None:
-        segments: dict[str | None, list[Event]] = {}
-        starts: list[tuple[Any, ...]] = []
-        finishes: list[tuple[Any, ...]] = []
-        results: list[tuple[Any, ...]] = []
-        artifacts: list[tuple[str, str, str]] = []
-        pid, host = self._pid, self._host
-        for item in chunk:
-            if isinstance(item, Event):
-                seg = segments.get(item.run_id)
-                if seg is None:
-                    segments[item.run_id] = [item]
-                else:
-                    seg.append(item)
-                cls = type(item)
-                if cls is RunStarted:
-                    st: RunStarted = item  # type: ignore[assignment]
-                    prompt = self.redactor.redact(st.prompt) if self.redactor else st.prompt
-                    starts.append((st.run_id, st.name, st.model, prompt, st.ts, pid, host))
-                elif cls is RunFinished:
-                    e: RunFinished = item  # type: ignore[assignment]
-                    err = self.redactor.redact(e.error) if (e.error and self.redactor) else e.error
-                    finishes.append((e.run_id, e.status, e.stop_reason, e.ts, e.duration, e.steps, e.input_tokens,
-                                     e.output_tokens, e.cached_tokens, e.cost, err, e.ts - e.duration, pid, host))
-            elif isinstance(item, _Result):
-                self._result_rows(item, results, artifacts)
-        if len(starts) > 1:  # one row per run in a multi-row upsert (a run seen twice keeps its last row)
-            starts = list({r[0]: r for r in starts}.values())
-            finishes = list({r[0]: r for r in finishes}.values())
-            results = list({r[0]: r for r in results}.values())
-        elif len(finishes) > 1 or len(results) > 1:
-            finishes = list({r[0]: r for r in finishes}.values())
-            results = list({r[0]: r for r in results}.values())
-        segment = self._codec.segment
-        rows = [(rid, evs[0].ts, len(evs), segment(evs)) for rid, evs in segments.items()]
-        with self._drop_lock:
-            drops, self._run_drops = self._run_drops, {}
-        for attempt in range(100):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    # multi-row statements: SQLite releases the GIL once per statement step, and a step per
-                    # row would make the writer fight the event loop for it
-                    if rows:
-                        conn.execute(rows_sql(EVENT_SQL, len(rows)), [v for r in rows for v in r])
-                    if starts:
-                        conn.execute(rows_sql(RUN_START_SQL, len(starts)), [v for r in starts for v in r])
-                    if finishes:
-                        conn.execute(rows_sql(RUN_FINISH_SQL, len(finishes)), [v for r in finishes for v in r])
-                    if results:
-                        conn.execute(rows_sql(RESULT_SQL, len(results)), [v for r in results for v in r])
-                    if artifacts:
-                        conn.executemany("INSERT OR REPLACE INTO artifacts (run_id, name, data) VALUES (?, ?, ?)",
-                                         artifacts)
-                    if drops:
-                        conn.executemany("UPDATE runs SET dropped = dropped + ? WHERE run_id = ?",
-                                         [(n, rid) for rid, n in drops.items()])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.OperationalError as exc:
-                if ("locked" in str(exc) or "busy" in str(exc)) and attempt < 99:
-                    time.sleep(0.05)
+            with self._drop_lock:
+                drops, self._run_drops = self._run_drops, {}
+            proc = self._proc
+            if self._via_proc and proc is not None:
+                if self._announce:
+                    records[:0] = packer.schemas()
+                    self._announce = False
+                if proc.send(records, drops, markers):
                     continue
-                self._write_failed(exc, chunk, drops)
-                return
-            except Exception as exc:  # noqa: BLE001 - the writer must survive bad data
-                self._write_failed(exc, chunk, drops)
-                return
-            break
-        self.written += n_events
-        self.commits += 1
+                self._choose_writer()  # the process died under us: this batch and the rest are written here
+            self._write_here(records, drops, events)
+            for marker in markers:
+                marker.fire()
 
-    def _write_failed(self, exc: BaseException, chunk: list[Any], drops: dict[str, int]) -> None:
+    def _write_here(self, records: list[Any], drops: dict[str, int], n_events: int) -> None:
+        assert self._conn is not None
+        if not records and not drops:
+            return
+        try:
+            self.written += self._local.write(self._conn, records, drops)
+            self.commits += 1
+        except WriteFailed as exc:
+            self._lost(exc.lost, drops, repr(exc.cause))
+
+    def _acked(self, written: int, commits: int) -> None:
+        self.written += written
+        self.commits += commits
+
+    def _lost(self, lost: dict[str | None, int], drops: dict[str, int], error: str) -> None:
+        """A batch could not be committed: count its events as dropped and keep its runs' drop counts."""
         self.write_errors += 1
-        log.error("run store %s: a batch of %d items could not be written: %s", self.path, len(chunk), exc)
-        for item in chunk:
-            if isinstance(item, Event):
-                self._count_drop(item.run_id)
+        log.error("run store %s: %d events could not be written: %s", self.path, sum(lost.values()), error)
+        for rid, n in lost.items():
+            self._count_drop(rid, n)
         with self._drop_lock:
             for rid, n in drops.items():
                 self._run_drops[rid] = self._run_drops.get(rid, 0) + n
-
-    def _result_rows(self, res: _Result, results: list[tuple[Any, ...]],
-                     artifacts: list[tuple[str, str, str]]) -> None:
-        dumps = self._codec.dumps
-        output = self.redactor.redact(res.output) if self.redactor else res.output
-        results.append((res.run_id, output, dumps(res.timings), dumps(res.messages), self._pid, self._host))
-        for name, value in res.artifacts.items():
-            artifacts.append((res.run_id, name, value if isinstance(value, str) else dumps(value)))
 
     # --- reading (see RunQueries) ------------------------------------------------------------------
 

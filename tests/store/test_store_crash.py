@@ -26,14 +26,15 @@ import mmap, sys, time
 from nbagent.events import EventBus, RunStarted, StepStarted
 from nbagent.store import RunStore
 
-db, counter, rate, batch = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-store = RunStore(db, batch_size=batch, flush_interval=0.1)
+db, counter, rate, batch, writer = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+store = RunStore(db, batch_size=batch, flush_interval=0.1, writer=writer)
 bus = EventBus()
 store.attach(bus)
 fh = open(counter, "r+b")
 seen = mmap.mmap(fh.fileno(), 8)
 bus.emit(RunStarted(run_id="crash", name="killed mid-run"))
-print("ready", flush=True)
+store.flush()
+print("ready", store.stats()["writer_pid"], flush=True)
 step, period, due = 0, 1.0 / rate, time.perf_counter()
 while True:
     step += 1
@@ -49,15 +50,28 @@ def emitted(counter: Path) -> int:
         return int.from_bytes(m[:8], "little")
 
 
-def test_sigkill_mid_run_loses_at_most_one_batch(tmp_path: Path, record_property: pytest.RecordProperty) -> None:
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its new parent to reap it counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_sigkill_mid_run_loses_at_most_one_batch(tmp_path: Path, record_property: pytest.RecordProperty,
+                                                 writer: str) -> None:
     kill_after = 150 + random.randrange(40)  # anywhere within a batch
     db, counter = tmp_path / "crash.db", tmp_path / "counter"
     counter.write_bytes(bytes(8))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(counter), str(RATE), str(BATCH)],
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(counter), str(RATE), str(BATCH), writer],
                              stdout=subprocess.PIPE, text=True, cwd=PROJECT,
                              env={**os.environ, "PYTHONPATH": PROJECT})
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        assert child.stdout is not None
+        word, writer_pid = child.stdout.readline().split()
+        assert word == "ready" and (writer_pid != "None") == (writer == "process")
         deadline = time.monotonic() + 60  # only to fail instead of hanging
         while emitted(counter) < kill_after:
             assert child.poll() is None, "the child died on its own"
@@ -71,6 +85,12 @@ def test_sigkill_mid_run_loses_at_most_one_batch(tmp_path: Path, record_property
             child.stdout.close()
     assert child.returncode == -signal.SIGKILL
     sent = emitted(counter)  # the child emitted `sent` steps, or one more that was never written
+    if writer == "process":
+        # the writer process commits what it received, sees its parent gone and exits: no orphan
+        deadline = time.monotonic() + 30  # only to fail instead of hanging
+        while not gone(int(writer_pid)):
+            assert time.monotonic() < deadline, "the writer process outlived its parent"
+            time.sleep(0.01)
 
     # the database opens cleanly...
     with sqlite3.connect(db) as conn:
@@ -88,5 +108,5 @@ def test_sigkill_mid_run_loses_at_most_one_batch(tmp_path: Path, record_property
     lost = sent - len(steps)
     record_property("events_emitted", sent)
     record_property("events_lost", lost)
-    print(f"SIGKILL after {sent} events: {len(steps)} committed, {lost} lost (batch size {BATCH})")
+    print(f"{writer} writer, SIGKILL after {sent} events: {len(steps)} committed, {lost} lost (batch size {BATCH})")
     assert 0 <= lost <= BATCH

@@ -71,13 +71,14 @@ def test_patterns() -> None:
     assert env.redact(f"it is {ODD}.") == f"it is {REDACTED}."
 
 
-async def test_secrets_never_reach_the_database(tmp_path: Path, logs_redacted: None) -> None:
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_secrets_never_reach_the_database(tmp_path: Path, logs_redacted: None, writer: str) -> None:
     add_secret(ODD)  # e.g. the key of an endpoint the user configured
     with SimServer(api_key=KEY, tool_calls_per_run=1) as sim:
         settings = sim_settings(sim)
         bus = EventBus()
         client = LLMClient(settings, bus=bus)
-        store = RunStore(tmp_path / "runs.db")
+        store = RunStore(tmp_path / "runs.db", writer=writer)
         store.attach(bus)
         agent = Agent("sim", [call_api], settings=settings, client=client, bus=bus, api_key=KEY)
         leaky = f"use key {KEY} and Authorization: Bearer {TOKEN} and {ODD}"

@@ -33,6 +33,13 @@ def lookup(key: str) -> str:
     return f"value-of-{key}"
 
 
+@pytest.fixture(autouse=True, params=["thread", "process"])
+def writer(request: pytest.FixtureRequest, _nbagent_home: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the writer thread and with the writer process."""
+    monkeypatch.setenv("NBAGENT_STORE_WRITER", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[RunStore]:
     s = RunStore(tmp_path / "runs.db")
@@ -58,7 +65,7 @@ def wait_until(cond, what: str, limit: float = 20.0) -> None:
         time.sleep(0.01)
 
 
-async def test_a_run_is_kept_whole(store: RunStore, agent: Agent) -> None:
+async def test_a_run_is_kept_whole(store: RunStore, agent: Agent, writer: str) -> None:
     store.attach(agent.bus)
     result = await agent.run("what is x?", name="first")
     await store.aflush()
@@ -81,6 +88,7 @@ async def test_a_run_is_kept_whole(store: RunStore, agent: Agent) -> None:
     assert store.events(result.run_id, kinds=["tool_finished"])[0]["output_preview"] == "value-of-x"
     stats = store.stats()
     assert stats["written"] == stats["enqueued"] == len(result.events) and stats["dropped"] == 0
+    assert stats["writer"] == writer and (stats["writer_pid"] is not None) == (writer == "process")
 
 
 async def test_load_to_result_and_replay_redraw_the_same_figures(store: RunStore, agent: Agent) -> None:
@@ -253,7 +261,7 @@ def test_interpreter_exit_flushes(tmp_path: Path) -> None:
         "bus = EventBus(); s.attach(bus)\n"
         "for i in range(1234): bus.emit(StepStarted(run_id='r', step=i))\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT)  # NBAGENT_STORE_WRITER is inherited
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT sum(n) FROM events").fetchone()[0] == 1234
 

@@ -1,0 +1,272 @@
+"""The writer process: JSON encoding, redaction and SQLite commits on another core.
+
+A :class:`~nbagent.store.RunStore` whose process emits events fast (the client is CPU-bound) hands its
+batches to a child process instead of writing them in its own writer thread, whose work would otherwise hold
+the GIL and come out of the event loop's time. The store's writer thread still takes the events off the queue;
+it packs them into tuples (:mod:`nbagent.store.batch`), pickles them and sends them over a socket. The child
+encodes, redacts and commits them in transactions of at most ``batch_size`` events and acknowledges each batch.
+
+* Flushes: a flush marker is released when the child has acknowledged every batch sent before it.
+* Counting: the parent counts written events from the acknowledgements; events of a batch the child could
+  not commit, or that were in flight when the child died, are counted as dropped (a batch committed just
+  before the child died may be counted twice: over-counted, never silent). After the child dies the store
+  goes back to writing in its thread.
+* Parent death: the child commits everything it received, then sees the end of the socket (or, should
+  another process hold the socket open, that its parent changed) and exits. It ignores SIGINT, so a
+  Ctrl-C in the parent leaves it to commit what the parent's exit flush sends.
+* Secrets: exact secrets known to the parent's redactor are sent along, and again whenever one is added.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from .batch import RESULT, SCHEMA, BatchWriter, WriteFailed, connect, count_events, split
+from .codec import _dumps
+from .redact import Redactor
+
+__all__ = ["WriterProcess", "main"]
+
+log = logging.getLogger("nbagent.store")
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_POLL = 1.0  # seconds between the child's checks that its parent is still there
+_ACK_EVERY = 0.25  # the child acknowledges at least this often (at once when a flush waits)
+
+
+class WriterProcess:
+    """The parent's handle on one writer process: send batches, get acknowledgements (on a reader thread)."""
+
+    def __init__(self, *, path: Path, synchronous: str, batch_size: int, redactor: Redactor | None, pid: int,
+                 host: str, on_written: Callable[[int, int], None],
+                 on_lost: Callable[[dict[str | None, int], dict[str, int], str], None]) -> None:
+        self.on_written = on_written
+        self.on_lost = on_lost
+        self.redactor = redactor
+        self.ready = threading.Event()
+        self.dead = False
+        self._closing = False
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._inflight: dict[int, tuple[list[Any], dict[str, int], list[Any]]] = {}
+        self._secrets: tuple[str, ...] | None = None
+        parent_end, child_end = socket.socketpair()
+        try:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from nbagent.store.proc import main; main()", str(child_end.fileno())],
+                pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        self.pid = self.process.pid
+        self._conn = Connection(parent_end.detach())
+        hello = (str(path), synchronous, batch_size, pid, host, redactor is not None,
+                 redactor.secrets if redactor is not None else ())
+        self._send(("hello", *hello))
+        self._reader = threading.Thread(target=self._read, name="nbagent-run-store-acks", daemon=True)
+        self._reader.start()
+
+    def _send(self, msg: tuple[Any, ...]) -> bool:
+        try:
+            self._conn.send_bytes(pickle.dumps(msg, _PROTOCOL))
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def send(self, records: list[Any], drops: dict[str, int], markers: list[Any]) -> bool:
+        """Hand over a batch; its markers fire once it is committed. False when the child is already gone
+        (the caller writes the batch itself); once accepted, a batch that does not make it is counted lost."""
+        with self._lock:
+            if self.dead:
+                return False
+            self._seq += 1
+            seq = self._seq
+            self._inflight[seq] = (records, drops, markers)
+        secrets = None
+        if self.redactor is not None and self.redactor.secrets is not self._secrets:
+            secrets = self._secrets = self.redactor.secrets
+        try:
+            data = pickle.dumps(("batch", seq, records, drops, secrets, bool(markers)), _PROTOCOL)
+        except Exception:  # noqa: BLE001 - a value pickle cannot take: send what JSON keeps of it
+            data = pickle.dumps(("batch", seq, _plain(records), drops, secrets, bool(markers)), _PROTOCOL)
+        try:
+            self._conn.send_bytes(data)
+        except (OSError, ValueError):
+            self._died("the writer process is gone")
+        return True
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = pickle.loads(self._conn.recv_bytes())
+            except (EOFError, OSError, pickle.UnpicklingError):
+                break
+            if msg[0] == "ready":
+                self.ready.set()
+            elif msg[0] == "ack":
+                _, seq, written, commits, lost, drops_back, error = msg
+                done = []
+                with self._lock:  # an acknowledgement covers every batch up to its number
+                    inflight = self._inflight
+                    while inflight:
+                        first = next(iter(inflight))
+                        if first > seq:
+                            break
+                        done.append(inflight.pop(first))
+                self.on_written(written, commits)
+                if lost or drops_back:
+                    self.on_lost(lost, drops_back, error)
+                for entry in done:
+                    for marker in entry[2]:
+                        marker.fire()
+        self._died("" if self._closing else "the writer process exited")
+
+    def _died(self, reason: str) -> None:
+        with self._lock:
+            if self.dead:
+                return
+            self.dead = True
+            inflight, self._inflight = self._inflight, {}
+        if reason:
+            log.error("run store: %s (%d batches in flight counted as dropped); writing in-process from now on",
+                      reason, len(inflight))
+        for records, drops, markers in inflight.values():
+            self.on_lost(count_events(records), drops, reason or "closed")
+            for marker in markers:
+                marker.fire()
+        self.ready.set()  # nobody waits for a child that will never be ready
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Let the child commit everything sent, then reap it."""
+        self._closing = True
+        self._send(("close",))
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("run store: the writer process did not finish within %s s; killing it", timeout)
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout)
+        self._conn.close()
+        self._died("")
+
+
+def _plain(records: list[Any]) -> list[Any]:
+    """Records with every value as JSON would store it (plain, picklable data)."""
+
+    def plain(value: Any) -> Any:
+        return json.loads(_dumps(value))
+
+    out: list[Any] = []
+    for rec in records:
+        if rec[0] >= 0:
+            out.append((rec[0], tuple(plain(v) for v in rec[1])))
+        elif rec[0] == RESULT:
+            out.append((RESULT, rec[1], plain(rec[2]), str(rec[3]), plain(rec[4]), plain(rec[5])))
+        else:  # a schema record
+            out.append(rec)
+    return out
+
+
+# --- the child ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Entry point of the writer process: ``python -c '...main()' <socket fd>``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(int(sys.argv[1]))
+    parent = os.getppid()
+    _, path, synchronous, batch_size, pid, host, redact, secrets = pickle.loads(conn.recv_bytes())
+    db: sqlite3.Connection | None = None
+    acks = _Acks(conn)
+    try:
+        db = connect(Path(path), synchronous)
+        writer = BatchWriter(Redactor(secrets, env={}) if redact else None, pid, host)
+        conn.send_bytes(pickle.dumps(("ready", os.getpid()), _PROTOCOL))
+        while True:
+            if not conn.poll(_ACK_EVERY if acks.seq else _POLL):
+                acks.send()  # idle: report what was written
+                if os.getppid() != parent:
+                    break  # the parent is gone but something else holds the socket open
+                continue
+            try:
+                msg = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                break  # the parent is gone: everything it sent is committed
+            if msg[0] != "batch":
+                break
+            _, seq, records, drops, secrets, flush = msg
+            _write(writer, db, batch_size, records, drops, secrets, acks)
+            acks.seq = seq
+            if flush or acks.lost or acks.drops_back or time.monotonic() - acks.sent >= _ACK_EVERY:
+                acks.send()
+    finally:
+        acks.send()
+        if db is not None:
+            db.close()
+        conn.close()
+
+
+class _Acks:
+    """What the child has done since its last acknowledgement (sent on a flush, a failure, or every 0.25 s)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.seq = 0  # the last batch handled, 0 once acknowledged
+        self.written = self.commits = 0
+        self.lost: dict[str | None, int] = {}
+        self.drops_back: dict[str, int] = {}
+        self.error = ""
+        self.sent = time.monotonic()
+
+    def send(self) -> None:
+        if not self.seq:
+            return
+        msg = ("ack", self.seq, self.written, self.commits, self.lost, self.drops_back, self.error)
+        self.seq = self.written = self.commits = 0
+        self.lost, self.drops_back, self.error = {}, {}, ""
+        self.sent = time.monotonic()
+        try:
+            self.conn.send_bytes(pickle.dumps(msg, _PROTOCOL))
+        except OSError:
+            pass  # the parent is gone; keep committing what it sent
+
+
+def _write(writer: BatchWriter, db: sqlite3.Connection, batch_size: int, records: list[Any], drops: dict[str, int],
+           secrets: tuple[str, ...] | None, acks: _Acks) -> None:
+    if secrets and writer.redactor is not None:
+        for s in secrets:
+            writer.redactor.add_secret(s)
+    for i, chunk in enumerate(split(records, batch_size)):
+        if not (drops and i == 0) and all(rec[0] == SCHEMA for rec in chunk):
+            writer.learn(chunk)  # nothing to commit (a flush marker's empty batch)
+            continue
+        try:
+            acks.written += writer.write(db, chunk, drops if i == 0 else {})
+            acks.commits += 1
+        except WriteFailed as exc:
+            acks.error = repr(exc.cause)
+            for rid, n in exc.lost.items():
+                acks.lost[rid] = acks.lost.get(rid, 0) + n
+            if i == 0:
+                for rid, n in drops.items():
+                    acks.drops_back[rid] = acks.drops_back.get(rid, 0) + n
