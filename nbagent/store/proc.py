@@ -47,6 +47,9 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _POLL = 1.0  # seconds between the child's checks that its parent is still there
 _ACK_EVERY = 0.25  # the child acknowledges at least this often (at once when a flush waits)
+_GATHER = 0.01  # the child waits this long for more batches to commit with a small one (not for a flush)
+_MERGE = 20  # the child commits up to this many batches' worth in one transaction
+_NICE = 10  # the child is background work: under contention the client and its server go first
 
 
 class WriterProcess:
@@ -193,6 +196,10 @@ def _plain(records: list[Any]) -> list[Any]:
 def main() -> None:
     """Entry point of the writer process: ``python -c '...main()' <socket fd>``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(_NICE)
+    except OSError:
+        pass
     conn = Connection(int(sys.argv[1]))
     parent = os.getppid()
     _, path, synchronous, batch_size, pid, host, redact, secrets = pickle.loads(conn.recv_bytes())
@@ -208,17 +215,22 @@ def main() -> None:
                 if os.getppid() != parent:
                     break  # the parent is gone but something else holds the socket open
                 continue
-            try:
-                msg = pickle.loads(conn.recv_bytes())
-            except (EOFError, OSError):
-                break  # the parent is gone: everything it sent is committed
-            if msg[0] != "batch":
-                break
-            _, seq, records, drops, secrets, flush = msg
-            _write(writer, db, batch_size, records, drops, secrets, acks)
-            acks.seq = seq
-            if flush or acks.lost or acks.drops_back or time.monotonic() - acks.sent >= _ACK_EVERY:
-                acks.send()
+            batches, stop = _gather(conn, batch_size)
+            if batches:
+                records = [rec for b in batches for rec in b[2]]
+                drops: dict[str, int] = {}
+                for b in batches:
+                    for rid, n in b[3].items():
+                        drops[rid] = drops.get(rid, 0) + n
+                for b in batches:
+                    _add_secrets(writer, b[4])
+                _write(writer, db, batch_size * _MERGE, records, drops, acks)
+                acks.seq = batches[-1][1]
+                if (any(b[5] for b in batches) or acks.lost or acks.drops_back
+                        or time.monotonic() - acks.sent >= _ACK_EVERY):
+                    acks.send()
+            if stop:
+                break  # closed, or the parent is gone: everything it sent is committed
     finally:
         acks.send()
         if db is not None:
@@ -251,11 +263,33 @@ class _Acks:
             pass  # the parent is gone; keep committing what it sent
 
 
-def _write(writer: BatchWriter, db: sqlite3.Connection, batch_size: int, records: list[Any], drops: dict[str, int],
-           secrets: tuple[str, ...] | None, acks: _Acks) -> None:
+def _gather(conn: Connection, batch_size: int) -> tuple[list[tuple[Any, ...]], bool]:
+    """The batches to commit together, and whether to stop after them: those waiting, up to ``_MERGE``
+    batches' worth, and while there are fewer than ``batch_size`` records those arriving within ``_GATHER``
+    seconds (unless a flush waits)."""
+    batches: list[tuple[Any, ...]] = []
+    rows = 0
+    try:
+        while True:
+            msg = pickle.loads(conn.recv_bytes())
+            if msg[0] != "batch":
+                return batches, True
+            batches.append(msg)
+            rows += len(msg[2])
+            if msg[5] or rows >= batch_size * _MERGE or not conn.poll(_GATHER if rows < batch_size else 0):
+                return batches, False
+    except (EOFError, OSError):
+        return batches, True
+
+
+def _add_secrets(writer: BatchWriter, secrets: tuple[str, ...] | None) -> None:
     if secrets and writer.redactor is not None:
         for s in secrets:
             writer.redactor.add_secret(s)
+
+
+def _write(writer: BatchWriter, db: sqlite3.Connection, batch_size: int, records: list[Any], drops: dict[str, int],
+           acks: _Acks) -> None:
     for i, chunk in enumerate(split(records, batch_size)):
         if not (drops and i == 0) and all(rec[0] == SCHEMA for rec in chunk):
             writer.learn(chunk)  # nothing to commit (a flush marker's empty batch)
