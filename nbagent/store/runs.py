@@ -414,9 +414,11 @@ class RunStore(RunQueries):
             self.max_pending = size
         packer = self._packer
         pack = packer.event
-        # the process takes bigger messages (it commits them in batch_size transactions): fewer hand-offs
-        limit = self.batch_size * (20 if self._via_proc else 1)
         while pending:
+            if not self._via_proc:
+                self._choose_writer()  # a queue that never empties must not keep "auto" from switching
+            # the process takes bigger messages (it commits what arrives together): fewer hand-offs
+            limit = self.batch_size * (20 if self._via_proc else 1)
             records: list[Any] = []
             markers: list[_Marker] = []
             events = rows = 0
