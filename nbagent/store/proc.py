@@ -47,16 +47,16 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _POLL = 1.0  # seconds between the child's checks that its parent is still there
 _ACK_EVERY = 0.25  # the child acknowledges at least this often (at once when a flush waits)
-_GATHER = 0.01  # the child waits this long for more batches to commit with a small one (not for a flush)
-_MERGE = 20  # the child commits up to this many batches' worth in one transaction
+_MERGE = 20  # the child commits up to this many batches' worth in one transaction...
+_GATHER = 0.1  # ...arriving within this many seconds (at most flush_interval) of the first
 _NICE = 10  # the child is background work: under contention the client and its server go first
 
 
 class WriterProcess:
     """The parent's handle on one writer process: send batches, get acknowledgements (on a reader thread)."""
 
-    def __init__(self, *, path: Path, synchronous: str, batch_size: int, redactor: Redactor | None, pid: int,
-                 host: str, on_written: Callable[[int, int], None],
+    def __init__(self, *, path: Path, synchronous: str, batch_size: int, flush_interval: float,
+                 redactor: Redactor | None, pid: int, host: str, on_written: Callable[[int, int], None],
                  on_lost: Callable[[dict[str | None, int], dict[str, int], str], None]) -> None:
         self.on_written = on_written
         self.on_lost = on_lost
@@ -82,7 +82,7 @@ class WriterProcess:
             child_end.close()
         self.pid = self.process.pid
         self._conn = Connection(parent_end.detach())
-        hello = (str(path), synchronous, batch_size, pid, host, redactor is not None,
+        hello = (str(path), synchronous, batch_size, flush_interval, pid, host, redactor is not None,
                  redactor.secrets if redactor is not None else ())
         self._send(("hello", *hello))
         self._reader = threading.Thread(target=self._read, name="nbagent-run-store-acks", daemon=True)
@@ -202,7 +202,7 @@ def main() -> None:
         pass
     conn = Connection(int(sys.argv[1]))
     parent = os.getppid()
-    _, path, synchronous, batch_size, pid, host, redact, secrets = pickle.loads(conn.recv_bytes())
+    _, path, synchronous, batch_size, interval, pid, host, redact, secrets = pickle.loads(conn.recv_bytes())
     db: sqlite3.Connection | None = None
     acks = _Acks(conn)
     try:
@@ -215,7 +215,7 @@ def main() -> None:
                 if os.getppid() != parent:
                     break  # the parent is gone but something else holds the socket open
                 continue
-            batches, stop = _gather(conn, batch_size)
+            batches, stop = _gather(conn, batch_size, interval)
             if batches:
                 records = [rec for b in batches for rec in b[2]]
                 drops: dict[str, int] = {}
@@ -263,12 +263,12 @@ class _Acks:
             pass  # the parent is gone; keep committing what it sent
 
 
-def _gather(conn: Connection, batch_size: int) -> tuple[list[tuple[Any, ...]], bool]:
-    """The batches to commit together, and whether to stop after them: those waiting, up to ``_MERGE``
-    batches' worth, and while there are fewer than ``batch_size`` records those arriving within ``_GATHER``
-    seconds (unless a flush waits)."""
+def _gather(conn: Connection, batch_size: int, interval: float) -> tuple[list[tuple[Any, ...]], bool]:
+    """The batches to commit together, and whether to stop after them: those arriving within ``_GATHER``
+    (or ``interval``) seconds of the first, up to ``_MERGE`` batches' worth; a flush ends the gathering at once."""
     batches: list[tuple[Any, ...]] = []
     rows = 0
+    deadline = time.monotonic() + min(interval, _GATHER)
     try:
         while True:
             msg = pickle.loads(conn.recv_bytes())
@@ -276,7 +276,7 @@ def _gather(conn: Connection, batch_size: int) -> tuple[list[tuple[Any, ...]], b
                 return batches, True
             batches.append(msg)
             rows += len(msg[2])
-            if msg[5] or rows >= batch_size * _MERGE or not conn.poll(_GATHER if rows < batch_size else 0):
+            if msg[5] or rows >= batch_size * _MERGE or not conn.poll(max(deadline - time.monotonic(), 0.0)):
                 return batches, False
     except (EOFError, OSError):
         return batches, True

@@ -366,8 +366,8 @@ class RunStore(RunQueries):
     def _start_process(self) -> bool:
         try:
             self._proc = WriterProcess(path=self.path, synchronous=self.synchronous, batch_size=self.batch_size,
-                                       redactor=self.redactor, pid=self._pid, host=self._host,
-                                       on_written=self._acked, on_lost=self._lost)
+                                       flush_interval=self.flush_interval, redactor=self.redactor, pid=self._pid,
+                                       host=self._host, on_written=self._acked, on_lost=self._lost)
             return True
         except Exception as exc:  # noqa: BLE001 - no child process: keep writing in this thread
             log.warning("run store %s: no writer process (%s); writing in-process", self.path, exc)
