@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import posixpath
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -33,7 +34,7 @@ from .errors import ConfigError
 from .events import Event, EventBus, _frozen, default_bus
 from .metrics.registry import MetricsRegistry, register_handler
 
-__all__ = ["AskCallback", "Decision", "Policy", "PolicyDecided", "Rule"]
+__all__ = ["AskCallback", "Decision", "Policy", "PolicyDecided", "Rule", "outside"]
 
 ACTIONS = ("allow", "deny", "ask")
 AskCallback = Callable[[str, dict[str, Any], str | None], Awaitable[bool | str]]
@@ -52,13 +53,19 @@ class PolicyDecided(Event):
 
 @dataclass(frozen=True)
 class Rule:
-    """``tool`` is an fnmatch pattern; ``action`` is allow, deny or ask."""
+    """``tool`` is an fnmatch pattern; ``action`` is allow, deny or ask.
+
+    ``when`` maps argument names to regular expressions; ``check`` is a predicate on the arguments;
+    ``facts`` maps facts about the tool (``Tool.facts``: sandbox tools have ``sandbox``, ``network`` and
+    ``backend``) to the values they must equal, e.g. ``Rule("*", "ask", facts={"network": True})``.
+    """
 
     tool: str = "*"
     action: str = "allow"
     when: Mapping[str, str] | None = None
     check: Callable[[dict[str, Any]], bool] | None = None
     reason: str = ""
+    facts: Mapping[str, Any] | None = None
     _patterns: tuple[tuple[str, re.Pattern[str]], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,7 +80,11 @@ class Rule:
     def applies_to(self, tool: str) -> bool:
         return fnmatch.fnmatchcase(tool, self.tool)
 
-    def matches(self, args: Mapping[str, Any]) -> bool:
+    def matches(self, args: Mapping[str, Any], facts: Mapping[str, Any] | None = None) -> bool:
+        if self.facts:
+            known = facts or {}
+            if any(known.get(k) != v for k, v in self.facts.items()):
+                return False
         for name, pat in self._patterns:
             value = args.get(name)
             if value is None or not pat.search(value if isinstance(value, str) else json.dumps(value)):
@@ -93,6 +104,24 @@ class Decision(NamedTuple):
     @property
     def allowed(self) -> bool:
         return self.action == "allow"
+
+
+def outside(root: str = "/workspace", arg: str = "path") -> Callable[[dict[str, Any]], bool]:
+    """A ``check`` for :class:`Rule`: the path in argument ``arg`` resolves outside ``root``.
+
+    Relative paths are taken from ``root`` (the sandbox tools' working directory); ``..`` is resolved, so
+    ``Rule("write_file", "deny", check=outside())`` refuses ``../../etc/passwd`` as well as ``/etc/passwd``.
+    """
+    base = posixpath.normpath(root)
+
+    def check(args: dict[str, Any]) -> bool:
+        value = args.get(arg)
+        if not isinstance(value, str):
+            return False
+        path = posixpath.normpath(posixpath.join(base, value))
+        return not (path == base or path.startswith(base.rstrip("/") + "/"))
+
+    return check
 
 
 def _norm(value: Any) -> Any:
@@ -131,7 +160,8 @@ class Policy:
         self.cache_size = cache_size
         self.cache_ttl = cache_ttl
         self._clock = clock
-        self._by_tool: dict[str, tuple[list[Rule], tuple[str, ...] | None]] = {}
+        # tool -> (its rules, the arguments they read or None for all, the facts they read)
+        self._by_tool: dict[str, tuple[list[Rule], tuple[str, ...] | None, tuple[str, ...]]] = {}
         self._always: set[tuple[str | None, str]] = set()  # (run_id, tool) approved "always for this run"
         self.version = 0
         self.hits = self.misses = 0
@@ -175,45 +205,52 @@ class Policy:
         for i, raw in enumerate(section.get("rules", [])):
             if not isinstance(raw, Mapping):
                 raise ConfigError(f"[[policy.rules]] #{i + 1} must be a table")
-            unknown = set(raw) - {"tool", "action", "when", "reason"}
+            unknown = set(raw) - {"tool", "action", "when", "reason", "facts"}
             if unknown:
                 raise ConfigError(f"[[policy.rules]] #{i + 1}: unknown key(s) {sorted(unknown)}")
             rules.append(Rule(str(raw.get("tool", "*")), str(raw.get("action", "allow")), raw.get("when"),
-                              reason=str(raw.get("reason", ""))))
+                              reason=str(raw.get("reason", "")), facts=raw.get("facts")))
         return cls(rules, str(section.get("default", "allow")), **kwargs)
 
     # --- deciding -------------------------------------------------------------------------------
 
-    def _candidates(self, tool: str) -> tuple[list[Rule], tuple[str, ...] | None]:
+    def _candidates(self, tool: str) -> tuple[list[Rule], tuple[str, ...] | None, tuple[str, ...]]:
         got = self._by_tool.get(tool)
         if got is None:
             rules = [r for r in self._rules if r.applies_to(tool)]
             reads: set[str] = set()
+            facts: set[str] = set()
             whole = False
             for r in rules:
                 reads.update(name for name, _ in r._patterns)
+                facts.update(r.facts or ())
                 whole = whole or r.check is not None
-            got = self._by_tool[tool] = (rules, None if whole else tuple(sorted(reads)))
+            got = self._by_tool[tool] = (rules, None if whole else tuple(sorted(reads)), tuple(sorted(facts)))
         return got
 
-    def _key(self, agent: str, tool: str, args: Mapping[str, Any], reads: tuple[str, ...] | None) -> tuple[Any, ...]:
+    def _key(self, agent: str, tool: str, args: Mapping[str, Any], reads: tuple[str, ...] | None,
+             fact_names: tuple[str, ...], facts: Mapping[str, Any] | None) -> tuple[Any, ...]:
+        known = tuple(_norm((facts or {}).get(n)) for n in fact_names) if fact_names else ()
         if reads is None:  # a Python check may read anything
-            return (agent, tool, json.dumps(args, sort_keys=True, default=str))
-        return (agent, tool, *(_norm(args.get(n)) for n in reads))
+            return (agent, tool, *known, json.dumps(args, sort_keys=True, default=str))
+        return (agent, tool, *known, *(_norm(args.get(n)) for n in reads))
 
-    def _rule_decision(self, tool: str, args: Mapping[str, Any], rules: list[Rule]) -> tuple[str, str, str]:
+    def _rule_decision(self, tool: str, args: Mapping[str, Any], rules: list[Rule],
+                       facts: Mapping[str, Any] | None) -> tuple[str, str, str]:
         for rule in rules:
-            if rule.matches(args):
+            if rule.matches(args, facts):
                 return rule.action, "rule", rule.reason or f"rule {rule.tool!r} -> {rule.action}"
         return self.default, "default", f"no rule matched; default {self.default}"
 
     async def decide(self, tool: str, args: Mapping[str, Any], *, run_id: str | None = None,
-                     agent: str = "") -> Decision:
-        """Whether ``tool(**args)`` may run now. Emits ``PolicyDecided`` (and cache events)."""
+                     agent: str = "", facts: Mapping[str, Any] | None = None) -> Decision:
+        """Whether ``tool(**args)`` may run now (``facts``: what is known of the tool, ``Tool.facts``).
+
+        Emits ``PolicyDecided``."""
         t0 = self._clock()
         bus = self.bus or default_bus()
-        rules, reads = self._candidates(tool)
-        key = self._key(agent, tool, args, reads)
+        rules, reads, fact_names = self._candidates(tool)
+        key = self._key(agent, tool, args, reads, fact_names, facts)
         entry = self._cache.get(key)
         cached = entry[1] if entry is not None and entry[0] > t0 else None
         if cached is not None:
@@ -221,7 +258,7 @@ class Policy:
             action, by, reason = cached
         else:
             self.misses += 1
-            action, by, reason = self._rule_decision(tool, args, rules)
+            action, by, reason = self._rule_decision(tool, args, rules, facts)
             cache = self._cache
             cache.pop(key, None)
             if len(cache) >= self.cache_size:

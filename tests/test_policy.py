@@ -152,3 +152,36 @@ async def test_an_agent_takes_the_settings_policy_unless_told_otherwise(sim: Sim
     with pytest.raises(ConfigError, match="unknown key"):
         Policy.from_settings({"defualt": "deny"})
     assert Policy.from_settings({"ask_timeout": 7, "cache_ttl": 9}).ask_timeout == 7.0
+
+
+async def test_rules_on_tool_facts_network_enabled_sandboxes() -> None:
+    from nbagent.sandbox import SandboxSpec
+    from nbagent.sandbox.tools import sandbox_tools
+
+    open_net = {t.name: t for t in sandbox_tools(spec=SandboxSpec(backend="local", network=True))}
+    closed = {t.name: t for t in sandbox_tools(spec=SandboxSpec(backend="local"))}
+    assert dict(open_net["shell"].facts) == {"sandbox": True, "network": True, "backend": "local"}
+    p = Policy([Rule("*", "deny", facts={"network": True}, reason="network sandboxes need a person")],
+               bus=EventBus())
+    args = {"command": "curl example.org"}
+    d = await p.decide("shell", args, facts=open_net["shell"].facts)
+    assert not d.allowed and d.reason == "network sandboxes need a person"
+    d = await p.decide("shell", args, facts=closed["shell"].facts)  # same tool and arguments, other facts
+    assert d.allowed and not d.cached
+    assert (await p.decide("shell", args, facts=open_net["shell"].facts)).cached
+    assert (await p.decide("lookup", {})).allowed  # a tool with no facts
+    cfg = Policy.from_settings({"rules": [{"tool": "*", "action": "ask", "facts": {"network": True}}]})
+    assert cfg.rules[0].facts == {"network": True}
+
+
+def test_outside_the_workspace() -> None:
+    from nbagent.policy import outside
+
+    check = outside("/workspace")
+    inside = ["a.txt", "data/b.csv", "/workspace/c", "./d/../e", "/workspace"]
+    escapes = ["/etc/passwd", "../x", "data/../../etc", "/workspace2/x", "/"]
+    assert [check({"path": p}) for p in inside] == [False] * len(inside)
+    assert [check({"path": p}) for p in escapes] == [True] * len(escapes)
+    assert check({}) is False
+    rule = Rule("write_file", "deny", check=outside(), reason="outside the workspace")
+    assert rule.matches({"path": "../../etc/shadow"}) and not rule.matches({"path": "notes.md"})

@@ -498,7 +498,8 @@ class Agent:
             else:
                 decision = None
                 if self.policy is not None:
-                    decision = await self.policy.decide(tool.name, args, run_id=ctx.run_id, agent=self.name)
+                    decision = await self.policy.decide(tool.name, args, run_id=ctx.run_id, agent=self.name,
+                                                        facts=tool.facts or None)
                 if decision is not None and not decision.allowed:
                     ok, err = False, f"denied by policy ({decision.decided_by}): {decision.reason}"
                     text = f"Error: the call to {call.name} was not run: {err}. Do not retry it unchanged."

@@ -28,7 +28,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_args, get_origin, overload
@@ -170,6 +170,7 @@ class Tool:
         description: str | None = None,
         cache: bool = False,
         timeout: float | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
@@ -179,6 +180,8 @@ class Tool:
         self.description = description if description is not None else doc_text
         self.cache = cache
         self.timeout = timeout
+        self.facts: Mapping[str, Any] = facts if facts is not None else {}
+        """What a policy may know of the tool beyond its arguments (sandbox tools: ``sandbox``, ``network``)."""
         self.is_async = inspect.iscoroutinefunction(fn)
         sig = inspect.signature(fn)
         hints = typing.get_type_hints(fn, include_extras=True)

@@ -12,7 +12,8 @@ lease a fresh sandbox for every call instead.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
 
 from ..agent.tools import RunContext, Tool, tool
 from ..errors import SandboxError, ToolError
@@ -20,7 +21,7 @@ from .manager import SandboxManager, default_manager
 from .sandbox import Sandbox
 from .spec import SandboxSpec
 
-__all__ = ["sandbox_tools"]
+__all__ = ["SandboxFacts", "sandbox_tools"]
 
 MAX_READ_CHARS = 200_000
 
@@ -118,4 +119,35 @@ def sandbox_tools(
                 raise ToolError(f"cannot write {path}: {e.strerror or e}") from None
         return f"wrote {len(content.encode())} bytes to {path}"
 
-    return [python, shell, read_file, write_file]
+    tools = [python, shell, read_file, write_file]
+    facts = SandboxFacts(lambda: spec if spec is not None else current().spec)
+    for t in tools:
+        t.facts = facts
+    return tools
+
+
+class SandboxFacts(Mapping[str, Any]):
+    """What a policy may know of a sandbox tool: ``sandbox`` (True), ``network`` and ``backend`` of its spec.
+
+    Read when a policy asks (the default manager, and so its spec, is made on first use).
+    """
+
+    KEYS = ("sandbox", "network", "backend")
+
+    def __init__(self, spec: Callable[[], SandboxSpec]) -> None:
+        self._spec = spec
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "sandbox":
+            return True
+        if key == "network":
+            return bool(self._spec().network)
+        if key == "backend":
+            return self._spec().backend
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.KEYS)
+
+    def __len__(self) -> int:
+        return len(self.KEYS)
