@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import statistics
 import tempfile
 import time
@@ -96,6 +97,18 @@ def write_rate(n_events: int, tmp: Path) -> dict[str, float]:
             "db_mb": (tmp / "rate.db").stat().st_size / 1e6}
 
 
+def process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) used so far by another process (Linux), None when unknown."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def throughput(url: str, runs: int, concurrency: int, store_path: Path | None) -> dict[str, Any]:
     settings = Settings.load(env={"NBAGENT_BASE_URL": url, "NBAGENT_MODEL": "sim", "NBAGENT_HOME": "/nonexistent"})
     bus = EventBus()
@@ -107,8 +120,12 @@ async def throughput(url: str, runs: int, concurrency: int, store_path: Path | N
         store.attach(bus)
     # warm the pool and the tokenizer outside the measurement
     await asyncio.gather(*(agent.run("warm up") for _ in range(concurrency)))
+    writer_pid, writer_cpu, written, commits = None, None, 0, 0
     if store is not None:
         await store.aflush()
+        st = store.stats()
+        writer_pid, written, commits = st["writer_pid"], st["written"], st["commits"]
+        writer_cpu = process_cpu(writer_pid)
     sem = asyncio.Semaphore(concurrency)
     ok = 0
 
@@ -126,7 +143,12 @@ async def throughput(url: str, runs: int, concurrency: int, store_path: Path | N
                            "cpu_ms_per_run": 1000 * cpu / runs}
     if store is not None:
         await store.aflush()
-        out["store"] = store.stats()
+        out["store"] = st = store.stats()
+        out["events"], out["commits"] = st["written"] - written, st["commits"] - commits
+        after = process_cpu(writer_pid)
+        if writer_cpu is not None and after is not None:  # the writer process's CPU for the measured runs
+            out["writer_ms_per_run"] = 1000 * (after - writer_cpu) / runs
+            out["writer_us_per_event"] = 1e6 * (after - writer_cpu) / max(out["events"], 1)
         store.close()
     await client.aclose()
     return out
@@ -161,14 +183,17 @@ def main() -> None:
                 off, on = figures["off"][-1], figures["on"][-1]
                 print(f"   round {k + 1}: store off {off['runs_per_s']:.1f} runs/s ({off['cpu_ms_per_run']:.2f} ms CPU "
                       f"per run), on {on['runs_per_s']:.1f} runs/s ({on['cpu_ms_per_run']:.2f} ms CPU per run; "
-                      f"{last['written']:,} events, dropped {last['dropped']}, waits {last['waits']}, "
-                      f"{last['writer']} writer)")
+                      f"{on['events']:,} events in {on['commits']} commits, dropped {last['dropped']}, "
+                      f"waits {last['waits']}, {last['writer']} writer{writer_cpu(on)})")
+            writer = [x["writer_ms_per_run"] for x in figures["on"] if "writer_ms_per_run" in x]
+            ratios = [b["runs_per_s"] / a["runs_per_s"] for a, b in zip(figures["off"], figures["on"], strict=True)]
+            print("   per-round ratios on/off: " + ", ".join(f"{100 * (r - 1):+.1f} %" for r in ratios)
+                  + (f"; writer process CPU per run: median {statistics.median(writer):.3f} ms" if writer else ""))
             med = {m: statistics.median(x["runs_per_s"] for x in figures[m]) for m in figures}
             cpu = {m: statistics.median(x["cpu_ms_per_run"] for x in figures[m]) for m in figures}
             # rounds are pairs measured back to back: the median of the paired ratios is robust to a machine
             # whose load changes between rounds
-            paired = statistics.median(b["runs_per_s"] / a["runs_per_s"] for a, b in zip(figures["off"],
-                                                                                       figures["on"], strict=True))
+            paired = statistics.median(ratios)
             print(f"2. {args.runs} runs at concurrency {args.concurrency}, model latency {args.latency * 1000:.0f} ms, "
                   f"{args.rounds} rounds: median {med['off']:.1f} runs/s with the store off, {med['on']:.1f} runs/s "
                   f"with every event logged ({100 * (med['on'] / med['off'] - 1):+.1f} %; median of the paired "
@@ -176,6 +201,12 @@ def main() -> None:
                   f"{cpu['off']:.2f} ms off, {cpu['on']:.2f} ms on ({100 * (cpu['on'] / cpu['off'] - 1):+.1f} %); "
                   f"last round: {last['written']:,} events in {last['commits']:,} commits, max queue "
                   f"{last['max_pending']:,}, dropped {last['dropped']}")
+
+
+def writer_cpu(r: dict[str, Any]) -> str:
+    if "writer_ms_per_run" not in r:
+        return ""
+    return f", its CPU {r['writer_ms_per_run']:.3f} ms per run = {r['writer_us_per_event']:.1f} us per event"
 
 
 if __name__ == "__main__":
