@@ -26,7 +26,7 @@ _SAFE_TEXT = frozenset({
     "metric", "stat",
 })
 # modules whose events may be in a store; imported on demand when an unknown kind is read
-_EVENT_MODULES = ("nbagent.sandbox.events", "nbagent.metrics.budgets")
+_EVENT_MODULES = ("nbagent.sandbox.events", "nbagent.metrics.budgets", "nbagent.policy")
 
 _dumps = json.JSONEncoder(ensure_ascii=False, default=str, check_circular=False, separators=(",", ":")).encode
 
