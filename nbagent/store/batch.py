@@ -3,14 +3,16 @@
 The tap's side (:class:`Packer`) turns each event into ``(class id, field values)`` with one C-level
 ``attrgetter`` call, announcing a class with a schema record the first time it appears. Such records pickle
 cheaply, so the same stream feeds the writer thread and the writer process (:mod:`nbagent.store.proc`).
-The writing side (:class:`BatchWriter`) rebuilds each event's JSON object (``kind``, ``ts`` and its other
-fields, free text redacted) and commits a batch in one transaction: one ``events`` row per run (a JSON array
-of that run's events) and one multi-row statement per table.
+The writing side (:class:`BatchWriter`) encodes a run's events in a batch as one JSON array of
+``[schema id, values]`` pairs (one C-level encoder call, no per-event object built), redacts the free text,
+and commits a batch in one transaction: one ``events`` row per run and one multi-row statement per table,
+with one upsert of each run's row however many of its start, end and result the batch holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import operator
 import sqlite3
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..events import Event
-from .codec import _SAFE_TEXT, EVENT_SQL, RESULT_SQL, RUN_FINISH_SQL, RUN_START_SQL, _dumps, rows_sql
+from .codec import _SAFE_TEXT, EVENT_SQL, SCHEMA_SQL, dumps, rows_sql, run_sql
 from .redact import Redactor
 
 __all__ = ["SCHEMA", "RESULT", "BatchWriter", "Packer", "WriteFailed", "connect", "count_events", "split"]
@@ -119,116 +121,164 @@ class BatchWriter:
         self.redactor = redactor
         self.pid = pid
         self.host = host
-        # class id -> (kind, field names after run_id and ts, free-text fields)
-        self._schemas: dict[int, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+        # class id -> (kind, field names after run_id and ts, positions of free-text values, role)
+        self._schemas: dict[int, tuple[str, tuple[str, ...], tuple[int, ...], Any]] = {}
+        # class id -> (its event_schemas id in the database written, positions of free-text values, role);
+        # role: None, or (1, getter of name, model, prompt) for a run's start, (2, getter of status ... error)
+        self._classes: dict[int, tuple[int, tuple[int, ...], Any]] = {}
 
     def learn(self, records: list[Any]) -> None:
         """Take in the schema records of a batch that will not be written (so later batches decode)."""
         for rec in records:
             if rec[0] == SCHEMA:
-                self._schemas[rec[1]] = (rec[2], rec[3][2:], rec[4])
+                _, cid, kind, names, text = rec
+                fields = tuple(names[2:])
+                schema = (kind, fields, tuple(names.index(n) for n in text if n in names), _role(kind, names))
+                if self._schemas.get(cid) != schema:
+                    self._schemas[cid] = schema
+                    self._classes.pop(cid, None)  # its database id is looked up before the next write
 
     def write(self, conn: sqlite3.Connection, records: list[Any], drops: dict[str, int]) -> int:
         """Commit ``records`` (and add ``drops`` to the runs' dropped counts) in one transaction; returns the
         number of events written. Raises :class:`WriteFailed` when nothing could be committed."""
         self.learn(records)
         try:
-            rows, starts, finishes, results, artifacts, n_events = self._rows(records)
-        except Exception as exc:  # noqa: BLE001 - bad data must not stop the writer
+            if len(self._classes) < len(self._schemas):
+                _retry(lambda: self._register(conn))
+            rows, runs, artifacts, n_events = self._rows(records)
+            _retry(lambda: self._commit(conn, rows, runs, artifacts, drops))
+        except Exception as exc:  # noqa: BLE001 - bad data or a failing database must not stop the writer
             raise WriteFailed(exc, count_events(records)) from exc
-        for attempt in range(100):
-            try:
-                self._commit(conn, rows, starts, finishes, results, artifacts, drops)
-            except sqlite3.OperationalError as exc:
-                if ("locked" in str(exc) or "busy" in str(exc)) and attempt < 99:
-                    time.sleep(0.05)
-                    continue
-                raise WriteFailed(exc, count_events(records)) from exc
-            except Exception as exc:  # noqa: BLE001
-                raise WriteFailed(exc, count_events(records)) from exc
-            return n_events
-        raise AssertionError("unreachable")
+        return n_events
 
-    def _rows(self, records: list[Any]) -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any], int]:
-        schemas = self._schemas
-        red = self.redactor
-        pid, host = self.pid, self.host
-        segments: dict[str | None, list[dict[str, Any]]] = {}
-        first_ts: dict[str | None, float] = {}
-        starts: list[tuple[Any, ...]] = []
-        finishes: list[tuple[Any, ...]] = []
+    def _register(self, conn: sqlite3.Connection) -> None:
+        """Give every class learnt its ``event_schemas`` id (added once per database, in its own transaction)."""
+        todo = {cid: s for cid, s in self._schemas.items() if cid not in self._classes}
+        found: dict[int, int] = {}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for cid, (kind, fields, _, _) in todo.items():
+                names = json.dumps(list(fields))
+                conn.execute(SCHEMA_SQL, (kind, names))
+                found[cid] = conn.execute("SELECT id FROM event_schemas WHERE kind = ? AND fields = ?",
+                                          (kind, names)).fetchone()[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        for cid, sid in found.items():
+            self._classes[cid] = (sid, todo[cid][2], todo[cid][3])
+
+    def _rows(self, records: list[Any]) -> tuple[list[Any], dict[Any, list[Any]], list[Any], int]:
+        classes = self._classes
+        segments: dict[str | None, list[Any]] = {}
+        texts: list[str] = []  # the free text of the batch, for one quick test for secrets
+        roles: list[tuple[Any, tuple[Any, ...]]] = []
         results: list[tuple[Any, ...]] = []
-        artifacts: list[Any] = []
         n_events = 0
         for rec in records:
             cid = rec[0]
             if cid >= 0:
-                kind, names, text = schemas[cid]
+                sid, text, role = classes[cid]
                 values = rec[1]
-                run_id, ts = values[0], values[1]
-                data = dict(zip(names, values[2:], strict=True))
-                if red is not None:
-                    for n in text:
-                        v = data[n]
-                        if v and isinstance(v, str):
-                            data[n] = red.redact(v)
-                data["kind"] = kind
-                data["ts"] = ts
-                seg = segments.get(run_id)
+                seg = segments.get(values[0])
                 if seg is None:
-                    segments[run_id] = [data]
-                    first_ts[run_id] = ts
+                    segments[values[0]] = [(sid, values)]
                 else:
-                    seg.append(data)
+                    seg.append((sid, values))
                 n_events += 1
-                if kind == "run_started":
-                    starts.append((run_id, data["name"], data["model"], data["prompt"], ts, pid, host))
-                elif kind == "run_finished":
-                    d = data
-                    finishes.append((run_id, d["status"], d["stop_reason"], ts, d["duration"], d["steps"],
-                                     d["input_tokens"], d["output_tokens"], d["cached_tokens"], d["cost"],
-                                     d["error"], ts - d["duration"], pid, host))
+                if text:
+                    for i in text:
+                        v = values[i]
+                        if v and isinstance(v, str):
+                            texts.append(v)
+                if role is not None:
+                    roles.append((role, values))
             elif cid == RESULT:
-                self._result_rows(rec, results, artifacts)
-        if len(starts) > 1 or len(finishes) > 1 or len(results) > 1:
-            # one row per run in a multi-row upsert (a run seen twice keeps its last row)
-            starts = list({r[0]: r for r in starts}.values())
-            finishes = list({r[0]: r for r in finishes}.values())
-            results = list({r[0]: r for r in results}.values())
-        rows = [(rid, first_ts[rid], len(evs), _dumps(evs)) for rid, evs in segments.items()]
-        return rows, starts, finishes, results, artifacts, n_events
-
-    def _result_rows(self, rec: tuple[Any, ...], results: list[Any], artifacts: list[Any]) -> None:
-        _, run_id, messages, output, timings, arts = rec
+                results.append(rec)
+        artifacts: list[Any] = []
+        encoded: list[tuple[Any, ...]] = []
+        for rec in results:
+            _, run_id, messages, output, timings, arts = rec
+            encoded.append((run_id, output, dumps(timings), dumps(messages)))
+            texts.extend(encoded[-1][1:])
+            for name, value in arts.items():
+                artifacts.append((run_id, name, value if isinstance(value, str) else self.dumps(value)))
         red = self.redactor
-        if red is not None:
-            output = red.redact(output)
-        results.append((run_id, output, self.dumps(timings), self.dumps(messages), self.pid, self.host))
-        for name, value in arts.items():
-            artifacts.append((run_id, name, value if isinstance(value, str) else self.dumps(value)))
+        if red is not None and texts and red.might_contain("\n".join(texts)):
+            # seldom: a secret, or what looks like one; redact each free-text value as it is written
+            roles = self._redact(segments, roles, results, encoded)
+        runs: dict[Any, list[Any]] = {}  # run_id -> the [start, end, result] parts of its row
+        for role, values in roles:
+            parts = runs.get(values[0])
+            if parts is None:
+                parts = runs[values[0]] = [None, None, None]
+            if role[0] == 1:
+                parts[0] = (*role[1](values), values[1])  # name, model, prompt; started
+            else:
+                d = role[1](values)  # status ... error (as in the row); started, if new: the end - duration
+                parts[1] = (d[0], d[1], values[1], *d[2:], values[1] - d[2])
+        for run_id, output, timings_json, messages_json in encoded:
+            parts = runs.get(run_id)
+            if parts is None:
+                parts = runs[run_id] = [None, None, None]
+            parts[2] = (output, timings_json, messages_json)
+        pid, host = self.pid, self.host
+        by_shape: dict[Any, list[Any]] = {}  # one upsert per shape of row (which of the parts it has)
+        for run_id, (start, end, result) in runs.items():
+            row = (run_id, *(start[:3] if start else ()), *(end[:10] if end else ()), *(result or ()),
+                   *((start[3],) if start else (end[10],) if end else ()), pid, host)
+            shape = (start is not None, end is not None, result is not None)
+            rows_of = by_shape.get(shape)
+            if rows_of is None:
+                by_shape[shape] = [row]
+            else:
+                rows_of.append(row)
+        rows = [(rid, evs[0][1][1], len(evs), dumps(evs)) for rid, evs in segments.items()]
+        return rows, by_shape, artifacts, n_events
+
+    def _redact(self, segments: dict[str | None, list[Any]], roles: list[Any], results: list[Any],
+                encoded: list[tuple[Any, ...]]) -> list[Any]:
+        """Redact the free text of a batch's events and results in place; returns ``roles`` redacted too."""
+        red = self.redactor
+        assert red is not None
+        text_of = {sid: text for sid, text, _ in self._classes.values()}
+        redacted: dict[int, tuple[Any, ...]] = {}
+        for seg in segments.values():
+            for k, (sid, values) in enumerate(seg):
+                text = text_of[sid]
+                if not text:
+                    continue
+                new = list(values)
+                for i in text:
+                    v = new[i]
+                    if v and isinstance(v, str):
+                        new[i] = red.redact(v)
+                if any(new[i] is not values[i] for i in text):
+                    seg[k] = (sid, tuple(new))
+                    redacted[id(values)] = seg[k][1]
+        for k, rec in enumerate(results):
+            _, run_id, messages, output, timings, _ = rec
+            encoded[k] = (run_id, red.redact(output), self.dumps(timings), self.dumps(messages))
+        return [(role, redacted.get(id(values), values)) for role, values in roles]
 
     def dumps(self, value: Any) -> str:
         """JSON of any value, redacted when a redactor is set."""
-        text = _dumps(value)
+        text = dumps(value)
         red = self.redactor
         if red is None or not red.might_contain(text):
             return text
-        return _dumps(red.redact_obj(value))
+        return dumps(red.redact_obj(value))
 
     @staticmethod
-    def _commit(conn: sqlite3.Connection, rows: list[Any], starts: list[Any], finishes: list[Any],
-                results: list[Any], artifacts: list[Any], drops: dict[str, int]) -> None:
+    def _commit(conn: sqlite3.Connection, rows: list[Any], runs: dict[Any, list[Any]], artifacts: list[Any],
+                drops: dict[str, int]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             # multi-row statements: a statement step per row would cost a GIL hand-off per row
-            if rows:
-                conn.execute(rows_sql(EVENT_SQL, len(rows)), [v for r in rows for v in r])
-            if starts:
-                conn.execute(rows_sql(RUN_START_SQL, len(starts)), [v for r in starts for v in r])
-            if finishes:
-                conn.execute(rows_sql(RUN_FINISH_SQL, len(finishes)), [v for r in finishes for v in r])
-            if results:
-                conn.execute(rows_sql(RESULT_SQL, len(results)), [v for r in results for v in r])
+            _insert(conn, EVENT_SQL, rows)
+            for shape, run_rows in runs.items():
+                _insert(conn, run_sql(*shape), run_rows)
             if artifacts:
                 conn.executemany("INSERT OR REPLACE INTO artifacts (run_id, name, data) VALUES (?, ?, ?)",
                                  artifacts)
@@ -239,3 +289,38 @@ class BatchWriter:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def _retry(fn: Callable[[], None]) -> None:
+    """``fn()``, again after 50 ms while another connection holds the database (for up to 5 s)."""
+    for attempt in range(100):
+        try:
+            fn()
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" in str(exc) or "busy" in str(exc)) and attempt < 99:
+                time.sleep(0.05)
+                continue
+            raise
+
+
+_MAX_ROWS = 1000  # rows per statement: at most 20 values each, well under SQLite's 32,766 variables
+
+
+def _insert(conn: sqlite3.Connection, template: str, rows: list[Any]) -> None:
+    for k in range(0, len(rows), _MAX_ROWS):
+        chunk = rows[k:k + _MAX_ROWS]
+        conn.execute(rows_sql(template, len(chunk)), [v for r in chunk for v in r])
+
+
+_START = ("name", "model", "prompt")
+_FINISH = ("status", "stop_reason", "duration", "steps", "input_tokens", "output_tokens", "cached_tokens", "cost",
+           "error")
+
+
+def _role(kind: str, names: tuple[str, ...]) -> Any:
+    """What an event of ``kind`` writes in its run's row: (1, getter) for a start, (2, getter) for an end."""
+    wanted = _START if kind == "run_started" else _FINISH if kind == "run_finished" else None
+    if wanted is None or not set(wanted) <= set(names):
+        return None
+    return (1 if kind == "run_started" else 2, operator.itemgetter(*(names.index(n) for n in wanted)))

@@ -1,10 +1,11 @@
 """Events to rows and back.
 
-An event is stored as a JSON object with its ``kind``, ``ts`` and other fields (``run_id`` is the row's), in a
-segment: the JSON array of a run's events written in one batch. Free-text
-fields (a prompt, tool arguments, an error message...) go through the redactor first; identifiers and numbers
-do not, which keeps the per-event cost low. Reading back, :func:`event_from_dict` rebuilds the typed event
-from its ``kind`` (events of packages that were never imported come back as plain dicts).
+An event is stored as ``[schema id, [run_id, ts, field values...]]`` (its kind and field names are in the
+``event_schemas`` table; older databases hold objects with ``kind``, ``ts`` and the fields), in a segment: the
+JSON array of a run's events written in one batch. Free-text fields (a prompt, tool arguments, an error
+message...) go through the redactor first; identifiers and numbers do not, which keeps the per-event cost low.
+Reading back, :func:`event_from_dict` rebuilds the typed event from its ``kind`` (events of packages that were
+never imported come back as plain dicts).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import dataclasses
 import importlib
 import json
 import sys
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from ..events import Event
 
-__all__ = ["EVENT_SQL", "RESULT_SQL", "RUN_FINISH_SQL", "RUN_START_SQL", "event_class", "event_from_dict", "rows_sql"]
+__all__ = ["EVENT_SQL", "SCHEMA_SQL", "dumps", "event_class", "event_from_dict", "rows_sql", "run_sql"]
 
 # string fields that never carry user text: identifiers, enums, names
 _SAFE_TEXT = frozenset({
@@ -29,6 +31,16 @@ _SAFE_TEXT = frozenset({
 _EVENT_MODULES = ("nbagent.sandbox.events", "nbagent.metrics.budgets", "nbagent.policy")
 
 _dumps = json.JSONEncoder(ensure_ascii=False, default=str, check_circular=False, separators=(",", ":")).encode
+# the same encoder's C core, called directly: ``JSONEncoder.encode`` builds it anew on every call (about 1 us)
+_c_encode = (None if c_make_encoder is None else
+             c_make_encoder(None, str, encode_basestring, None, ":", ",", False, False, True))
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON (non-ASCII kept, unknown types as ``str``), as ``_dumps`` but without its set-up per call."""
+    if _c_encode is None:
+        return _dumps(value)
+    return "".join(_c_encode(value, 0))
 
 
 _kinds: dict[str, type[Event]] = {}
@@ -75,27 +87,27 @@ def event_from_dict(data: dict[str, Any]) -> Event | dict[str, Any]:
 
 # --- the writer's statements -------------------------------------------------------------------
 
-# "{rows}" is replaced by as many "(?, ...)" groups as rows are written at once
-RUN_START_SQL = (
-    "INSERT INTO runs (run_id, name, model, prompt, started, pid, host) VALUES {rows} "
-    "ON CONFLICT(run_id) DO UPDATE SET name = excluded.name, model = excluded.model, prompt = excluded.prompt, "
-    "started = excluded.started, pid = excluded.pid, host = excluded.host"
-)
-RUN_FINISH_SQL = (
-    "INSERT INTO runs (run_id, status, stop_reason, finished, duration, steps, input_tokens, output_tokens, "
-    "cached_tokens, cost, error, started, pid, host) VALUES {rows} "
-    "ON CONFLICT(run_id) DO UPDATE SET status = excluded.status, stop_reason = excluded.stop_reason, "
-    "finished = excluded.finished, duration = excluded.duration, steps = excluded.steps, "
-    "input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, "
-    "cached_tokens = excluded.cached_tokens, cost = excluded.cost, error = excluded.error"
-)
-RESULT_SQL = (
-    "INSERT INTO runs (run_id, output, timings, messages, pid, host) VALUES {rows} "
-    "ON CONFLICT(run_id) DO UPDATE SET output = excluded.output, timings = excluded.timings, "
-    "messages = excluded.messages"
-)
+# a run's row is written by one upsert per transaction, of the parts the transaction has: its start (name,
+# model, prompt; started, pid, host), its end (status ... error; started if new) and its result (output ...)
+_START_COLUMNS = ("name", "model", "prompt")
+_FINISH_COLUMNS = ("status", "stop_reason", "finished", "duration", "steps", "input_tokens", "output_tokens",
+                   "cached_tokens", "cost", "error")
+_RESULT_COLUMNS = ("output", "timings", "messages")
 EVENT_SQL = "INSERT INTO events (run_id, ts, n, data) VALUES {rows}"
+SCHEMA_SQL = "INSERT OR IGNORE INTO event_schemas (kind, fields) VALUES (?, ?)"
 _SQL_CACHE: dict[tuple[str, int], str] = {}
+
+
+def run_sql(start: bool, finish: bool, result: bool) -> str:
+    """The upsert of a run's row from the parts present, its values ``(run_id, start columns..., finish
+    columns..., result columns..., [started,] pid, host)``; ``started`` is taken from a start, or set from an
+    end when the row is new, and ``pid``/``host`` are updated by a start only."""
+    cols = ["run_id", *(_START_COLUMNS if start else ()), *(_FINISH_COLUMNS if finish else ()),
+            *(_RESULT_COLUMNS if result else ()), *(("started",) if start or finish else ()), "pid", "host"]
+    update = [*(_START_COLUMNS if start else ()), *(_FINISH_COLUMNS if finish else ()),
+              *(_RESULT_COLUMNS if result else ()), *(("started", "pid", "host") if start else ())]
+    return (f"INSERT INTO runs ({', '.join(cols)}) VALUES {{rows}} ON CONFLICT(run_id) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in update))
 
 
 def rows_sql(template: str, n: int) -> str:

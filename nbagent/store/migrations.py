@@ -15,9 +15,14 @@ Tables (after every migration):
 ``events``
     every event, in segments: one row per run per committed batch, ``id`` (insertion order), ``run_id``
     (NULL outside runs), ``ts`` (of the first event), ``n`` (events in the segment) and ``data``: a JSON
-    array of the events in order, each an object with ``kind``, ``ts`` and its fields (secrets redacted).
-    A row per event would cost a SQL row (and a GIL hand-off) per event; a segment costs one per run per
-    batch, and a crash still loses at most the batch being written.
+    array of the events in order (secrets redacted), each ``[schema id, [run_id, ts, field values...]]``
+    with its kind and field names in ``event_schemas`` (since m004; before, each event was an object with
+    ``kind``, ``ts`` and its fields, which the reads still take). A row per event would cost a SQL row (and
+    a GIL hand-off) per event; a segment costs one per run per batch, and a crash still loses at most the
+    batch being written. Values without keys cost a third of the objects' encoding.
+``event_schemas``
+    ``id``, ``kind`` and ``fields`` (a JSON array of the field names after ``run_id`` and ``ts``) of each
+    event class written, added the first time a writer meets the class.
 ``artifacts``
     named blobs attached to a run: ``profile.html``, ``profile.txt``, ``breakdown`` (JSON) ...
 """
@@ -82,6 +87,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         "m003_dropped_counts",
         """
         ALTER TABLE runs ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
+    (
+        "m004_event_schemas",
+        """
+        CREATE TABLE event_schemas (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            fields TEXT NOT NULL,
+            UNIQUE (kind, fields)
+        );
         """,
     ),
 ]

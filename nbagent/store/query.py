@@ -225,10 +225,23 @@ class RunQueries:
         """A run's events in order, as dicts (``Event.to_dict()`` shape) or typed events with ``typed=True``."""
         wanted = set(kinds or ())
         out: list[dict[str, Any]] = []
+        schemas: dict[int, tuple[str, list[str]]] | None = None
         with self._read(flush) as conn:
             for (data,) in conn.execute("SELECT data FROM events WHERE run_id = ? ORDER BY id", (run_id,)):
                 for ev in json.loads(data):
-                    if not wanted or ev.get("kind") in wanted:
+                    if isinstance(ev, list):  # [schema id, [run_id, ts, values...]]
+                        if schemas is None:
+                            schemas = {i: (k, json.loads(f)) for i, k, f in
+                                       conn.execute("SELECT id, kind, fields FROM event_schemas")}
+                        sid, values = ev
+                        kind, names = schemas.get(sid, ("", []))
+                        if not wanted or kind in wanted:
+                            d = {"kind": kind, "run_id": run_id, "ts": values[1],
+                                 **dict(zip(names, values[2:], strict=False))}
+                            if len(values) - 2 > len(names):  # an unknown schema: keep the values
+                                d["values"] = values[2 + len(names):]
+                            out.append(d)
+                    elif not wanted or ev.get("kind") in wanted:  # an object (databases before m004)
                         out.append({"kind": ev.pop("kind", ""), "run_id": run_id, "ts": ev.pop("ts", 0.0), **ev})
         return [event_from_dict(d) for d in out] if typed else out
 

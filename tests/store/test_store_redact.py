@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from support import sim_settings
 
 from nbagent import Agent, tool
-from nbagent.events import EventBus
+from nbagent.events import EventBus, RunFinished, RunStarted, ToolStarted
 from nbagent.llm import LLMClient
 from nbagent.store import RunStore
 from nbagent.store.redact import (
@@ -129,3 +130,25 @@ def test_other_loggers_are_left_alone(caplog: pytest.LogCaptureFixture, logs_red
 def test_module_level_helpers() -> None:
     assert redact(f"x {KEY}") == f"x {REDACTED}"
     assert redact_obj([{"Authorization": "Bearer 1234567890"}]) == [{"Authorization": REDACTED}]
+
+
+def test_secrets_in_one_run_of_a_batch_are_redacted_in_its_events_and_row(tmp_path: Path) -> None:
+    odd = 'zq"quoted\\credential-88'  # an exact secret with characters JSON escapes
+    s = RunStore(tmp_path / "batch.db", writer="thread", redactor=Redactor([odd], env={}), flush_interval=60)
+    bus = EventBus()
+    s.attach(bus)
+    bus.emit(RunStarted(run_id="clean", name="c", prompt="nothing to hide"))
+    bus.emit(RunStarted(run_id="leak", name="l", prompt=f"key {KEY}"))
+    bus.emit(ToolStarted(run_id="leak", call_id="c1", name="t", arguments=f"k={odd}"))
+    bus.emit(RunFinished(run_id="leak", status="error", error=f"failed with Authorization: Bearer {TOKEN}"))
+    leak, clean = s.load("leak"), s.load("clean")  # one batch: the reads flush
+    s.close()
+    assert leak.info["prompt"] == f"key {REDACTED}" and leak.info["status"] == "error"
+    assert leak.info["error"] == f"failed with Authorization: {REDACTED}"
+    assert [e.kind for e in leak.events] == ["run_started", "tool_started", "run_finished"]
+    assert leak.events[0].prompt == f"key {REDACTED}" and odd not in leak.events[1].arguments
+    assert leak.events[2].error == leak.info["error"]
+    assert clean.info["prompt"] == clean.events[0].prompt == "nothing to hide"
+    raw = db_bytes(tmp_path / "batch.db")
+    for secret in (KEY, TOKEN, odd, json.dumps(odd)[1:-1]):
+        assert secret.encode() not in raw, secret

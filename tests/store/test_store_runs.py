@@ -322,7 +322,32 @@ def test_events_are_stored_as_json_segments_per_run(store: RunStore) -> None:
     with sqlite3.connect(store.path) as conn:
         rows = conn.execute("SELECT run_id, n, data FROM events ORDER BY id").fetchall()
     assert [(r[0], r[1]) for r in rows] == [("r", 2), ("other", 1)]  # one row per run per batch
-    first, second = json.loads(rows[0][2])
-    assert first["kind"] == "llm_response" and first["latency"] == 0.5 and "run_id" not in first
-    assert second["kind"] == "tool_finished" and second["error"] == "boom"
+    first, second = json.loads(rows[0][2])  # [schema id, [run_id, ts, values...]]
+    with sqlite3.connect(store.path) as conn:
+        schemas = {i: (k, json.loads(f)) for i, k, f in conn.execute("SELECT id, kind, fields FROM event_schemas")}
+    kind, names = schemas[first[0]]
+    assert kind == "llm_response" and first[1][0] == "r"
+    assert dict(zip(names, first[1][2:], strict=True))["latency"] == 0.5
+    kind, names = schemas[second[0]]
+    assert kind == "tool_finished" and dict(zip(names, second[1][2:], strict=True))["error"] == "boom"
     assert store.count_events() == 3 and store.count_events("r") == 2
+    assert [e["kind"] for e in store.events("r")] == ["llm_response", "tool_finished"]
+
+
+def test_segments_of_objects_from_older_databases_still_load(store: RunStore) -> None:
+    old = [{"kind": "run_started", "ts": 1.0, "name": "legacy", "model": "m", "prompt": "p"},
+           {"kind": "llm_response", "ts": 2.0, "request_id": "q", "latency": 0.25},
+           {"kind": "some_unknown_kind", "ts": 3.0, "x": 1}]
+    store.flush()
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("INSERT INTO events (run_id, ts, n, data) VALUES ('old', 1.0, 3, ?)", (json.dumps(old),))
+        conn.execute("INSERT INTO runs (run_id, name, started) VALUES ('old', 'legacy', 1.0)")
+    bus = EventBus()
+    store.attach(bus)
+    bus.emit(StepStarted(run_id="old", step=7))  # a newer segment after the old one
+    events = store.load("old").events
+    assert isinstance(events[0], RunStarted) and events[0].name == "legacy" and events[0].run_id == "old"
+    assert isinstance(events[1], LLMResponse) and events[1].latency == 0.25 and events[1].ts == 2.0
+    assert events[2] == {"kind": "some_unknown_kind", "run_id": "old", "ts": 3.0, "x": 1}
+    assert isinstance(events[3], StepStarted) and events[3].step == 7
+    assert store.count_events("old") == 4
