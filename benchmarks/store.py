@@ -164,11 +164,11 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        r = write_rate(args.events, tmp)
-        print(f"1. write rate: {r['events']:,} events committed in {r['seconds']:.2f} s = "
-              f"{r['events_per_s']:,.0f} events/s ({r['commits']:,} commits, {r['db_mb']:.1f} MB); emitter cost "
-              f"{r['emit_us_per_event']:.2f} us/event; back-pressure waits {r['backpressure_waits']} "
-              f"({r['wait_seconds']:.2f} s); dropped {r['dropped']}; {r['writer']} writer at the end")
+        rate = write_rate(args.events, tmp)
+        print(f"1. write rate: {rate['events']:,} events committed in {rate['seconds']:.2f} s = "
+              f"{rate['events_per_s']:,.0f} events/s ({rate['commits']:,} commits, {rate['db_mb']:.1f} MB); emitter "
+              f"cost {rate['emit_us_per_event']:.2f} us/event; back-pressure waits {rate['backpressure_waits']} "
+              f"({rate['wait_seconds']:.2f} s); dropped {rate['dropped']}; {rate['writer']} writer at the end")
         with SimServer.spawn(latency=args.latency, record_history=False) as srv:
             figures: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
             last: dict[str, Any] = {}
