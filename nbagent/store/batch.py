@@ -15,6 +15,7 @@ import dataclasses
 import json
 import operator
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ from ..events import Event
 from .codec import _SAFE_TEXT, EVENT_SQL, SCHEMA_SQL, dumps, rows_sql, run_sql
 from .redact import Redactor
 
-__all__ = ["SCHEMA", "RESULT", "BatchWriter", "Packer", "WriteFailed", "connect", "count_events", "split"]
+__all__ = ["SCHEMA", "RESULT", "BatchWriter", "Marker", "Packer", "ResultRecord", "WriteFailed", "connect",
+           "count_events", "split"]
 
 SCHEMA = -1  # (SCHEMA, class id, kind, field names, names of free-text fields)
 RESULT = -2  # (RESULT, run_id, messages, output, timings, artifacts)
@@ -324,3 +326,32 @@ def _role(kind: str, names: tuple[str, ...]) -> Any:
     if wanted is None or not set(wanted) <= set(names):
         return None
     return (1 if kind == "run_started" else 2, operator.itemgetter(*(names.index(n) for n in wanted)))
+
+
+class Marker:
+    """A flush request: set once everything queued before it is committed."""
+
+    __slots__ = ("done", "callback")
+
+    def __init__(self, callback: Callable[[], None] | None = None) -> None:
+        self.done = threading.Event()
+        self.callback = callback
+
+    def fire(self) -> None:
+        self.done.set()
+        if self.callback is not None:
+            self.callback()
+
+
+class ResultRecord:
+    """What a run's events do not carry: its messages, output, timings and profile."""
+
+    __slots__ = ("run_id", "messages", "output", "timings", "artifacts")
+
+    def __init__(self, run_id: str, messages: list[Any], output: str, timings: dict[str, float],
+                 artifacts: dict[str, Any]) -> None:
+        self.run_id = run_id
+        self.messages = messages
+        self.output = output
+        self.timings = timings
+        self.artifacts = artifacts

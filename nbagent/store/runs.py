@@ -52,6 +52,8 @@ from typing import Any
 from ..config import user_dir
 from ..events import Event, EventBus, RunFinished, RunStarted
 from .batch import BatchWriter, Packer, WriteFailed, connect
+from .batch import Marker as _Marker
+from .batch import ResultRecord as _Result
 from .migrations import migrate
 from .proc import WriterProcess
 from .query import RunQueries
@@ -70,35 +72,6 @@ def default_path() -> Path:
     """``$NBAGENT_STORE_PATH``, else ``<nbagent home>/runs.db`` (the home honours ``$NBAGENT_HOME``)."""
     env = os.environ.get("NBAGENT_STORE_PATH")
     return Path(env).expanduser() if env else user_dir() / DB_NAME
-
-
-class _Marker:
-    """A flush request: set once everything queued before it is committed."""
-
-    __slots__ = ("done", "callback")
-
-    def __init__(self, callback: Callable[[], None] | None = None) -> None:
-        self.done = threading.Event()
-        self.callback = callback
-
-    def fire(self) -> None:
-        self.done.set()
-        if self.callback is not None:
-            self.callback()
-
-
-class _Result:
-    """What a run's events do not carry: its messages, output, timings and profile."""
-
-    __slots__ = ("run_id", "messages", "output", "timings", "artifacts")
-
-    def __init__(self, run_id: str, messages: list[Any], output: str, timings: dict[str, float],
-                 artifacts: dict[str, Any]) -> None:
-        self.run_id = run_id
-        self.messages = messages
-        self.output = output
-        self.timings = timings
-        self.artifacts = artifacts
 
 
 class RunStore(RunQueries):
@@ -160,6 +133,10 @@ class RunStore(RunQueries):
         self._conn: sqlite3.Connection | None = None
         self._proc: WriterProcess | None = None  # the writer process, once started
         self._via_proc = False  # batches go to the writer process (once it is ready)
+        # when the writer is woken: at batch_size events and at each run's end; with the process, which commits
+        # what arrives within 0.1 s together anyway, only by the clock or a big queue (each wake-up takes the
+        # GIL from the event loop)
+        self._wake_at, self._wake_on_end = batch_size, True
         self._announce = False
         self._rate = (time.monotonic(), 0)  # when and at what count "auto" last measured the event rate
         # counters (written by one thread each; read without locks)
@@ -208,7 +185,7 @@ class RunStore(RunQueries):
             seen[event.run_id] = None  # type: ignore[index]
             if len(seen) > 100_000:  # runs whose result never came (events from elsewhere): forget the oldest
                 del seen[next(iter(seen))]
-        if n + 1 >= self.batch_size or cls is RunFinished:
+        if n + 1 >= self._wake_at or (cls is RunFinished and self._wake_on_end):
             if not self._wake.is_set():
                 self._wake.set()
 
@@ -255,7 +232,8 @@ class RunStore(RunQueries):
             artifacts.update(profile.artifacts())
         self._pending.append(_Result(result.run_id, list(result.messages), result.output or "",
                                      dict(result.timings), artifacts))
-        self._wake.set()
+        if self._wake_on_end:
+            self._wake.set()
 
     def save_run(self, result: Any) -> None:
         """Keep a whole run that happened elsewhere (a worker process): its events, then its result."""
@@ -389,10 +367,13 @@ class RunStore(RunQueries):
         if proc.dead:
             if self._via_proc:
                 self._via_proc = False
+                self._wake_at, self._wake_on_end = self.batch_size, True
                 self._local.learn(self._packer.schemas())  # classes first seen while the process wrote
             self.writer = "thread"  # do not start another
         elif not self._via_proc and proc.ready.is_set():
             self._via_proc = True
+            self._wake_at = max(self.batch_size, min(20 * self.batch_size, self.queue_size // 4))
+            self._wake_on_end = False
             self._announce = True  # the process learns the classes seen so far with its first batch
 
     def _fail_pending(self) -> None:
