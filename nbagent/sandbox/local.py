@@ -43,6 +43,7 @@ log = logging.getLogger("nbagent.sandbox.local")
 
 _META = "sandbox.json"
 _KILL_WAIT = 0.5
+_START_WAIT = 10.0  # how long a cancelled exec waits for its command to start, so as to kill it
 _ETC = ("alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd", "group",
         "nsswitch.conf", "ssl", "ca-certificates", "mime.types", "os-release", "python3")
 _NET_ETC = ("resolv.conf", "hosts", "host.conf", "gai.conf")
@@ -225,17 +226,28 @@ class LocalSandbox:
         marker = uuid.uuid4().hex
         nproc = await self._owner.nproc_limit(self.spec)
         started = time.monotonic()
+        creating = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            *self._argv(argv, nproc),
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=str(self.workspace),
+            env=self._env(marker, env),
+            start_new_session=True,  # its own process group, killed as one
+            **_drop_privileges(self.spec),
+        ))
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._argv(argv, nproc),
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=str(self.workspace),
-                env=self._env(marker, env),
-                start_new_session=True,  # its own process group, killed as one
-                **_drop_privileges(self.spec),
-            )
+            # shielded: a cancel that lands while asyncio connects the pipes (the command already runs) would leave
+            # it to asyncio's own clean-up, which kills the direct child only; let the start finish, kill the group
+            proc = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            await asyncio.wait({creating}, timeout=_START_WAIT)
+            if creating.done():
+                if not creating.cancelled() and creating.exception() is None:
+                    await self._kill(creating.result(), marker)
+            else:
+                creating.add_done_callback(_kill_when_started)
+            raise
         except OSError as e:
             raise SandboxError(f"sandbox {self.id}: cannot start a command: {e}") from e
         assert proc.stdout is not None and proc.stderr is not None
@@ -358,6 +370,14 @@ def _bwrap_args(bwrap: str, spec: SandboxSpec, workspace: str) -> list[str]:
              "--bind", workspace, spec.workdir, "--chdir", spec.workdir,
              "--uid", str(spec.uid), "--gid", str(spec.gid)]
     return args
+
+
+def _kill_when_started(creating: asyncio.Future[asyncio.subprocess.Process]) -> None:
+    """Kill the process group of a command whose exec was cancelled before it had started."""
+    if creating.cancelled() or creating.exception() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(creating.result().pid, signal.SIGKILL)
 
 
 def _drop_privileges(spec: SandboxSpec) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,3 +219,33 @@ async def test_orphans_of_a_sigkilled_owner_are_removed(bwrap_path: str, bus: Ev
         assert not (local_root / sandbox_id).exists()
     finally:
         await m.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_cancel_while_the_command_starts_does_not_hang(local_manager: Make,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel that lands while asyncio connects the command's pipes (the process already runs) ends the exec
+    promptly and kills the command's whole process group."""
+    m = local_manager()
+    loop = asyncio.get_running_loop()
+    original = loop.connect_read_pipe
+
+    async def slow_connect(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.5)  # the window, widened: the command runs, its pipes are not connected yet
+        return await original(*args, **kwargs)
+
+    async with m.lease() as sb:
+        monkeypatch.setattr(loop, "connect_read_pipe", slow_connect)
+        task = asyncio.create_task(sb.exec("sleep 4646"))
+        for _ in range(600):
+            if host_processes_with("sleep 4646"):
+                break
+            await asyncio.sleep(0.02)
+        assert not task.done()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=20)
+        assert done, "the cancelled exec never ended"
+        assert task.cancelled()
+        monkeypatch.undo()
+        assert await gone("sleep 4646")
+        assert (await sb.exec("echo fine")).stdout == "fine\n"
