@@ -255,8 +255,8 @@ class Agent:
 
             policy = Policy.from_settings(self.settings.policy)
         self.policy = policy or None  # a nbagent.policy.Policy: allow / deny / ask before each tool call
-        if policy is not None and getattr(policy, "bus", False) is None:
-            policy.bus = self.bus  # its decisions land among the run's events
+        if self.policy is not None and getattr(self.policy, "bus", False) is None:
+            self.policy.bus = self.bus  # its decisions land among the run's events
         if tool_cache is not None and getattr(tool_cache, "bus", False) is None:
             tool_cache.bus = self.bus  # type: ignore[attr-defined]  # tool-cache events land in the run
         self.cache = cache

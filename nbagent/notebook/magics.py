@@ -131,7 +131,7 @@ class AgentMagics(Magics):
             raise UsageError("--timeout must be > 0 seconds")
         ns = self.shell.user_ns if self.shell is not None else {}
         prompt = cell.strip() if args.raw else interpolate(cell.strip(), ns)
-        policy, no_policy = resolve_policy(args.policy if args.policy is not None else self.policy, ns)
+        policy = resolve_policy(args.policy if args.policy is not None else self.policy, ns)
         pick: Callable[[Any, Any], Any] = lambda flag, trait: trait if flag is None else flag  # noqa: E731
         return RunSpec(prompt=prompt, name=args.name, model=pick(args.model, self.model),
                        base_url=pick(args.base_url, self.base_url), system=pick(args.system, self.system),
@@ -139,7 +139,7 @@ class AgentMagics(Magics):
                        timeout=pick(args.timeout, self.timeout), sandbox=pick(args.sandbox, self.sandbox),
                        cache=pick(args.cache, self.cache), stream=pick(args.stream, self.stream), out=args.out,
                        wait=bool(pick(args.wait, self.wait)), first_tool=args.first_tool, profile=args.profile,
-                       policy=policy, no_policy=no_policy)
+                       policy=policy)
 
     def _run(self, spec: RunSpec) -> RunEntry:
         ns = self.shell.user_ns if self.shell is not None else {}

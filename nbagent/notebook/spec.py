@@ -40,8 +40,7 @@ class RunSpec:
     wait: bool = False
     first_tool: str | None = None
     profile: bool = False
-    policy: Any = None  # a nbagent.policy.Policy; None: the settings' [policy], if any
-    no_policy: bool = False
+    policy: Any = None  # a nbagent.policy.Policy; None: the settings' [policy], if any; False: none
 
 
 class _Namespace(string.Formatter):
@@ -93,20 +92,20 @@ def resolve_tools(names: list[str], namespace: Mapping[str, Any], registry: Mapp
     return list(out.values())
 
 
-def resolve_policy(name: str | None, namespace: Mapping[str, Any]) -> tuple[Any, bool]:
+def resolve_policy(name: str | None, namespace: Mapping[str, Any]) -> Any:
     """``--policy NAME``: the notebook variable holding a :class:`~nbagent.policy.Policy`; ``off`` for none.
 
-    Returns ``(policy, off)``; ``(None, False)`` when no name is given (the settings' policy applies).
+    Returns the policy, ``False`` for ``off``, or None when no name is given (the settings' policy applies).
     """
     if name is None:
-        return None, False
+        return None
     if name in ("off", "none"):
-        return None, True
+        return False
     from ..policy import Policy
 
     value = namespace.get(name)
     if isinstance(value, Policy):
-        return value, False
+        return value
     if value is None:
         raise UsageError(f"--policy {name!r} is not defined in the notebook (make one with nbagent.policy.Policy, "
                          f"or use --policy off)")
@@ -120,8 +119,8 @@ def agent_factory(spec: RunSpec, registry: RunRegistry, tools: list[Tool]) -> Ca
         kwargs: dict[str, Any] = {"system": spec.system, "max_steps": spec.max_steps, "stream": spec.stream,
                                   "base_url": spec.base_url, "settings": registry.settings,
                                   "first_tool": spec.first_tool,
-                                  "policy": False if spec.no_policy else
-                                  registry.with_approvals(spec.policy) or registry.default_policy or False}
+                                  "policy": (registry.default_policy or False) if spec.policy is None else
+                                  registry.with_approvals(spec.policy)}
         cache = response_cache(spec.cache or "off", registry.bus, registry.caches)
         if cache is not None:
             kwargs["cache"] = cache
