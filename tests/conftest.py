@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from support import Sleeps, sim_settings
 
-from nbagent.events import EventBus
+from nbagent.events import Event, EventBus
 from nbagent.llm import LLMClient
 from nbagent.testing import SimServer
 
@@ -38,3 +38,16 @@ async def client(sim: SimServer, sleeps: Sleeps) -> AsyncIterator[LLMClient]:
     c = LLMClient(sim_settings(sim), bus=EventBus(), sleep=sleeps, rng=lambda: 0.5)
     yield c
     await c.aclose()
+
+
+@pytest.fixture
+def events() -> list[Event]:
+    """Every event ``bus`` carries."""
+    return []
+
+
+@pytest.fixture
+def bus(events: list[Event]) -> EventBus:
+    b = EventBus()
+    b.tap(events.append)
+    return b

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nbagent.events import Event, EventBus
+from nbagent.events import EventBus
 from nbagent.sandbox import DEFAULT_IMAGE, PoolConfig, SandboxManager, SandboxSpec
 from nbagent.sandbox.docker import DockerBackend
 from nbagent.sandbox.local import LocalBackend
@@ -62,18 +62,6 @@ def bwrap_path() -> str:
     if probe.returncode != 0:
         _unavailable("bubblewrap", f"bwrap cannot create namespaces: {probe.stderr.decode().strip()}")
     return path
-
-
-@pytest.fixture
-def events() -> list[Event]:
-    return []
-
-
-@pytest.fixture
-def bus(events: list[Event]) -> EventBus:
-    b = EventBus()
-    b.tap(events.append)
-    return b
 
 
 @pytest.fixture

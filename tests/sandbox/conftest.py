@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from nbagent.events import Event, EventBus
+from nbagent.events import EventBus
 from nbagent.sandbox import PoolConfig, SandboxManager, SandboxSpec
 
 from .fakes import FakeBackend
@@ -28,18 +28,6 @@ def backend() -> FakeBackend:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-def events() -> list[Event]:
-    return []
-
-
-@pytest.fixture
-def bus(events: list[Event]) -> EventBus:
-    b = EventBus()
-    b.tap(events.append)
-    return b
 
 
 @pytest.fixture
