@@ -188,7 +188,7 @@ async def amap(
     specs = [RunSpec.of(i) for i in items]
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
-    bar = _progress_bar(len(specs), progress, desc)
+    bar = progress_bar(len(specs), progress, desc)
     started = time.perf_counter()
     try:
         if executor == "local":
@@ -258,7 +258,8 @@ def _driver_store(store: Any) -> Any:
     return store
 
 
-def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
+def progress_bar(total: int, enabled: bool, desc: str) -> Any:
+    """A tqdm bar counting runs (None when disabled or tqdm is missing); kept on screen when done."""
     if not enabled:
         return None
     try:

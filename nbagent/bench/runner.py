@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..events import Event, EventBus
+from ..fanout import progress_bar
 from ..metrics.histogram import Histogram
 from ..metrics.profile import rss_bytes
 from .report import PHASES, BenchResult
@@ -105,16 +106,6 @@ async def _endpoint(base_url: str | None, sim: str, sim_options: dict[str, Any])
         await asyncio.to_thread(server.stop)
 
 
-def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="run", mininterval=0.2, leave=True)
-
-
 async def bench(
     runs: int = 100,
     concurrency: int = 10,
@@ -173,7 +164,7 @@ async def bench(
         if budgets:
             monitor = BudgetMonitor(budgets)
             stack.callback(monitor.attach(bus))
-        bar = _progress_bar(runs, progress, f"bench c={concurrency}")
+        bar = progress_bar(runs, progress, f"bench c={concurrency}")
         if bar is not None:
             stack.callback(bar.close)
         if client is not None:
