@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .entry import RunEntry
     from .registry import RunRegistry
 
 __all__ = ["Approvals", "Pending", "format_arguments"]
@@ -61,9 +62,7 @@ class Approvals:
         return list(self._queues.get(run_id, ()))
 
     async def __call__(self, tool: str, args: dict[str, Any], run_id: str | None) -> bool | str:
-        entry = self.registry.entry_for_run(run_id or "")
-        widget = getattr(entry.view, "widget", None) if entry is not None else None
-        if entry is None or widget is None or run_id is None:
+        if run_id is None or self._widget_of(run_id)[1] is None:
             return NO_WIDGET
         self.asked += 1
         item = Pending(tool, args, asyncio.get_running_loop().create_future())
@@ -90,10 +89,14 @@ class Approvals:
 
     # --- the widget ---------------------------------------------------------------------------------
 
-    def _show(self, run_id: str) -> None:
+    def _widget_of(self, run_id: str) -> tuple[RunEntry | None, Any]:
+        """The run's entry and its live widget (None when the run is not shown live)."""
         entry = self.registry.entry_for_run(run_id)
+        return entry, getattr(entry.view, "widget", None) if entry is not None else None
+
+    def _show(self, run_id: str) -> None:
+        entry, widget = self._widget_of(run_id)
         queue = self._queues.get(run_id)
-        widget = getattr(entry.view, "widget", None) if entry is not None else None
         if entry is None or widget is None or not queue:
             return
         head = queue[0]
@@ -111,8 +114,7 @@ class Approvals:
             pass
         if not queue:
             del self._queues[run_id]
-            entry = self.registry.entry_for_run(run_id)
-            widget = getattr(entry.view, "widget", None) if entry is not None else None
+            entry, widget = self._widget_of(run_id)
             if widget is not None:
                 widget.hide_approval()
             if entry is not None:
