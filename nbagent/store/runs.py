@@ -11,7 +11,8 @@
 How it stays off the run's back:
 
 * ``record(event)`` (the bus tap) appends the event to a deque and returns: no serialisation, no lock, no
-  I/O on the event loop. When ``batch_size`` events are waiting, or a run finishes, it wakes the writer.
+  I/O on the event loop. When ``batch_size`` events are waiting, or a run finishes, it wakes the writer (once
+  the writer process writes, only a much longer queue does; otherwise the clock).
 * One writer thread wakes at least every ``flush_interval`` seconds and packs the waiting events into tuples
   (:mod:`nbagent.store.batch`). It either writes them itself or hands them to a writer process
   (:mod:`nbagent.store.proc`); whichever writes is the only connection that writes, and it serialises and
@@ -132,10 +133,7 @@ class RunStore(RunQueries):
         self._local = BatchWriter(self.redactor, self._pid, self._host)
         self._conn: sqlite3.Connection | None = None
         self._proc: WriterProcess | None = None  # the writer process, once started
-        self._via_proc = False  # batches go to the writer process (once it is ready)
-        # when the writer is woken: at batch_size events and at each run's end; with the process, which commits
-        # what arrives within 0.1 s together anyway, only by the clock or a big queue (each wake-up takes the
-        # GIL from the event loop)
+        self._via_proc = False  # batches go to the writer process (once it is ready); see _set_via_proc
         self._wake_at, self._wake_on_end = batch_size, True
         self._announce = False
         self._rate = (time.monotonic(), 0)  # when and at what count "auto" last measured the event rate
@@ -366,15 +364,24 @@ class RunStore(RunQueries):
             return
         if proc.dead:
             if self._via_proc:
-                self._via_proc = False
-                self._wake_at, self._wake_on_end = self.batch_size, True
+                self._set_via_proc(False)
                 self._local.learn(self._packer.schemas())  # classes first seen while the process wrote
             self.writer = "thread"  # do not start another
         elif not self._via_proc and proc.ready.is_set():
-            self._via_proc = True
-            self._wake_at = max(self.batch_size, min(20 * self.batch_size, self.queue_size // 4))
-            self._wake_on_end = False
+            self._set_via_proc(True)
             self._announce = True  # the process learns the classes seen so far with its first batch
+
+    def _set_via_proc(self, on: bool) -> None:
+        """Send batches to the writer process or not, and wake the writer thread to suit.
+
+        The thread is woken at ``batch_size`` events and at each run's end; with the process, which commits
+        what arrives within 0.1 s together anyway, only by the clock or a big queue (each wake-up takes the
+        GIL from the event loop).
+        """
+        self._via_proc = on
+        self._wake_on_end = not on
+        big_queue = max(self.batch_size, min(20 * self.batch_size, self.queue_size // 4))
+        self._wake_at = big_queue if on else self.batch_size
 
     def _fail_pending(self) -> None:
         """Count what can no longer be written, and release anyone waiting."""
