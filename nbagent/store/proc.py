@@ -46,7 +46,7 @@ log = logging.getLogger("nbagent.store")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _POLL = 1.0  # seconds between the child's checks that its parent is still there
-_ACK_EVERY = 0.25  # the child acknowledges at least this often (at once when a flush waits)
+_ACK_EVERY = 1.0  # the child acknowledges at least this often (at once when a flush waits)
 _MERGE = 20  # the child commits up to this many batches' worth in one transaction...
 _GATHER = 0.1  # ...arriving within this many seconds (at most flush_interval) of the first
 _NICE = 10  # the child is background work: under contention the client and its server go first
@@ -66,7 +66,10 @@ class WriterProcess:
         self._closing = False
         self._lock = threading.Lock()
         self._seq = 0
-        self._inflight: dict[int, tuple[list[Any], dict[str, int], list[Any]]] = {}
+        # batches sent and not yet acknowledged, pickled: bytes are not tracked by the garbage collector, where
+        # the records, held for up to a second, would be promoted to its oldest generation and make every full
+        # collection of this process longer; they are read back only when the child dies
+        self._inflight: dict[int, tuple[bytes, dict[str, int], list[Any]]] = {}
         self._secrets: tuple[str, ...] | None = None
         parent_end, child_end = socket.socketpair()
         try:
@@ -103,14 +106,14 @@ class WriterProcess:
                 return False
             self._seq += 1
             seq = self._seq
-            self._inflight[seq] = (records, drops, markers)
-        secrets = None
-        if self.redactor is not None and self.redactor.secrets is not self._secrets:
-            secrets = self._secrets = self.redactor.secrets
-        try:
-            data = pickle.dumps(("batch", seq, records, drops, secrets, bool(markers)), _PROTOCOL)
-        except Exception:  # noqa: BLE001 - a value pickle cannot take: send what JSON keeps of it
-            data = pickle.dumps(("batch", seq, _plain(records), drops, secrets, bool(markers)), _PROTOCOL)
+            secrets = None
+            if self.redactor is not None and self.redactor.secrets is not self._secrets:
+                secrets = self._secrets = self.redactor.secrets
+            try:
+                data = pickle.dumps(("batch", seq, records, drops, secrets, bool(markers)), _PROTOCOL)
+            except Exception:  # noqa: BLE001 - a value pickle cannot take: send what JSON keeps of it
+                data = pickle.dumps(("batch", seq, _plain(records), drops, secrets, bool(markers)), _PROTOCOL)
+            self._inflight[seq] = (data, drops, markers)
         try:
             self._conn.send_bytes(data)
         except (OSError, ValueError):
@@ -152,8 +155,8 @@ class WriterProcess:
         if reason:
             log.error("run store: %s (%d batches in flight counted as dropped); writing in-process from now on",
                       reason, len(inflight))
-        for records, drops, markers in inflight.values():
-            self.on_lost(count_events(records), drops, reason or "closed")
+        for data, drops, markers in inflight.values():
+            self.on_lost(count_events(pickle.loads(data)[2]), drops, reason or "closed")
             for marker in markers:
                 marker.fire()
         self.ready.set()  # nobody waits for a child that will never be ready
@@ -239,7 +242,7 @@ def main() -> None:
 
 
 class _Acks:
-    """What the child has done since its last acknowledgement (sent on a flush, a failure, or every 0.25 s)."""
+    """What the child has done since its last acknowledgement (sent on a flush, a failure, or every second)."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
