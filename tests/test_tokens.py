@@ -70,3 +70,40 @@ def test_preflight_raises_before_sending():
     with pytest.raises(ContextWindowExceeded, match="context window is 1,000") as e:
         check_fits(950, 1000, 100, "m")
     assert e.value.prompt_tokens == 950
+
+
+def test_counts_are_cached_by_content_and_keep_no_message_alive():
+    import gc
+    import weakref
+
+    c = TokenCounter()
+
+    class Msg(dict):  # a dict that can be weakly referenced, to see whether the counter keeps it
+        pass
+
+    msg = Msg(role="user", content="the same words")
+    ref = weakref.ref(msg)
+    n = c.count_message(msg)
+    del msg
+    gc.collect()
+    assert ref() is None  # the cache holds the message's strings, not the message
+    # an equal message (another run's copy) is a hit; a different one is encoded
+    assert c.count_message({"role": "user", "content": "the same words"}) == n and c.encoded == 1
+    assert c.count_message({"role": "user", "content": "other words"}) != 0 and c.encoded == 2
+    # a tool call's arguments are part of the key
+    call = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}
+    longer = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c2", "type": "function", "function": {"name": "f", "arguments": '{"a": 1, "b": [1, 2, 3]}'}}]}
+    assert c.count_message(longer) > c.count_message(call) and c.encoded == 4
+
+
+def test_messages_with_parts_are_cached_by_identity_and_the_cache_is_bounded():
+    c = TokenCounter(max_cached=3)
+    parts = {"role": "user", "content": [{"type": "text", "text": "look"},
+                                         {"type": "image_url", "image_url": {"url": _png(200, 100)}}]}
+    n = c.count_message(parts)
+    assert n == c.count_message(parts) and c.encoded == 1  # cached by identity
+    for i in range(10):  # the cache stays bounded
+        c.count_message({"role": "user", "content": f"m{i}"})
+    assert len(c._cache) <= 3

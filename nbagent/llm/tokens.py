@@ -67,15 +67,20 @@ def encoding() -> Any:
 
 
 class TokenCounter:
-    """Counts tokens of messages, tool schemas and text; caches per message object.
+    """Counts tokens of messages, tool schemas and text; caches counts by message content.
 
-    Messages are treated as immutable once counted (the agent never edits a sent message). The cache
-    holds at most ``max_cached`` messages, least recently used first out.
+    The cache key is what a message's count depends on (role, text, name, tool call names and arguments),
+    made of the message's own strings, so it keeps no message alive: holding the messages of every run would
+    keep them in the garbage collector's oldest generation and lengthen every full collection of a busy
+    client. Equal messages of different runs (a shared system prompt) share an entry. A message whose
+    content is a list of parts is cached by identity instead, in a smaller cache. The cache holds at most
+    ``max_cached`` messages, least recently used first out.
     """
 
     def __init__(self, max_cached: int = 50_000) -> None:
         self._enc = encoding()
-        self._cache: OrderedDict[int, tuple[Any, int]] = OrderedDict()
+        self._cache: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+        self._by_id: OrderedDict[int, tuple[Any, int]] = OrderedDict()  # messages with parts: id -> (msg, n)
         self._tools_cache: tuple[Any, int] | None = None
         self.max_cached = max_cached
         self.encoded = 0  # messages actually encoded (cache misses)
@@ -84,15 +89,33 @@ class TokenCounter:
         return len(self._enc.encode_ordinary(text)) if text else 0
 
     def count_message(self, msg: dict[str, Any]) -> int:
-        key = id(msg)
-        hit = self._cache.get(key)
+        key = _content_key(msg)
+        if key is None:
+            return self._count_by_id(msg)
+        cache = self._cache
+        try:
+            n = cache.get(key)
+        except TypeError:  # an unhashable name or arguments
+            return self._count_by_id(msg)
+        if n is not None:
+            return n
+        n = self._count_message(msg)
+        self.encoded += 1
+        cache[key] = n
+        if len(cache) > self.max_cached:
+            cache.popitem(last=False)
+        return n
+
+    def _count_by_id(self, msg: dict[str, Any]) -> int:
+        cache = self._by_id
+        hit = cache.get(id(msg))
         if hit is not None and hit[0] is msg:
             return hit[1]
         n = self._count_message(msg)
         self.encoded += 1
-        self._cache[key] = (msg, n)
-        if len(self._cache) > self.max_cached:
-            self._cache.popitem(last=False)
+        cache[id(msg)] = (msg, n)
+        if len(cache) > min(self.max_cached, _MAX_BY_ID):
+            cache.popitem(last=False)
         return n
 
     def _count_message(self, msg: dict[str, Any]) -> int:
@@ -135,6 +158,24 @@ class TokenCounter:
 
     def count_request(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
         return self.count_messages(messages) + self.count_tools(tools)
+
+
+_MAX_BY_ID = 2048  # messages with content parts (images), cached by identity: they are kept alive
+
+
+def _content_key(msg: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What a message's count depends on, as a tuple of its strings; None when its content has parts."""
+    content = msg.get("content")
+    if content is not None and type(content) is not str:
+        return None
+    calls = msg.get("tool_calls")
+    key: tuple[Any, ...] = (msg.get("role"), content, msg.get("name"), msg.get("tool_call_id"))
+    if calls:
+        try:
+            key += tuple((c["function"].get("name"), c["function"].get("arguments")) for c in calls)
+        except (KeyError, TypeError, AttributeError):
+            return None
+    return key
 
 
 def check_fits(prompt_tokens: int, context_window: int | None, reserved_output: int, model: str = "") -> None:
