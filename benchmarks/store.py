@@ -24,8 +24,8 @@
    threads used per run (from ``/proc``, Linux). The store stays open when detached; an idle store wakes
    its thread every ``flush_interval``, which is part of what "off" costs here (about nothing).
 
-    python benchmarks/store.py [--events 200000 --runs 2000 --concurrency 200 --latency 0.05 --rounds 5
-                                --windows 40 --window 2.0 --settle 0.6]
+    python benchmarks/store.py [--events 200000 --runs 2000 --concurrency 200 --latency 0.05 --rounds 4
+                                --windows 120 --window 2.0 --settle 0.6]
 """
 
 from __future__ import annotations
@@ -304,8 +304,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=200)
     ap.add_argument("--latency", type=float, default=0.05)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--windows", type=int, default=40, help="interleaved windows (a multiple of 4)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--windows", type=int, default=120, help="interleaved windows (a multiple of 4; 120: ~4 min)")
     ap.add_argument("--window", type=float, default=2.0, help="seconds per interleaved window")
     ap.add_argument("--settle", type=float, default=0.6, help="seconds not counted after each switch")
     args = ap.parse_args()
