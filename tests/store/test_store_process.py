@@ -97,6 +97,33 @@ def test_a_dead_writer_process_is_counted_and_replaced_by_the_thread(tmp_path: P
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def test_batches_in_flight_when_the_writer_process_dies_are_counted_as_dropped(tmp_path: Path) -> None:
+    s = RunStore(tmp_path / "inflight.db", writer="process")
+    bus = EventBus()
+    s.attach(bus)
+    bus.emit(RunStarted(run_id="r", name="in flight"))
+    s.flush()
+    pid = s.stats()["writer_pid"]
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the child takes nothing more off the socket and acknowledges nothing
+    try:
+        for i in range(300):
+            bus.emit(StepStarted(run_id="r", step=i))
+        proc = s._proc
+        assert proc is not None
+        # the writer thread has taken them off the queue and sent them: they are in flight, kept as bytes
+        wait_until(lambda: s.stats()["pending"] == 0 and proc._inflight, "the batches to be sent")
+        assert all(isinstance(entry[0], bytes) for entry in proc._inflight.values())
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: s.stats()["writer"] == "thread", "the store to write in its thread again")
+    assert s.flush()
+    # the child committed none of them: every one is counted, in the stats and in the run's row
+    assert s.stats()["dropped"] == 300 and s.stats()["enqueued"] == 301
+    assert s.run("r")["dropped"] == 300 and s.count_events("r") == 1
+    s.close()
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="auto keeps the thread on one core")
 def test_auto_moves_a_busy_store_to_a_writer_process(tmp_path: Path) -> None:
     s = RunStore(tmp_path / "auto.db")  # writer="auto"
