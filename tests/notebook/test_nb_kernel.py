@@ -103,7 +103,12 @@ def test_stop_button_cancels_the_run(kn: KernelNotebook, sim: SimServer) -> None
     assert text_of(done).strip() == "long: cancelled", dump(done)
     check = kn.run("print(rl.status, rl.usage.requests < 50)")
     assert text_of(check).strip() == "cancelled True"
-    assert kn.widget_state()[button]["description"] in ("Stopped", "Stopping")
+    # the button's state as the kernel holds it: its updates carry the starting cell as parent, which
+    # nbclient records only while that cell runs
+    shown = kn.run("from nbagent.notebook.registry import current\nstop = current().get('long').view.widget.stop\n"
+                   "print(stop.description, stop.model_id)")
+    description, model_id = text_of(shown).split()
+    assert description in ("Stopped", "Stopping") and model_id == button, dump(shown)
 
 
 def test_failed_run_is_shown_not_raised(kn: KernelNotebook) -> None:
