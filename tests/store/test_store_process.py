@@ -70,14 +70,20 @@ def test_secrets_added_later_reach_the_writer_process(tmp_path: Path) -> None:
     assert b"qq-late-credential-42" not in raw
 
 
-def test_a_dead_writer_process_is_counted_and_replaced_by_the_thread(tmp_path: Path) -> None:
-    s = RunStore(tmp_path / "dies.db", writer="process")
+def started_run_in_a_writer_process(path: Path) -> tuple[RunStore, EventBus, int]:
+    """A store writing in its process, with run ``r`` started and committed; and the process's pid."""
+    s = RunStore(path, writer="process")
     bus = EventBus()
     s.attach(bus)
-    bus.emit(RunStarted(run_id="r", name="survives"))
+    bus.emit(RunStarted(run_id="r", name=path.stem))
     s.flush()
     pid = s.stats()["writer_pid"]
     assert pid is not None
+    return s, bus, pid
+
+
+def test_a_dead_writer_process_is_counted_and_replaced_by_the_thread(tmp_path: Path) -> None:
+    s, bus, pid = started_run_in_a_writer_process(tmp_path / "dies.db")
     os.kill(pid, signal.SIGKILL)
     for i in range(500):
         bus.emit(StepStarted(run_id="r", step=i))
@@ -98,13 +104,7 @@ def test_a_dead_writer_process_is_counted_and_replaced_by_the_thread(tmp_path: P
 
 
 def test_batches_in_flight_when_the_writer_process_dies_are_counted_as_dropped(tmp_path: Path) -> None:
-    s = RunStore(tmp_path / "inflight.db", writer="process")
-    bus = EventBus()
-    s.attach(bus)
-    bus.emit(RunStarted(run_id="r", name="in flight"))
-    s.flush()
-    pid = s.stats()["writer_pid"]
-    assert pid is not None
+    s, bus, pid = started_run_in_a_writer_process(tmp_path / "inflight.db")
     os.kill(pid, signal.SIGSTOP)  # the child takes nothing more off the socket and acknowledges nothing
     try:
         for i in range(300):
