@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from nbagent import Agent, Settings, tool
 from nbagent.events import (
@@ -113,16 +113,19 @@ def write_rate(n_events: int, tmp: Path) -> dict[str, float]:
             "db_mb": (tmp / "rate.db").stat().st_size / 1e6}
 
 
-def process_cpu(pid: int | None) -> float | None:
-    """CPU seconds (user + system) used so far by another process (Linux), None when unknown."""
-    if pid is None:
-        return None
+def stat_cpu(path: str) -> float | None:
+    """CPU seconds (user + system) in a ``/proc/.../stat`` file (Linux), None when it cannot be read."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
+        with open(path) as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int | None) -> float | None:
+    """CPU seconds used so far by another process, None when unknown."""
+    return None if pid is None else stat_cpu(f"/proc/{pid}/stat")
 
 
 async def throughput(url: str, runs: int, concurrency: int, store_path: Path | None) -> dict[str, Any]:
@@ -172,18 +175,20 @@ async def throughput(url: str, runs: int, concurrency: int, store_path: Path | N
 
 def thread_cpu(prefix: str) -> float | None:
     """CPU seconds used so far by this process's threads whose name starts with ``prefix`` (Linux)."""
-    total, found = 0.0, False
-    for t in threading.enumerate():
-        if not t.name.startswith(prefix) or t.native_id is None:
-            continue
-        try:
-            with open(f"/proc/self/task/{t.native_id}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        found = True
-    return total if found else None
+    found = [stat_cpu(f"/proc/self/task/{t.native_id}/stat") for t in threading.enumerate()
+             if t.name.startswith(prefix) and t.native_id is not None]
+    read = [x for x in found if x is not None]
+    return sum(read) if read else None
+
+
+class Window(NamedTuple):
+    """What one interleaved window measured."""
+
+    seconds: float
+    cpu: float  # CPU seconds of this process
+    completed: int  # runs completed
+    events: int  # events emitted
+    gc: float  # seconds in the garbage collector
 
 
 def bootstrap_mean(values: list[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
@@ -235,8 +240,7 @@ async def interleaved(url: str, concurrency: int, windows: int, window: float, s
 
     gc.callbacks.append(on_gc)
     tasks = [asyncio.create_task(worker(w)) for w in range(concurrency)]
-    # (seconds, cpu, runs completed, events emitted, seconds in the garbage collector) per window
-    measured: dict[str, list[tuple[float, float, int, int, float]]] = {"off": [], "on": []}
+    measured: dict[str, list[Window]] = {"off": [], "on": []}
     store_cpu = 0.0
     try:
         await asyncio.sleep(settle)
@@ -255,7 +259,7 @@ async def interleaved(url: str, concurrency: int, windows: int, window: float, s
                 detach()
                 if s0 is not None and s1 is not None:
                     store_cpu += s1 - s0
-            measured[mode].append((t1 - t0, c1 - c0, n1 - n0, e1 - e0, g1 - g0))
+            measured[mode].append(Window(t1 - t0, c1 - c0, n1 - n0, e1 - e0, g1 - g0))
     finally:
         stop = True
         await asyncio.gather(*tasks)
@@ -265,16 +269,17 @@ async def interleaved(url: str, concurrency: int, windows: int, window: float, s
     store.close()
     await client.aclose()
     per_run = len(run_events(0))
-    rate = {m: [e / per_run / t for t, _, _, e, _ in measured[m]] for m in measured}
     # neighbours: windows 4j and 4j+1 (off, on), 4j+2 and 4j+3 (on, off)
-    ratios = [rate["on"][j] / rate["off"][j] for j in range(min(len(rate["on"]), len(rate["off"])))]
-    runs = {m: sum(e for _, _, _, e, _ in measured[m]) / per_run for m in measured}
+    ratios = [(on.events / on.seconds) / (off.events / off.seconds)
+              for on, off in zip(measured["on"], measured["off"], strict=False)]
+    total = {m: Window(*map(sum, zip(*ws, strict=True))) for m, ws in measured.items()}
+    runs = {m: w.events / per_run for m, w in total.items()}
     return {
-        "ratios": ratios, "rate": rate, "runs": runs,
-        "completed": {m: sum(n for _, _, n, _, _ in measured[m]) for m in measured},
-        "runs_per_s": {m: runs[m] / sum(t for t, _, _, _, _ in measured[m]) for m in measured},
-        "cpu_ms_per_run": {m: 1000 * sum(c for _, c, _, _, _ in measured[m]) / max(runs[m], 1) for m in measured},
-        "gc_us_per_run": {m: 1e6 * sum(g for *_, g in measured[m]) / max(runs[m], 1) for m in measured},
+        "ratios": ratios, "runs": runs,
+        "completed": {m: w.completed for m, w in total.items()},
+        "runs_per_s": {m: runs[m] / w.seconds for m, w in total.items()},
+        "cpu_ms_per_run": {m: 1000 * w.cpu / max(runs[m], 1) for m, w in total.items()},
+        "gc_us_per_run": {m: 1e6 * w.gc / max(runs[m], 1) for m, w in total.items()},
         "store_thread_us_per_run": 1e6 * store_cpu / max(runs["on"], 1), "stats": stats,
     }
 
