@@ -31,6 +31,7 @@ from nbagent.cache import ResponseCache
 from nbagent.events import EventBus
 from nbagent.llm import EndpointModel, LLMClient, Model, ModelRequest
 from nbagent.metrics import MetricsRegistry
+from nbagent.runtime import Runtime
 from nbagent.testing import SimServer
 
 
@@ -153,7 +154,7 @@ async def bench_rerun(url: str, tmp: Path, args: argparse.Namespace) -> None:
     settings = settings_for(url)
     client = LLMClient(settings, bus=bus)
     cache = ResponseCache(tmp / "rerun.sqlite3", bus=bus, namespace="notebook")
-    agent = Agent("sim", [lookup], settings=settings, client=client, bus=bus, cache=cache, system=SYSTEM)
+    agent = Agent("sim", [lookup], runtime=Runtime(settings, bus=bus, client=client), cache=cache, system=SYSTEM)
     sem = asyncio.Semaphore(args.concurrency)
 
     async def one(i: int) -> str:

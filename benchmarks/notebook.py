@@ -49,7 +49,7 @@ from nbagent.llm import LLMClient
 from nbagent.metrics import MetricsRegistry
 from nbagent.metrics.loopmon import LoopMonitor
 from nbagent.notebook.dashboard import Dashboard
-from nbagent.notebook.registry import RunRegistry
+from nbagent.notebook.session import RunRegistry
 from nbagent.notebook.widgets import RunOutput
 
 @tool

@@ -29,6 +29,7 @@ from nbagent import Agent, Settings, tool
 from nbagent.events import EventBus
 from nbagent.llm import LLMClient
 from nbagent.metrics import MetricsRegistry
+from nbagent.runtime import Runtime
 from nbagent.testing import SimServer
 
 
@@ -73,7 +74,7 @@ def make_agent(url: str, bus: EventBus) -> tuple[Agent, LLMClient, MetricsRegist
     client = LLMClient(settings, bus=bus)
     registry = MetricsRegistry()
     registry.attach(bus)
-    return Agent("sim", [lookup], settings=settings, client=client, bus=bus), client, registry
+    return Agent("sim", [lookup], runtime=Runtime(settings, bus=bus, client=client)), client, registry
 
 
 async def measure(name: str, n: int, concurrency: int, fn: Callable[[int], Awaitable[int]]) -> dict[str, float]:

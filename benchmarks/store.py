@@ -56,6 +56,7 @@ from nbagent.events import (
     ToolStarted,
 )
 from nbagent.llm import LLMClient
+from nbagent.runtime import Runtime
 from nbagent.store import RunStore
 from nbagent.testing import SimServer
 
@@ -132,7 +133,7 @@ async def throughput(url: str, runs: int, concurrency: int, store_path: Path | N
     settings = Settings.load(env={"NBAGENT_BASE_URL": url, "NBAGENT_MODEL": "sim", "NBAGENT_HOME": "/nonexistent"})
     bus = EventBus()
     client = LLMClient(settings, bus=bus)
-    agent = Agent("sim", [lookup], settings=settings, client=client, bus=bus)
+    agent = Agent("sim", [lookup], runtime=Runtime(settings, bus=bus, client=client))
     store = None
     if store_path is not None:
         store = RunStore(store_path, **STORE_OPTIONS)
@@ -205,7 +206,7 @@ async def interleaved(url: str, concurrency: int, windows: int, window: float, s
     settings = Settings.load(env={"NBAGENT_BASE_URL": url, "NBAGENT_MODEL": "sim", "NBAGENT_HOME": "/nonexistent"})
     bus = EventBus()
     client = LLMClient(settings, bus=bus)
-    agent = Agent("sim", [lookup], settings=settings, client=client, bus=bus)
+    agent = Agent("sim", [lookup], runtime=Runtime(settings, bus=bus, client=client))
     store = RunStore(store_path, **STORE_OPTIONS)
     detach = store.attach(bus)
     # warm the pool and the tokenizer, and let writer="auto" move to its process, outside the measurement

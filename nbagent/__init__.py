@@ -22,8 +22,11 @@ _LAZY: dict[str, str] = {
     "ResponseCache": "nbagent.cache",
     "RunContext": "nbagent.agent",
     "RunHandle": "nbagent.agent",
+    "RunRecord": "nbagent.record",
     "RunResult": "nbagent.agent",
     "RunStore": "nbagent.store",
+    "Runtime": "nbagent.runtime",
+    "Span": "nbagent.record",
     "Settings": "nbagent.config",
     "Tool": "nbagent.agent",
     "ToolCache": "nbagent.cache",
@@ -35,6 +38,9 @@ _LAZY: dict[str, str] = {
     "events": "nbagent.events",
     "map": "nbagent.fanout",
     "run_bench": "nbagent.bench",
+    "run_many": "nbagent.fanout",
+    "runtime": "nbagent.runtime",
+    "set_runtime": "nbagent.runtime",
     "tool": "nbagent.agent",
 }
 
@@ -49,24 +55,30 @@ __all__ = [
     "ResponseCache",
     "RunContext",
     "RunHandle",
+    "RunRecord",
     "RunResult",
     "RunStore",
+    "Runtime",
     "Settings",
+    "Span",
     "Tool",
     "ToolCache",
     "UsageLimits",
     "__version__",
     "amap",
     "dashboard",
-    "default_bus",
     "errors",
     "events",
     "load_ipython_extension",
-    "map",
     "run_bench",
+    "run_many",
+    "runtime",
+    "set_runtime",
     "tool",
     "unload_ipython_extension",
 ]
+# ``nbagent.map`` (also ``run_many``) and ``nbagent.default_bus`` stay reachable as attributes but are not
+# exported: ``from nbagent import *`` must not shadow the builtin ``map``.
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors, events
@@ -74,9 +86,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .bench import BenchResult, run_bench
     from .cache import ResponseCache, ToolCache
     from .config import Settings
-    from .events import EventBus, default_bus
-    from .fanout import BatchResult, amap, map
+    from .events import EventBus
+    from .events import default_bus as default_bus
+    from .fanout import BatchResult, amap, run_many
+    from .fanout import map as map  # noqa: A004 - an attribute, not exported by *
     from .llm import LLMClient, ModelRequest, ModelResponse, UsageLimits
+    from .record import RunRecord, Span
+    from .runtime import Runtime, runtime, set_runtime
     from .store import RunStore
 
 
@@ -91,7 +107,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return sorted({*__all__, "map", "default_bus"})
 
 
 def load_ipython_extension(ipython: Any) -> None:

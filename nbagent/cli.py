@@ -9,6 +9,8 @@ import json
 import sys
 from typing import Any
 
+from nbagent.runtime import Runtime
+
 __all__ = ["main"]
 
 # packages that add sub-commands through ``register(subparsers)``; a missing one is skipped
@@ -75,7 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.load()
-        agent = Agent(args.model, system=args.system, max_steps=args.max_steps, settings=settings,
+        agent = Agent(args.model, system=args.system, max_steps=args.max_steps, runtime=Runtime(settings),
                       base_url=args.base_url, stream=args.stream)
         agent.endpoint()
     except EndpointNotConfigured as exc:

@@ -8,6 +8,8 @@ import asyncio
 import sys
 import time
 
+from nbagent.runtime import Runtime
+
 from .agent import Agent, tool
 from .config import Settings
 from .events import EventBus, RunFinished
@@ -59,8 +61,8 @@ async def run_demo(prompt: str = "What is 6 times 7? Use the calculator.", runs:
         metrics.attach(bus)
         settings = Settings.load(base_url=srv.url, model="sim-model")
         client = LLMClient(settings, bus=bus)
-        agent = Agent("sim-model", [calculator], system="You are a careful calculator.", settings=settings,
-                      client=client, bus=bus)
+        agent = Agent("sim-model", [calculator], system="You are a careful calculator.",
+                      runtime=Runtime(settings, bus=bus, client=client))
         done = 0
         start = time.perf_counter()
 

@@ -76,6 +76,11 @@ class RunStarted(Event):
     name: str = ""
     model: str = ""
     prompt: str = ""
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tags, tuple):  # read back from JSON as a list
+            object.__setattr__(self, "tags", tuple(self.tags))
 
 
 @dataclass(**_frozen)  # type: ignore[call-overload]
@@ -94,7 +99,7 @@ class RunFinished(Event):
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
-    cost: float = 0.0
+    cost: float | None = 0.0  # None: a model call had no known price
     error: str | None = None
 
 
@@ -147,7 +152,7 @@ class LLMResponse(Event):
     usage_source: str = "server"  # server | local
     finish_reason: str | None = None
     tool_calls: int = 0
-    cost: float = 0.0
+    cost: float | None = 0.0  # None: the model has no known price
     cached: bool = False  # served by the response cache
 
 
@@ -316,6 +321,11 @@ class EventBus:
         self._subs: list[Subscription] = []
         self.emitted = 0
         self.tap_errors = 0
+        self.records: Any = None
+        """The :class:`~nbagent.record.RecordIndex` that folds the runs on this bus (one per bus)."""
+        self.result_sinks: list[Callable[[Any], None]] = []
+        """Called with each run's :class:`~nbagent.agent.RunResult` after its last event (the run store keeps
+        messages, output and profile this way); inline on the loop, so they must be cheap."""
 
     def tap(self, fn: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``fn(event)`` inline for every event. Returns a function that removes the tap."""
@@ -358,12 +368,8 @@ class EventBus:
             sub.close()
 
 
-_default_bus: EventBus | None = None
-
-
 def default_bus() -> EventBus:
-    """The process-wide bus that agents use unless given one."""
-    global _default_bus
-    if _default_bus is None:
-        _default_bus = EventBus()
-    return _default_bus
+    """The bus of the default runtime (:func:`nbagent.runtime.runtime`): where agents given no runtime emit."""
+    from .runtime import runtime
+
+    return runtime().bus

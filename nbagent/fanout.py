@@ -17,8 +17,8 @@ cluster, each with its own agent and pooled HTTP client and ``concurrency / work
 ``ray.init(address)`` is called when Ray is not initialised yet. The agent is rebuilt in each worker from
 its model, tools, system prompt, settings and limits (tools are shipped with cloudpickle), or from
 ``agent_factory``, a picklable zero-argument function returning an :class:`~nbagent.Agent`. Each finished
-remote run comes back with its events, so the driver's run store (``store``, by default the one
-:func:`nbagent.store.enable` attached) keeps remote runs too. Ray is an optional extra: ``nbagent[ray]``.
+remote run comes back with its events, so the driver's run store (``store``, by default the
+default runtime's) keeps remote runs too. Ray is an optional extra: ``nbagent[ray]``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from .agent import Agent, RunResult
 
-__all__ = ["Batch", "BatchResult", "RunSpec", "amap", "map"]
+__all__ = ["Batch", "BatchResult", "RunSpec", "amap", "map", "run_many"]
 
 
 @dataclass
@@ -160,10 +160,16 @@ def map(  # noqa: A001 - nbagent.map is the public name
         try:
             return await coro
         finally:
-            if agent is not None and getattr(agent, "_client", None) is not None:
-                await agent.client.aclose()  # its pool belongs to this loop, which ends here
+            from .runtime import runtime
+
+            # the pools belong to this loop, which ends here
+            await (agent.runtime if agent is not None else runtime()).close_pools()
 
     return asyncio.run(main())
+
+
+run_many = map
+"""``nbagent.run_many``: :func:`map` under a name that does not shadow the builtin."""
 
 
 async def amap(
@@ -182,8 +188,8 @@ async def amap(
     """Run a batch and return its :class:`BatchResult` (see the module docs).
 
     Without ``agent`` or ``agent_factory`` the agent comes from the settings and environment. ``store`` (a
-    :class:`~nbagent.store.RunStore`, None for the one :func:`nbagent.store.enable` attached, or False) keeps
-    the runs that come back from Ray workers; local runs are kept by whatever store the agent's bus has.
+    :class:`~nbagent.store.RunStore`, None for the default runtime's, or False) keeps the runs that come back
+    from Ray workers; local runs are kept by the store of the agent's runtime.
     """
     specs = [RunSpec.of(i) for i in items]
     if concurrency < 1:
@@ -192,15 +198,10 @@ async def amap(
     started = time.perf_counter()
     try:
         if executor == "local":
-            own = agent is None
             if agent is None:
                 agent = agent_factory() if agent_factory is not None else _default_agent()
-            try:
-                results = await _run_local(agent, specs, concurrency, bar)
-                worker_stats = [agent.client.pool_stats()] if hasattr(agent, "client") else []
-            finally:
-                if own and getattr(agent, "_client", None) is not None:
-                    await agent.client.aclose()
+            results = await _run_local(agent, specs, concurrency, bar)
+            worker_stats = [agent.client.pool_stats()] if hasattr(agent, "client") else []
             regs: list[Any] = [r.metrics() for r in results]
         elif executor == "ray":
             store = _driver_store(store)
@@ -240,21 +241,19 @@ async def _run_local(agent: Agent, specs: list[RunSpec], concurrency: int, bar: 
 
 
 def _default_agent() -> Agent:
-    """An agent from the settings and environment, with a client of its own (on the default bus)."""
+    """An agent from the settings and environment, on the default runtime."""
     from .agent import Agent
-    from .agent.loop import default_settings
-    from .llm import LLMClient
 
-    return Agent(client=LLMClient(default_settings()))
+    return Agent()
 
 
 def _driver_store(store: Any) -> Any:
     if store is False:
         return None
     if store is None:
-        from .store import active_store
+        from .runtime import runtime
 
-        return active_store()
+        return runtime().store
     return store
 
 
@@ -285,48 +284,32 @@ def portable(result: RunResult) -> RunResult:
 
 @dataclass
 class AgentRecipe:
-    """What it takes to rebuild an agent in another process (its client and bus are made there)."""
+    """What it takes to rebuild an agent in another process: every setting of it (``Agent.spec()``) and its
+    settings; the runtime (bus, pooled client, store) is made there."""
 
-    model: Any
-    tools: list[Any]
-    system: str | None
+    spec: dict[str, Any]
     settings: Any
-    limits: Any
-    stream: bool
-    params: dict[str, Any]
-    name: str
-    deps: Any = None
-    cache: Any = None
-    tool_cache: Any = None
 
     @classmethod
     def from_agent(cls, agent: Agent) -> AgentRecipe:
         from .llm.client import EndpointModel
 
-        model_obj = getattr(agent, "_model_obj", None)
-        model = agent.model_name if model_obj is None or isinstance(model_obj, EndpointModel) else model_obj
-        settings = agent.settings
+        spec = agent.spec()
+        if isinstance(spec["model"], EndpointModel):
+            spec["model"] = agent.model_name
         endpoint = getattr(agent, "_endpoint", None)
-        base_url = endpoint.base_url if endpoint is not None else getattr(agent, "_base_url", None)
-        api_key = endpoint.api_key if endpoint is not None else getattr(agent, "_api_key", None)
-        if base_url or api_key:
-            settings = settings.replace(base_url=base_url, api_key=api_key)
-        return cls(model=model, tools=list(agent.tools.values()), system=agent.system, settings=settings,
-                   limits=agent.limits, stream=agent.stream, params=dict(agent.params), name=agent.name,
-                   deps=agent.deps, cache=agent.cache, tool_cache=agent.tool_cache)
+        if endpoint is not None:  # resolved here (maybe the embedded model's address): the worker uses it too
+            spec["base_url"], spec["api_key"] = endpoint.base_url, endpoint.api_key
+        return cls(spec=spec, settings=agent.settings)
 
     def build(self) -> Agent:
         import copy
 
         from .agent import Agent
-        from .events import EventBus
-        from .llm import LLMClient
+        from .runtime import Runtime
 
-        bus = EventBus()
-        client = LLMClient(self.settings, bus=bus)
-        return Agent(self.model, self.tools, system=self.system, settings=self.settings, client=client, bus=bus,
-                     limits=copy.copy(self.limits), stream=self.stream, params=self.params, deps=self.deps,
-                     name=self.name, cache=self.cache, tool_cache=self.tool_cache)
+        spec = dict(self.spec, limits=copy.copy(self.spec["limits"]))
+        return Agent(**spec, runtime=Runtime(self.settings))
 
 
 class MapWorker:
@@ -357,7 +340,7 @@ class MapWorker:
 
     async def close(self) -> None:
         if self._agent is not None:
-            await self._agent.client.aclose()
+            await self._agent.runtime.aclose()
 
 
 async def _run_on_ray(specs: list[RunSpec], *, agent: Agent | None, agent_factory: Callable[[], Agent] | None,

@@ -243,12 +243,13 @@ class Policy:
         return self.default, "default", f"no rule matched; default {self.default}"
 
     async def decide(self, tool: str, args: Mapping[str, Any], *, run_id: str | None = None,
-                     agent: str = "", facts: Mapping[str, Any] | None = None) -> Decision:
+                     agent: str = "", facts: Mapping[str, Any] | None = None,
+                     bus: EventBus | None = None) -> Decision:
         """Whether ``tool(**args)`` may run now (``facts``: what is known of the tool, ``Tool.facts``).
 
-        Emits ``PolicyDecided``."""
+        Emits ``PolicyDecided`` on ``bus`` (the run's; default the policy's own, else the default runtime's)."""
         t0 = self._clock()
-        bus = self.bus or default_bus()
+        bus = bus or self.bus or default_bus()
         rules, reads, fact_names = self._candidates(tool)
         key = self._key(agent, tool, args, reads, fact_names, facts)
         entry = self._cache.get(key)

@@ -14,6 +14,7 @@ from nbagent import Agent, RunContext, tool
 from nbagent.errors import ToolError
 from nbagent.events import EventBus, LimitHit, ToolFinished
 from nbagent.llm import LLMClient, UsageLimits
+from nbagent.runtime import Runtime
 from nbagent.testing import Fault, Reply, SimServer
 
 
@@ -26,7 +27,7 @@ def lookup(key: str) -> str:
 def make_agent(sim: SimServer, tools=(lookup,), sleeps: Sleeps | None = None, **kw) -> Agent:
     settings = kw.pop("settings", None) or sim_settings(sim)
     client = LLMClient(settings, bus=EventBus(), sleep=sleeps or Sleeps())
-    return Agent("sim", list(tools), settings=settings, client=client, **kw)
+    return Agent("sim", list(tools), runtime=Runtime(settings, client=client), **kw)
 
 
 async def test_run_prompt_tool_tool_answer(sim: SimServer) -> None:
@@ -261,7 +262,7 @@ async def test_model_failure_ends_run_cleanly_with_events(sim: SimServer) -> Non
 async def test_missing_endpoint_is_a_clear_error() -> None:
     from nbagent.config import Settings
 
-    agent = Agent("m", settings=Settings.load(env={"NBAGENT_EMBEDDED": "0"}), bus=EventBus())
+    agent = Agent("m", runtime=Runtime(Settings.load(env={"NBAGENT_EMBEDDED": "0"}), bus=EventBus()))
     result = await agent.run("x")
     assert result.status == "error" and "no model endpoint configured" in result.stop_reason
 
@@ -283,9 +284,9 @@ def test_run_sync_inside_a_running_loop_waits_there(sim: SimServer) -> None:
     # in a fresh interpreter: re-entering a loop (nest-asyncio2) patches it for good
     code = (
         "import asyncio, sys\n"
-        "from nbagent import Agent, Settings\n"
+        "from nbagent import Agent, Runtime, Settings\n"
         "async def main():\n"
-        f"    agent = Agent('sim', settings=Settings.load(env={{'NBAGENT_BASE_URL': {sim.url!r}}}))\n"
+        f"    agent = Agent('sim', runtime=Runtime(Settings.load(env={{'NBAGENT_BASE_URL': {sim.url!r}}})))\n"
         "    ticks = []\n"
         "    async def ticker():\n"
         "        while True:\n"

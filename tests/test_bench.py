@@ -18,6 +18,7 @@ from nbagent.bench import PHASES, BenchResult, bench, run_bench
 from nbagent.cli import main
 from nbagent.events import EventBus
 from nbagent.llm import LLMClient
+from nbagent.runtime import Runtime
 from nbagent.testing import SimServer
 
 FAST_RETRIES = {"retry__base_delay": 0.001, "retry__max_delay": 0.01}
@@ -76,7 +77,7 @@ async def test_bench_your_own_agent(sim: SimServer) -> None:
     settings = sim_settings(sim)
     bus = EventBus()
     client = LLMClient(settings, bus=bus)
-    agent = Agent("sim", [slow], settings=settings, client=client, bus=bus)
+    agent = Agent("sim", [slow], runtime=Runtime(settings, bus=bus, client=client))
     result = await bench(8, 4, agent=agent, progress=False)
     assert result.completed == 8 and result.ok == 8 and result.config["endpoint"] == "custom agent"
     assert result.latency["tool"]["p50"] >= 0.01

@@ -14,6 +14,7 @@ from nbagent.cache import ResponseCache, ToolCache
 from nbagent.errors import CacheMiss
 from nbagent.events import CacheHit, CacheWarning, EventBus, LLMRequestStarted, LLMResponse
 from nbagent.llm import LLMClient
+from nbagent.runtime import Runtime
 from nbagent.testing import SimServer
 
 
@@ -26,7 +27,7 @@ def lookup(key: str) -> str:
 def make_agent(sim: SimServer, bus: EventBus | None = None, tools: Any = (lookup,), **kw: Any) -> Agent:
     settings = sim_settings(sim)
     client = LLMClient(settings, bus=bus or EventBus(), sleep=Sleeps())
-    return Agent("sim", list(tools), settings=settings, client=client, **kw)
+    return Agent("sim", list(tools), runtime=Runtime(settings, client=client), **kw)
 
 
 def kinds(result: Any, kind: type) -> list[Any]:

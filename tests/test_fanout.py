@@ -13,7 +13,7 @@ from nbagent import Agent, Settings, tool
 from nbagent.events import Event, EventBus, RunFinished, RunStarted
 from nbagent.fanout import Batch, BatchResult, RunSpec, amap
 from nbagent.fanout import map as nb_map
-from nbagent.llm import LLMClient
+from nbagent.runtime import Runtime
 from nbagent.store import RunStore
 from nbagent.testing import SimServer
 
@@ -27,7 +27,7 @@ def lookup(key: str) -> str:
 def make_agent(url: str, system: str | None = None, **overrides: Any) -> Agent:
     settings = Settings.load(env={"NBAGENT_BASE_URL": url, "NBAGENT_MODEL": "sim"}, **overrides)
     bus = EventBus()
-    return Agent("sim", [lookup], settings=settings, client=LLMClient(settings, bus=bus), bus=bus, system=system)
+    return Agent("sim", [lookup], runtime=Runtime(settings, bus=bus), system=system)
 
 
 class Peak:

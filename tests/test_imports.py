@@ -30,4 +30,14 @@ def test_public_names_are_complete_and_importable():
 
 def test_lazy_table_matches_all():
     extra = {"__version__", "load_ipython_extension", "unload_ipython_extension"}
-    assert set(nbagent._LAZY) | extra == set(nbagent.__all__)
+    hidden = {"map", "default_bus"}  # attributes, not exported: ``import *`` must not shadow the builtin map
+    assert (set(nbagent._LAZY) - hidden) | extra == set(nbagent.__all__)
+
+
+def test_star_import_does_not_shadow_builtins():
+    namespace: dict = {}
+    exec("from nbagent import *", namespace)
+    assert "map" not in namespace and callable(namespace["run_many"])
+    import builtins
+
+    assert not (set(namespace) - {"__builtins__"}) & set(dir(builtins))

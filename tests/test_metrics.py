@@ -431,7 +431,7 @@ def test_cached_llm_responses_keep_endpoint_latency_clean() -> None:
         LLMResponse(request_id="1", latency=2.0, ttft=0.5, input_tokens=10),
         LLMResponse(request_id="2", latency=0.001, ttft=0.001, input_tokens=10, cached=True),
     )
-    assert reg.counter("llm.calls").value == 2
+    assert reg.counter("llm.calls").value == 1  # calls to the endpoint: a cache hit is not one
     assert reg.counter("llm.cached").value == 1
     assert reg.histogram("llm.latency").count == 1
     assert reg.histogram("llm.ttft").count == 1
@@ -669,7 +669,7 @@ def test_snapshot_is_json_safe() -> None:
     reg = observed(*sample_events("r", 1))
     reg.histogram("empty")
     snap = json.loads(json.dumps(reg.snapshot(), allow_nan=False))
-    assert set(snap) == {"histograms", "counters", "gauges"}
+    assert set(snap) == {"histograms", "counters", "gauges", "units"}
     assert snap["counters"]["runs.started"] == 1
     assert snap["gauges"]["runs.in_flight"] == {"value": 0, "max": 1}
     assert snap["histograms"]["empty"]["p50"] is None

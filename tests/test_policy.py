@@ -14,6 +14,7 @@ from nbagent.events import EventBus
 from nbagent.llm import LLMClient
 from nbagent.metrics import MetricsRegistry
 from nbagent.policy import Policy, PolicyDecided, Rule
+from nbagent.runtime import Runtime
 from nbagent.testing import Reply, SimServer
 
 ran: list[str] = []
@@ -110,7 +111,7 @@ async def test_a_denied_call_never_runs_and_the_decision_is_kept_with_the_run(si
                Reply(text="done"))
     settings = sim_settings(sim)
     bus = EventBus()
-    agent = Agent("sim", [shell], settings=settings, client=LLMClient(settings, bus=bus), bus=bus,
+    agent = Agent("sim", [shell], runtime=Runtime(settings, bus=bus, client=LLMClient(settings, bus=bus)),
                   policy=Policy([Rule("shell", "deny", when={"command": "rm -rf"}, reason="too dangerous")]))
     result = await agent.run("clean up")
     assert result.ok and ran == ["ls"]  # the denied call never reached the tool
@@ -141,11 +142,12 @@ async def test_an_agent_takes_the_settings_policy_unless_told_otherwise(sim: Sim
     client = LLMClient(settings, bus=bus)
     try:
         sim.script(Reply(tool_calls=[("shell", {"command": "ls"})]), Reply(text="done"))
-        result = await Agent("sim", [shell], settings=settings, client=client, bus=bus).run("list")
+        result = await Agent("sim", [shell], runtime=Runtime(settings, bus=bus, client=client)).run("list")
         assert result.ok and ran == []
         assert [(e.action, e.reason) for e in result.events if isinstance(e, PolicyDecided)] == [("deny", "configured")]
         sim.script(Reply(tool_calls=[("shell", {"command": "ls"})]), Reply(text="done"))
-        result = await Agent("sim", [shell], settings=settings, client=client, bus=bus, policy=False).run("list")
+        rt = Runtime(settings, bus=bus, client=client)
+        result = await Agent("sim", [shell], runtime=rt, policy=False).run("list")
         assert result.ok and ran == ["ls"] and not [e for e in result.events if isinstance(e, PolicyDecided)]
     finally:
         await client.aclose()

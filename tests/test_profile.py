@@ -18,6 +18,7 @@ from nbagent.events import CacheHit, CacheMiss, Event, EventBus, LLMResponse, Ru
 from nbagent.llm import LLMClient
 from nbagent.metrics.budgets import Budget, BudgetBreached, BudgetMonitor, parse_budgets
 from nbagent.metrics.profile import BREAKDOWN_KEYS, RunProfile, RunProfiler, rss_bytes, wall_breakdown
+from nbagent.runtime import Runtime
 from nbagent.store import RunStore
 from nbagent.testing import SimServer
 
@@ -49,7 +50,7 @@ async def crunch(key: str) -> str:
 def make_agent(sim: SimServer, bus: EventBus | None = None) -> Agent:
     settings = sim_settings(sim)
     bus = bus or EventBus()
-    return Agent("sim", [crunch], settings=settings, client=LLMClient(settings, bus=bus), bus=bus)
+    return Agent("sim", [crunch], runtime=Runtime(settings, bus=bus, client=LLMClient(settings, bus=bus)))
 
 
 async def test_profiled_run_has_a_profile_breakdown_and_memory(sim: SimServer, tmp_path: Path) -> None:

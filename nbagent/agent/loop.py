@@ -8,13 +8,11 @@ fails, a limit that is hit, a stuck loop or a cancel all end the run cleanly wit
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import logging
 import sys
 import time
 import uuid
-import weakref
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,15 +28,16 @@ from ..events import (
     StepStarted,
     ToolFinished,
     ToolStarted,
-    default_bus,
 )
 from ..llm.client import EndpointModel, LLMClient
 from ..llm.types import Model, ModelRequest, ModelResponse, TextCallback, ToolCall
 from ..llm.usage import RunUsage, UsageLimits, cost_of
+from ..record import RunRecord, format_cost
+from ..runtime import Runtime
+from ..runtime import runtime as default_runtime
 from .tools import RunContext, Tool, tools_by_name
 
-__all__ = ["Agent", "RunHandle", "RunResult", "ModelWrapper", "ToolResultCache", "add_result_hook", "default_client",
-           "default_settings"]
+__all__ = ["Agent", "ModelWrapper", "RunHandle", "RunResult", "ToolResultCache"]
 
 _HAS_TIMEOUT_CM = sys.version_info >= (3, 11)
 
@@ -62,6 +61,8 @@ class RunResult:
     events: list[Event] = field(default_factory=list, repr=False)
     error: BaseException | None = None
     profile: Any = field(default=None, repr=False)  # a metrics.profile.RunProfile when run with profile=True
+    record: RunRecord | None = field(default=None, repr=False)
+    """The run's :class:`~nbagent.record.RunRecord`: its spans, tokens, cost and status, folded from its events."""
 
     @property
     def ok(self) -> bool:
@@ -91,7 +92,7 @@ class RunResult:
             f"{self.name}: {self.status} ({self.stop_reason}) in {t.get('total', 0.0):.2f} s; "
             f"{u.steps} steps, {u.requests} requests, {u.tool_calls} tool calls; tokens in "
             f"{u.tokens.input_tokens:,} / out {u.tokens.output_tokens:,} / cached {u.tokens.cached_tokens:,}; "
-            f"cost ${u.cost:.6f}; model {t.get('model', 0.0):.2f} s, tools {t.get('tools', 0.0):.2f} s, "
+            f"cost {format_cost(u.known_cost)}; model {t.get('model', 0.0):.2f} s, tools {t.get('tools', 0.0):.2f} s, "
             + (f"model start-up {t['startup']:.2f} s, " if t.get("startup", 0.0) >= 0.01 else "")
             + f"overhead {t.get('overhead', 0.0) * 1000:.1f} ms"
         )
@@ -125,71 +126,6 @@ class RunHandle:
         return f"<RunHandle {self.name} {state}>"
 
 
-class _Recorder:
-    """One bus tap that files events by run id (cheaper than a tap per run)."""
-
-    def __init__(self, bus: EventBus) -> None:
-        self.runs: dict[str, list[Event]] = {}
-        bus.tap(self._on_event)
-
-    def _on_event(self, ev: Event) -> None:
-        rid = ev.run_id
-        if rid is not None:
-            events = self.runs.get(rid)
-            if events is not None:
-                events.append(ev)
-
-
-_recorders: weakref.WeakKeyDictionary[EventBus, _Recorder] = weakref.WeakKeyDictionary()
-
-
-def _recorder(bus: EventBus) -> _Recorder:
-    # keyed by the bus itself, weakly: an id() key would be reused by a later bus once this one is freed
-    rec = _recorders.get(bus)
-    if rec is None:
-        rec = _recorders[bus] = _Recorder(bus)
-    return rec
-
-
-_default_settings: Settings | None = None
-_default_client: LLMClient | None = None
-
-
-def default_settings() -> Settings:
-    """Settings loaded once from the config file and environment."""
-    global _default_settings
-    if _default_settings is None:
-        _default_settings = Settings.load()
-    return _default_settings
-
-
-def default_client() -> LLMClient:
-    """The process-wide pooled client (one HTTP pool for every agent that is not given its own)."""
-    global _default_client
-    if _default_client is None:
-        _default_client = LLMClient(default_settings(), bus=default_bus())
-    return _default_client
-
-
-_run_numbers = itertools.count(1)
-_result_hooks: list[Callable[[RunResult], None]] = []
-
-
-def add_result_hook(fn: Callable[[RunResult], None]) -> Callable[[], None]:
-    """Call ``fn(result)`` with the result of every run that ends (the run store keeps messages this way).
-
-    Hooks run inline on the event loop and must be cheap; one that raises is logged and skipped.
-    Returns a function that removes the hook.
-    """
-    _result_hooks.append(fn)
-
-    def remove() -> None:
-        if fn in _result_hooks:
-            _result_hooks.remove(fn)
-
-    return remove
-
-
 class Agent:
     """A model, a system prompt and tools; runs many times, concurrently.
 
@@ -208,14 +144,12 @@ class Agent:
         *,
         system: str | None = None,
         max_steps: int | None = None,
-        settings: Settings | None = None,
-        client: LLMClient | None = None,
+        runtime: Runtime | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
         limits: UsageLimits | None = None,
         stream: bool | None = None,
         params: dict[str, Any] | None = None,
-        bus: EventBus | None = None,
         deps: Any = None,
         name: str | None = None,
         tool_cache: ToolResultCache | None = None,
@@ -223,12 +157,21 @@ class Agent:
         tool_choice: Any = None,
         first_tool: str | None = None,
         policy: Any = None,
+        tags: Iterable[str] = (),
+        settings: Settings | None = None,
+        client: LLMClient | None = None,
+        bus: EventBus | None = None,
     ) -> None:
-        self.settings = settings or (client.settings if client else default_settings())
-        self.bus = bus or (client.bus if client else default_bus())
-        if client is None and settings is None and bus is None:
-            client = default_client()
-        self._client = client
+        if settings is not None or client is not None or bus is not None:
+            warnings.warn("Agent(settings=, client=, bus=) is deprecated and goes in the next release: pass "
+                          "runtime=nbagent.Runtime(settings=..., bus=..., client=...) instead",
+                          DeprecationWarning, stacklevel=2)
+            if runtime is None:
+                runtime = Runtime(settings or (client.settings if client else None),
+                                  bus=bus or (client.bus if client else None), client=client)
+        self.runtime: Runtime = runtime if runtime is not None else default_runtime()
+        self.settings = self.runtime.settings
+        self.bus = self.runtime.bus
         self._model_obj: Model | None = None if model is None or isinstance(model, str) else model
         self.model_name = model if isinstance(model, str) else getattr(model, "model_name", None) or None
         self._base_url = base_url
@@ -245,29 +188,33 @@ class Agent:
         self.params = dict(params or {})
         self.deps = deps
         self.name = name or "agent"
+        self.tags = tuple(tags)
         self.tool_cache = tool_cache
         self.tool_choice = tool_choice
         if first_tool is not None and first_tool not in self.tools:
             raise ValueError(f"first_tool {first_tool!r} is not one of the agent's tools: {', '.join(self.tools)}")
         self.first_tool = first_tool
-        if policy is None and self.settings.policy:  # the settings' [policy] table, for this agent
-            from ..policy import Policy
-
-            policy = Policy.from_settings(self.settings.policy)
-        self.policy = policy or None  # a nbagent.policy.Policy: allow / deny / ask before each tool call
-        if self.policy is not None and getattr(self.policy, "bus", False) is None:
-            self.policy.bus = self.bus  # its decisions land among the run's events
-        if tool_cache is not None and getattr(tool_cache, "bus", False) is None:
-            tool_cache.bus = self.bus  # type: ignore[attr-defined]  # tool-cache events land in the run
+        # a nbagent.policy.Policy: allow / deny / ask before each tool call (None: the runtime's, False: none)
+        self.policy = self.runtime.policy if policy is None else (policy or None)
         self.cache = cache
 
     # --- model resolution -----------------------------------------------------------------------
 
     @property
     def client(self) -> LLMClient:
-        if self._client is None:
-            self._client = LLMClient(self.settings, bus=self.bus)
-        return self._client
+        """The runtime's pooled client."""
+        return self.runtime.client
+
+    def spec(self) -> dict[str, Any]:
+        """Every setting of this agent as keyword arguments (``Agent(**agent.spec())`` rebuilds it, e.g. in a
+        worker process; the runtime is left out: the rebuilt agent takes the worker's)."""
+        model: Any = self._model_obj if self._model_obj is not None else self.model_name
+        return {"model": model, "tools": list(self.tools.values()), "system": self.system,
+                "base_url": self._base_url, "api_key": self._api_key, "limits": self.limits,
+                "stream": self.stream, "params": dict(self.params), "deps": self.deps, "name": self.name,
+                "tool_cache": self.tool_cache, "cache": self.cache, "tool_choice": self.tool_choice,
+                "first_tool": self.first_tool, "policy": self.policy if self.policy is not None else False,
+                "tags": self.tags}
 
     def endpoint(self) -> Endpoint:
         if self._endpoint is None:
@@ -302,7 +249,7 @@ class Agent:
               on_text: TextCallback | None = None, profile: bool = False) -> RunHandle:
         """Start a run as a task on the running loop and return at once."""
         run_id = uuid.uuid4().hex[:12]
-        name = name or f"run-{next(_run_numbers)}"
+        name = name or self.runtime.new_run_name()
         handle: RunHandle | None = None
 
         def cancelled_by_handle() -> bool:
@@ -321,7 +268,7 @@ class Agent:
         ``profile=True`` samples the run with pyinstrument and measures its memory; the profile and a
         breakdown of the wall time are in ``result.profile``.
         """
-        return await self._run(prompt, run_id=uuid.uuid4().hex[:12], name=name or f"run-{next(_run_numbers)}",
+        return await self._run(prompt, run_id=uuid.uuid4().hex[:12], name=name or self.runtime.new_run_name(),
                                deps=deps, on_text=on_text, cancelled_by_handle=lambda: False, profile=profile)
 
     def run_sync(self, prompt: str, **kwargs: Any) -> RunResult:
@@ -350,7 +297,7 @@ class Agent:
             try:
                 return await self.run(prompt, **kwargs)
             finally:
-                await self.client.aclose()  # the pool belongs to this loop, which ends here
+                await self.runtime.close_pools()  # the pools belong to this loop, which ends here
 
         return asyncio.run(main())
 
@@ -362,9 +309,7 @@ class Agent:
 
             profiler = RunProfiler(run_id).start()
         bus = self.bus
-        recorder = _recorder(bus)
-        events: list[Event] = []
-        recorder.runs[run_id] = events
+        records = self.runtime.records
         usage = RunUsage()
         messages: list[dict[str, Any]] = []
         if self.system:
@@ -373,7 +318,9 @@ class Agent:
         ctx = RunContext(run_id=run_id, bus=bus, deps=deps if deps is not None else self.deps)
         state = _RunState()
         status, reason, output, error = "error", "", "", None
-        bus.emit(RunStarted(run_id=run_id, name=name, model=self.model_name or "", prompt=prompt[:2000]))
+        bus.emit(RunStarted(run_id=run_id, name=name, model=self.model_name or "", prompt=prompt[:2000],
+                            tags=self.tags))
+        record = records.get(run_id) or RunRecord(run_id)  # folded live by the runtime's tap
         try:
             if self.limits.max_wall_time is not None and _HAS_TIMEOUT_CM:
                 async with asyncio.timeout(self.limits.max_wall_time):
@@ -391,25 +338,21 @@ class Agent:
             status, reason = "cancelled", "cancelled"
             if not cancelled_by_handle():
                 await self._finish(ctx, run_id, name, status, reason, usage, state, None)
-                recorder.runs.pop(run_id, None)
                 if profiler is not None:
                     profiler.stop()
                 raise
         except Exception as exc:  # noqa: BLE001 - a failing run must end cleanly with its events
             status, reason, error = "error", f"{type(exc).__name__}: {exc}", exc
         timings = await self._finish(ctx, run_id, name, status, reason, usage, state, error)
-        recorder.runs.pop(run_id, None)
         if status != "ok" and not output:
             output = state.last_text
+        record.output, record.messages = output, messages
         result = RunResult(run_id=run_id, name=name, output=output, status=status, stop_reason=reason,
-                           messages=messages, usage=usage, timings=timings, events=events, error=error)
+                           messages=messages, usage=usage, timings=timings, events=record.events, error=error,
+                           record=record)
         if profiler is not None:
             result.profile = profiler.finish(result)
-        for hook in tuple(_result_hooks):
-            try:
-                hook(result)
-            except Exception:  # noqa: BLE001 - a broken consumer must never break a run
-                logging.getLogger("nbagent.agent").exception("run result hook %r failed", hook)
+        self.runtime.run_finished(result)
         return result
 
     async def _finish(self, ctx: RunContext, run_id: str, name: str, status: str, reason: str, usage: RunUsage,
@@ -426,7 +369,7 @@ class Agent:
         t = usage.tokens
         self.bus.emit(RunFinished(run_id=run_id, status=status, stop_reason=reason, duration=total,
                                   steps=usage.steps, input_tokens=t.input_tokens, output_tokens=t.output_tokens,
-                                  cached_tokens=t.cached_tokens, cost=usage.cost,
+                                  cached_tokens=t.cached_tokens, cost=usage.known_cost,
                                   error=None if error is None else f"{type(error).__name__}: {error}"))
         return timings
 
@@ -499,7 +442,7 @@ class Agent:
                 decision = None
                 if self.policy is not None:
                     decision = await self.policy.decide(tool.name, args, run_id=ctx.run_id, agent=self.name,
-                                                        facts=tool.facts or None)
+                                                        facts=tool.facts or None, bus=bus)
                 if decision is not None and not decision.allowed:
                     ok, err = False, f"denied by policy ({decision.decided_by}): {decision.reason}"
                     text = f"Error: the call to {call.name} was not run: {err}. Do not retry it unchanged."
@@ -518,13 +461,13 @@ class Agent:
         try:
             cached = None
             if tool.cache and self.tool_cache is not None:
-                cached = await self.tool_cache.get(tool.name, args, run_id=ctx.run_id)
+                cached = await self.tool_cache.get(tool.name, args, run_id=ctx.run_id, bus=self.bus)
             if cached is not None:
                 text = cached
             else:
                 text = _to_text(await tool.call(ctx, args))
                 if tool.cache and self.tool_cache is not None:
-                    await self.tool_cache.put(tool.name, args, text, run_id=ctx.run_id)
+                    await self.tool_cache.put(tool.name, args, text, run_id=ctx.run_id, bus=self.bus)
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -539,9 +482,11 @@ class Agent:
 class ToolResultCache(Protocol):
     """Where results of tools declared ``@tool(cache=True)`` are kept (see :mod:`nbagent.cache`)."""
 
-    async def get(self, tool: str, arguments: dict[str, Any], *, run_id: str | None = None) -> str | None: ...
+    async def get(self, tool: str, arguments: dict[str, Any], *, run_id: str | None = None,
+                  bus: EventBus | None = None) -> str | None: ...
 
-    async def put(self, tool: str, arguments: dict[str, Any], output: str, *, run_id: str | None = None) -> None: ...
+    async def put(self, tool: str, arguments: dict[str, Any], output: str, *, run_id: str | None = None,
+                  bus: EventBus | None = None) -> None: ...
 
 
 class ModelWrapper(Protocol):

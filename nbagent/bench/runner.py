@@ -16,6 +16,8 @@ from collections import Counter as _Counter
 from collections.abc import Iterable
 from typing import Any
 
+from nbagent.runtime import Runtime
+
 from ..events import Event, EventBus
 from ..fanout import progress_bar
 from ..metrics.histogram import Histogram
@@ -198,7 +200,7 @@ def _default_agent(url: str, model: str | None, api_key: str | None, settings: A
         s.limits.max_steps = tool_calls + 1
     bus = EventBus()
     client = LLMClient(s, bus=bus)
-    return Agent(s.model, [lookup], settings=s, client=client, bus=bus, stream=stream), client
+    return Agent(s.model, [lookup], runtime=Runtime(s, bus=bus, client=client), stream=stream), client
 
 
 async def _drive(agent: Any, prompt: str, runs: int, concurrency: int, ramp_up: float, timeout: float | None,

@@ -48,12 +48,13 @@ class ToolCache(CacheCore):
         where = self.store.path if self.store else ":memory:"
         return f"<ToolCache {where} namespace={self.namespace!r} mode={self._mode}>"
 
-    async def get(self, tool: str, arguments: dict[str, Any], *, run_id: str | None = None) -> str | None:
+    async def get(self, tool: str, arguments: dict[str, Any], *, run_id: str | None = None,
+                  bus: EventBus | None = None) -> str | None:
         """The stored output of ``tool(**arguments)``, or None (then the agent runs the tool and calls put)."""
         if self._mode in ("off", "record"):
             return None
         t0 = time.perf_counter()
-        bus = self.bus or default_bus()
+        bus = bus or self.bus or default_bus()
         key = tool_key(tool, arguments)
         tier = "memory"
         entry = self._mem_get(key, bus, run_id)
@@ -74,7 +75,8 @@ class ToolCache(CacheCore):
                           tokens_saved=0, latency_saved=entry.latency))
         return str(entry.value)
 
-    async def put(self, tool: str, arguments: dict[str, Any], output: str, *, run_id: str | None = None) -> None:
+    async def put(self, tool: str, arguments: dict[str, Any], output: str, *, run_id: str | None = None,
+                  bus: EventBus | None = None) -> None:
         """Store the output of ``tool(**arguments)``."""
         if self._mode in ("off", "replay"):
             return
@@ -83,4 +85,4 @@ class ToolCache(CacheCore):
         latency = time.perf_counter() - started if started is not None else 0.0
         entry = Entry(key, output, self.clock(), latency, 0)
         desc = f"{tool}({canonical_json(arguments)[:200]})"
-        self._put(entry, output, desc, self.bus or default_bus(), run_id)
+        self._put(entry, output, desc, bus or self.bus or default_bus(), run_id)

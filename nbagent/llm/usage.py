@@ -12,10 +12,11 @@ from .types import TokenUsage
 __all__ = ["RunUsage", "UsageLimits", "cost_of"]
 
 
-def cost_of(usage: TokenUsage, price: Price | None) -> float:
-    """USD cost of ``usage`` at ``price`` (per million tokens); 0.0 when the price is unknown."""
+def cost_of(usage: TokenUsage, price: Price | None) -> float | None:
+    """USD cost of ``usage`` at ``price`` (per million tokens); None when the price is unknown (never a
+    misleading 0: set one in the config file's ``[prices]`` table)."""
     if price is None:
-        return 0.0
+        return None
     cached_price = price.input if price.cached_input is None else price.cached_input
     uncached = max(usage.input_tokens - usage.cached_tokens, 0)
     return (uncached * price.input + usage.cached_tokens * cached_price + usage.output_tokens * price.output) / 1e6
@@ -46,17 +47,26 @@ class RunUsage:
     cache_hits: int = 0  # model calls answered by the response cache (no tokens, no cost)
     tool_calls: int = 0
     tokens: TokenUsage = field(default_factory=TokenUsage)
-    cost: float = 0.0
+    cost: float = 0.0  # USD of the calls whose price is known
+    unpriced_calls: int = 0  # model calls whose model has no known price
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def known_cost(self) -> float | None:
+        """The run's cost, or None when a call's price is unknown."""
+        return None if self.unpriced_calls else self.cost
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def add_response(self, usage: TokenUsage, cost: float) -> None:
+    def add_response(self, usage: TokenUsage, cost: float | None) -> None:
         self.requests += 1
         self.tokens = self.tokens + usage
-        self.cost += cost
+        if cost is None:
+            self.unpriced_calls += 1
+        else:
+            self.cost += cost
 
     def add_cached(self) -> None:
         self.cache_hits += 1

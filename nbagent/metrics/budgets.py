@@ -112,8 +112,9 @@ def parse_budgets(spec: str | Iterable[str | Budget]) -> list[Budget]:
 
 
 def _measure(ev: RunFinished, rss_delta: float | None) -> dict[str, float]:
-    out = {"latency": ev.duration, "tokens": float(ev.input_tokens + ev.output_tokens), "cost": ev.cost,
-           "steps": float(ev.steps)}
+    out = {"latency": ev.duration, "tokens": float(ev.input_tokens + ev.output_tokens), "steps": float(ev.steps)}
+    if ev.cost is not None:  # a run with no known price has no cost to check
+        out["cost"] = ev.cost
     if rss_delta is not None:
         out["memory"] = max(rss_delta, 0.0)
     return out

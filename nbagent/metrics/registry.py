@@ -8,63 +8,7 @@ A :class:`MetricsRegistry` holds named metrics, created on first use. ``registry
 Registries are JSON-safe and mergeable (``to_dict`` / ``from_dict`` / ``merge``), so metrics gathered in
 several processes or workers fan in to one.
 
-Built-in metric names (a public contract; ``<x>`` is filled from the event field of that name). Durations
-and latencies are in seconds.
-
-==========================  =============================================  ==========  =========================
-Event                       Metric                                         Type        Update
-==========================  =============================================  ==========  =========================
-RunStarted                  ``runs.started``                               counter     +1
-                            ``runs.in_flight``                             gauge       +1
-RunFinished                 ``runs.finished``                              counter     +1
-                            ``runs.status.<status>``                       counter     +1
-                            ``runs.in_flight``                             gauge       -1
-                            ``run.duration``                               histogram   ``duration``
-                            ``run.steps``                                  histogram   ``steps``
-LimitHit                    ``limits.<limit>``                             counter     +1
-LLMRequestStarted           ``llm.attempts``                               counter     +1
-LLMResponse                 ``llm.calls``                                  counter     +1
-                            ``llm.latency``                                histogram   ``latency`` (1)
-                            ``llm.ttft``                                   histogram   ``ttft`` if not None (1)
-                            ``llm.cached``                                 counter     +1 if ``cached``
-                            ``llm.latency.cached``                         histogram   ``latency`` if ``cached``
-                            ``tokens.input``                               counter     ``input_tokens``
-                            ``tokens.output``                              counter     ``output_tokens``
-                            ``tokens.cached``                              counter     ``cached_tokens``
-                            ``cost.usd``                                   counter     ``cost`` (float)
-                            ``llm.usage_local``                            counter     +1 if ``usage_source``
-                                                                                       is ``"local"``
-LLMRetry                    ``llm.retries``                                counter     +1
-                            ``llm.retries.<reason>``                       counter     +1
-                            ``llm.retry_wait``                             histogram   ``wait``
-LLMRequestFailed            ``llm.errors``                                 counter     +1
-                            ``llm.errors.<error_type>``                    counter     +1
-TokenDrift                  ``tokens.drift_checks``                        counter     +1
-                            ``tokens.drift_ratio``                         histogram   ``|local - server| /
-                                                                                       max(server, 1)``
-ToolStarted                 ``tools.in_flight``                            gauge       +1
-ToolFinished                ``tools.in_flight``                            gauge       -1
-                            ``tool.calls``                                 counter     +1
-                            ``tool.errors``                                counter     +1 if not ``ok``
-                            ``tool.truncated``                             counter     +1 if ``truncated``
-                            ``tool.duration``                              histogram   ``duration``
-                            ``tool.duration.<name>``                       histogram   ``duration``
-CacheHit                    ``cache.<cache>.hits``                         counter     +1
-                            ``cache.<cache>.hits.<tier>``                  counter     +1
-                            ``cache.<cache>.lookup.<tier>``                histogram   ``lookup_seconds``
-                            ``cache.<cache>.tokens_saved``                 counter     ``tokens_saved``
-                            ``cache.<cache>.latency_saved``                counter     ``latency_saved``
-CacheMiss                   ``cache.<cache>.misses``                       counter     +1
-                            ``cache.<cache>.lookup.miss``                  histogram   ``lookup_seconds``
-CacheStored                 ``cache.<cache>.stores``                       counter     +1
-CacheEvicted                ``cache.<cache>.evictions``                    counter     +1
-CacheWarning                ``cache.<cache>.warnings``                     counter     +1
-==========================  =============================================  ==========  =========================
-
-(1) Responses served by the response cache (``cached=True``) go to ``llm.latency.cached`` instead, so that
-``llm.latency`` and ``llm.ttft`` describe the model endpoint only. Token and cost counters take the event's
-figures as they are. Counters ``tokens.*`` and ``cost.usd`` are fed by ``LLMResponse`` only, never by
-``RunFinished`` (whose totals would count them twice).
+The built-in event -> metric mapping, with each metric's unit, is in :mod:`nbagent.metrics.builtin`.
 
 Other packages add their own mappings with :func:`register_handler` (every registry) or
 :meth:`MetricsRegistry.register` / :meth:`RunMetricsIndex.register` (one registry or one index). A handler is
@@ -82,25 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from nbagent.events import (
-    CacheEvicted,
-    CacheHit,
-    CacheMiss,
-    CacheStored,
-    CacheWarning,
-    Event,
-    EventBus,
-    LimitHit,
-    LLMRequestFailed,
-    LLMRequestStarted,
-    LLMResponse,
-    LLMRetry,
-    RunFinished,
-    RunStarted,
-    TokenDrift,
-    ToolFinished,
-    ToolStarted,
-)
+from nbagent.events import Event, EventBus
 from nbagent.metrics.histogram import DEFAULT_ACCURACY, Histogram
 
 if TYPE_CHECKING:
@@ -322,32 +248,43 @@ class MetricsRegistry:
         self._own_table = False
         self.memo: dict[Any, Any] = {}
         """Scratch space for handlers to cache metric objects by key (cleared with the metrics)."""
+        self.units: dict[str, str] = {}
+        """The unit of each metric that declared one (``s``, ``tokens``, ``USD``, ``steps``...)."""
 
     # --- metric access ----------------------------------------------------------------------------
 
-    def histogram(self, name: str, accuracy: float | None = None) -> Histogram:
-        """The histogram called ``name``, created (with ``accuracy`` or the registry's) if new."""
+    def histogram(self, name: str, accuracy: float | None = None, *, unit: str = "s") -> Histogram:
+        """The histogram called ``name``, created (with ``accuracy`` or the registry's, in ``unit``) if new."""
         h = self._histograms.get(name)
         if h is None:
             self._check_free(name, self._histograms)
             h = self._histograms[name] = Histogram(self.accuracy if accuracy is None else accuracy)
+            self.units[name] = unit
         return h
 
-    def counter(self, name: str) -> Counter:
-        """The counter called ``name``, created at 0 if new."""
+    def counter(self, name: str, *, unit: str = "") -> Counter:
+        """The counter called ``name``, created at 0 (counting ``unit``) if new."""
         c = self._counters.get(name)
         if c is None:
             self._check_free(name, self._counters)
             c = self._counters[name] = Counter()
+            if unit:
+                self.units[name] = unit
         return c
 
-    def gauge(self, name: str) -> Gauge:
-        """The gauge called ``name``, created at 0 if new."""
+    def gauge(self, name: str, *, unit: str = "") -> Gauge:
+        """The gauge called ``name``, created at 0 (measuring ``unit``) if new."""
         g = self._gauges.get(name)
         if g is None:
             self._check_free(name, self._gauges)
             g = self._gauges[name] = Gauge()
+            if unit:
+                self.units[name] = unit
         return g
+
+    def unit(self, name: str) -> str:
+        """The unit of metric ``name`` (``""`` for a plain count)."""
+        return self.units.get(name, "s" if name in self._histograms else "")
 
     def _check_free(self, name: str, own: dict[str, Any]) -> None:
         if not isinstance(name, str) or not name:
@@ -399,6 +336,7 @@ class MetricsRegistry:
         self._counters.clear()
         self._gauges.clear()
         self.memo.clear()
+        self.units.clear()
 
     # --- events -----------------------------------------------------------------------------------
 
@@ -441,6 +379,7 @@ class MetricsRegistry:
             "histograms": {n: self._histograms[n].summary() for n in sorted(self._histograms)},
             "counters": {n: self._counters[n].value for n in sorted(self._counters)},
             "gauges": {n: {"value": g.value, "max": g.max} for n, g in sorted(self._gauges.items())},
+            "units": dict(sorted(self.units.items())),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -450,6 +389,7 @@ class MetricsRegistry:
             "histograms": {n: h.to_dict() for n, h in sorted(self._histograms.items())},
             "counters": {n: c.value for n, c in sorted(self._counters.items())},
             "gauges": {n: {"value": g.value, "max": g.max} for n, g in sorted(self._gauges.items())},
+            "units": dict(sorted(self.units.items())),
         }
 
     @classmethod
@@ -465,6 +405,7 @@ class MetricsRegistry:
             gauge = reg.gauge(name)
             gauge.value = g["value"]
             gauge._peak = -math.inf if g.get("max") is None else g["max"]
+        reg.units.update(data.get("units", {}))
         return reg
 
     def merge(self, other: MetricsRegistry | Mapping[str, Any]) -> MetricsRegistry:
@@ -485,6 +426,8 @@ class MetricsRegistry:
             self.counter(name).merge(c)
         for name, g in other._gauges.items():
             self.gauge(name).merge(g)
+        for name, u in other.units.items():
+            self.units.setdefault(name, u)
         return self
 
     def to_dataframe(self) -> pandas.DataFrame:
@@ -601,195 +544,3 @@ class RunMetricsIndex:
 
     def __repr__(self) -> str:
         return f"RunMetricsIndex(runs={len(self._runs)}, max_runs={self.max_runs}, evicted={self.evicted})"
-
-
-# --- built-in mapping -----------------------------------------------------------------------------
-#
-# Handlers keep the metric objects they always touch in ``reg.memo`` (keyed by the handler, plus the event
-# fields that go into the names), so the steady state skips name formatting and registry lookups. Metrics
-# touched only on some events (errors, ttft, ...) are looked up by name when needed, so they only appear once
-# they have something to show.
-
-
-def _on_run_started(reg: MetricsRegistry, e: RunStarted) -> None:
-    m = reg.memo.get(_on_run_started)
-    if m is None:
-        m = reg.memo[_on_run_started] = (reg.counter("runs.started"), reg.gauge("runs.in_flight"))
-    m[0].value += 1
-    m[1].inc()
-
-
-def _on_run_finished(reg: MetricsRegistry, e: RunFinished) -> None:
-    key = (_on_run_finished, e.status)
-    m = reg.memo.get(key)
-    if m is None:
-        m = reg.memo[key] = (
-            reg.counter("runs.finished"),
-            reg.counter(f"runs.status.{e.status}"),
-            reg.gauge("runs.in_flight"),
-            reg.histogram("run.duration"),
-            reg.histogram("run.steps"),
-        )
-    finished, status, in_flight, duration, steps = m
-    finished.value += 1
-    status.value += 1
-    in_flight.dec()
-    duration.record(e.duration)
-    steps.record(e.steps)
-
-
-def _on_limit_hit(reg: MetricsRegistry, e: LimitHit) -> None:
-    reg.counter(f"limits.{e.limit}").value += 1
-
-
-def _on_llm_request(reg: MetricsRegistry, e: LLMRequestStarted) -> None:
-    m = reg.memo.get(_on_llm_request)
-    if m is None:
-        m = reg.memo[_on_llm_request] = reg.counter("llm.attempts")
-    m.value += 1
-
-
-def _on_llm_response(reg: MetricsRegistry, e: LLMResponse) -> None:
-    m = reg.memo.get(_on_llm_response)
-    if m is None:
-        m = reg.memo[_on_llm_response] = (
-            reg.counter("llm.calls"),
-            reg.counter("tokens.input"),
-            reg.counter("tokens.output"),
-            reg.counter("tokens.cached"),
-            reg.counter("cost.usd"),
-        )
-    calls, tokens_in, tokens_out, tokens_cached, cost = m
-    calls.value += 1
-    tokens_in.value += e.input_tokens
-    tokens_out.value += e.output_tokens
-    tokens_cached.value += e.cached_tokens
-    cost.value += e.cost
-    if e.cached:
-        reg.counter("llm.cached").value += 1
-        reg.histogram("llm.latency.cached").record(e.latency)
-    else:
-        reg.histogram("llm.latency").record(e.latency)
-        if e.ttft is not None:
-            reg.histogram("llm.ttft").record(e.ttft)
-    if e.usage_source == "local":
-        reg.counter("llm.usage_local").value += 1
-
-
-def _on_llm_retry(reg: MetricsRegistry, e: LLMRetry) -> None:
-    key = (_on_llm_retry, e.reason)
-    m = reg.memo.get(key)
-    if m is None:
-        m = reg.memo[key] = (
-            reg.counter("llm.retries"),
-            reg.counter(f"llm.retries.{e.reason}"),
-            reg.histogram("llm.retry_wait"),
-        )
-    m[0].value += 1
-    m[1].value += 1
-    m[2].record(e.wait)
-
-
-def _on_llm_failed(reg: MetricsRegistry, e: LLMRequestFailed) -> None:
-    reg.counter("llm.errors").value += 1
-    reg.counter(f"llm.errors.{e.error_type}").value += 1
-
-
-def _on_token_drift(reg: MetricsRegistry, e: TokenDrift) -> None:
-    m = reg.memo.get(_on_token_drift)
-    if m is None:
-        m = reg.memo[_on_token_drift] = (reg.counter("tokens.drift_checks"), reg.histogram("tokens.drift_ratio"))
-    m[0].value += 1
-    m[1].record(abs(e.local - e.server) / max(e.server, 1))
-
-
-def _on_tool_started(reg: MetricsRegistry, e: ToolStarted) -> None:
-    m = reg.memo.get(_on_tool_started)
-    if m is None:
-        m = reg.memo[_on_tool_started] = reg.gauge("tools.in_flight")
-    m.inc()
-
-
-def _on_tool_finished(reg: MetricsRegistry, e: ToolFinished) -> None:
-    key = (_on_tool_finished, e.name)
-    m = reg.memo.get(key)
-    if m is None:
-        m = reg.memo[key] = (
-            reg.gauge("tools.in_flight"),
-            reg.counter("tool.calls"),
-            reg.histogram("tool.duration"),
-            reg.histogram(f"tool.duration.{e.name}"),
-        )
-    in_flight, calls, duration, duration_by_name = m
-    in_flight.dec()
-    calls.value += 1
-    duration.record(e.duration)
-    duration_by_name.record(e.duration)
-    if not e.ok:
-        reg.counter("tool.errors").value += 1
-    if e.truncated:
-        reg.counter("tool.truncated").value += 1
-
-
-def _on_cache_hit(reg: MetricsRegistry, e: CacheHit) -> None:
-    key = (_on_cache_hit, e.cache, e.tier)
-    m = reg.memo.get(key)
-    if m is None:
-        c = e.cache
-        m = reg.memo[key] = (
-            reg.counter(f"cache.{c}.hits"),
-            reg.counter(f"cache.{c}.hits.{e.tier}"),
-            reg.histogram(f"cache.{c}.lookup.{e.tier}"),
-            reg.counter(f"cache.{c}.tokens_saved"),
-            reg.counter(f"cache.{c}.latency_saved"),
-        )
-    hits, hits_tier, lookup, tokens_saved, latency_saved = m
-    hits.value += 1
-    hits_tier.value += 1
-    lookup.record(e.lookup_seconds)
-    tokens_saved.value += e.tokens_saved
-    latency_saved.value += e.latency_saved
-
-
-def _on_cache_miss(reg: MetricsRegistry, e: CacheMiss) -> None:
-    key = (_on_cache_miss, e.cache)
-    m = reg.memo.get(key)
-    if m is None:
-        m = reg.memo[key] = (reg.counter(f"cache.{e.cache}.misses"), reg.histogram(f"cache.{e.cache}.lookup.miss"))
-    m[0].value += 1
-    m[1].record(e.lookup_seconds)
-
-
-def _on_cache_stored(reg: MetricsRegistry, e: CacheStored) -> None:
-    reg.counter(f"cache.{e.cache}.stores").value += 1
-
-
-def _on_cache_evicted(reg: MetricsRegistry, e: CacheEvicted) -> None:
-    reg.counter(f"cache.{e.cache}.evictions").value += 1
-
-
-def _on_cache_warning(reg: MetricsRegistry, e: CacheWarning) -> None:
-    reg.counter(f"cache.{e.cache}.warnings").value += 1
-
-
-_BUILTIN: tuple[tuple[type[Event], Callable[[MetricsRegistry, Any], None]], ...] = (
-    (RunStarted, _on_run_started),
-    (RunFinished, _on_run_finished),
-    (LimitHit, _on_limit_hit),
-    (LLMRequestStarted, _on_llm_request),
-    (LLMResponse, _on_llm_response),
-    (LLMRetry, _on_llm_retry),
-    (LLMRequestFailed, _on_llm_failed),
-    (TokenDrift, _on_token_drift),
-    (ToolStarted, _on_tool_started),
-    (ToolFinished, _on_tool_finished),
-    (CacheHit, _on_cache_hit),
-    (CacheMiss, _on_cache_miss),
-    (CacheStored, _on_cache_stored),
-    (CacheEvicted, _on_cache_evicted),
-    (CacheWarning, _on_cache_warning),
-)
-
-for _event_type, _handler in _BUILTIN:
-    DEFAULT_HANDLERS.register(_event_type, _handler)
-del _event_type, _handler

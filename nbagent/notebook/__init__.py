@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = ["load_ipython_extension", "register", "unload_ipython_extension", "unregister"]
 
-_loaded: dict[int, Any] = {}
+_ATTR = "_nbagent_magics"  # the magics registered on a shell are kept on the shell itself
 
 
 def register(ipython: Any, registry: Any = None) -> Any:
@@ -27,15 +27,16 @@ def register(ipython: Any, registry: Any = None) -> Any:
     magics = AgentMagics(ipython, registry=registry)
     ipython.register_magics(magics)  # a Magics instance adds itself to ipython.configurables (%config)
     ipython.events.register("pre_run_cell", magics.pre_run_cell)
-    _loaded[id(ipython)] = magics
+    setattr(ipython, _ATTR, magics)
     return magics
 
 
 def unregister(ipython: Any) -> None:
     """Undo :func:`register` (the runs and the registry are left alone)."""
-    magics = _loaded.pop(id(ipython), None)
+    magics = getattr(ipython, _ATTR, None)
     if magics is None:
         return
+    delattr(ipython, _ATTR)
     try:
         ipython.events.unregister("pre_run_cell", magics.pre_run_cell)
     except ValueError:
@@ -45,13 +46,33 @@ def unregister(ipython: Any) -> None:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext nbagent``: the magics on the kernel's registry (loading twice is a no-op)."""
-    if id(ipython) not in _loaded:
-        magics = register(ipython)
-        from .. import store
+    """``%load_ext nbagent``: a runtime for the kernel and the magics on it (loading twice is a no-op).
 
-        store.enable(magics.registry.bus)  # every run of the kernel is kept (NBAGENT_STORE=off: not kept)
+    The kernel's runtime becomes the default one (:func:`nbagent.runtime`); it keeps every run in the run store
+    (``NBAGENT_STORE=off``: not kept) and is closed when the extension is unloaded or the kernel shuts down.
+    """
+    if getattr(ipython, _ATTR, None) is None:
+        import atexit
+
+        from ..runtime import Runtime, set_runtime
+
+        rt = Runtime()
+        old = set_runtime(rt)
+        if old is not None and not old.closed:
+            old.close()
+        magics = register(ipython)
+        rt.enable_store()
+        atexit.register(_close_at_exit, rt)
         _warm_up_when_idle(magics.registry)
+
+
+def _close_at_exit(rt: Any) -> None:
+    """Kernel shutdown: close the kernel's runtime (flush the store, stop sandboxes and servers)."""
+    if not rt.closed:
+        try:
+            asyncio.run(rt.aclose())
+        except Exception:  # noqa: BLE001 - at exit, a part that fails to close must not hide the others
+            pass
 
 
 def _warm_up_when_idle(registry: Any, delay: float = 1.0) -> None:

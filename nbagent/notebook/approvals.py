@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .entry import RunEntry
-    from .registry import RunRegistry
+    from .session import RunRegistry
 
 __all__ = ["Approvals", "Pending", "format_arguments"]
 

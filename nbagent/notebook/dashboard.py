@@ -25,9 +25,10 @@ from IPython.display import DisplayHandle, display
 from plotly.subplots import make_subplots
 
 from ..metrics import Histogram, MetricsRegistry
-from .integrations import sandbox_histogram_names, sandbox_stats
+from ..record import format_cost
+from .integrations import sandbox_stats
 from .kernel import current_parent, update_display
-from .registry import RunRegistry, current
+from .session import RunRegistry, current
 from .static import fmt_seconds, histogram_bins, histogram_svg
 
 __all__ = ["Dashboard", "dashboard"]
@@ -72,8 +73,7 @@ class ProcessSampler:
 
 def _hist(reg: MetricsRegistry, name: str) -> Histogram | None:
     if name.startswith("@"):
-        wait, execs = sandbox_histogram_names(reg)
-        name = (wait if name == "@wait" else execs) or ""
+        name = "sandbox.lease_wait" if name == "@wait" else "sandbox.exec"
     return reg.histograms.get(name)
 
 
@@ -214,7 +214,11 @@ class Dashboard(widgets.VBox):
             + (f" ({html.escape(statuses)})" if statuses else ""),
             f'<span class="nbagent-dashboard-tokens">tokens <b>{int(v("tokens.input")):,}</b> in / '
             f'<b>{int(v("tokens.output")):,}</b> out / <b>{int(v("tokens.cached")):,}</b> cached</span>',
-            f"cost ${v('cost.usd'):.4f}",
+            "cost " + (format_cost(v("cost.usd")) if not v("cost.unpriced_calls") else
+                       f"unknown ({int(v('cost.unpriced_calls'))} calls to models with no price; "
+                       f"{format_cost(v('cost.usd'))} priced)"),
+            f"LLM calls {int(v('llm.calls'))} (+{int(v('llm.cached'))} from cache), retries {int(v('llm.retries'))}"
+            + (f", errors {int(v('llm.errors'))}" if v("llm.errors") else ""),
             f"LLM p50 {fmt_seconds(llm.p50 if llm else None)} p99 {fmt_seconds(llm.p99 if llm else None)}",
             f'<span class="nbagent-dashboard-hits">cache hit rate {"–" if hit is None else f"{hit:.0%}"}'
             + ("" if policy_hit is None else f", policy decisions {policy_hit:.0%} cached "
@@ -222,7 +226,7 @@ class Dashboard(widgets.VBox):
             f"loop lag p99 {fmt_seconds(mon['lag_p99'])}, {mon['blocks']} blocks",  # type: ignore[arg-type]
             f"kernel CPU {cpu:.0f}% · {mib:.0f} MiB",
         ]
-        sb = sandbox_stats(create=False)
+        sb = sandbox_stats(self.registry.runtime, create=False)
         if sb:
             parts.append(f"sandboxes {sb.get('active', 0)} active / {sb.get('idle', 0)} idle / "
                          f"{sb.get('total', 0)} of {sb.get('max_total', '?')}")

@@ -1,4 +1,4 @@
-"""Optional parts reached through guarded imports: the response cache and the sandbox manager.
+"""Optional parts reached through guarded imports: the sandbox package and cache statistics.
 
 The notebook layer works whether or not these packages are installed; when they are, their figures are
 shown (``%agent cache``, ``%agent sandboxes``, the dashboard) and ``--cache`` / ``--sandbox`` use them.
@@ -7,17 +7,13 @@ shown (``%agent cache``, ``%agent sandboxes``, the dashboard) and ``--cache`` / 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from typing import Any
 
-from ..events import Event, EventBus
-from ..metrics import DEFAULT_HANDLERS, MetricsRegistry, RunMetricsIndex
+from ..runtime import CACHE_MODES, Runtime
 
-__all__ = ["CACHE_MODES", "SANDBOX_BACKENDS", "cache_stats", "install_sandbox_metrics", "response_cache",
-           "sandbox_stats", "sandbox_tools"]
+__all__ = ["CACHE_MODES", "SANDBOX_BACKENDS", "cache_stats", "sandbox_stats", "sandbox_tools"]
 
 SANDBOX_BACKENDS = ("auto", "docker", "local")
-CACHE_MODES = ("off", "read-write", "record", "replay")
 
 
 def _module(name: str) -> Any | None:
@@ -40,60 +36,18 @@ def _as_dict(stats: Any) -> dict[str, Any] | None:
 # --- sandboxes --------------------------------------------------------------------------------------
 
 
-def sandbox_stats(*, create: bool = True) -> dict[str, Any] | None:
-    """The process-wide sandbox manager's :class:`SandboxStats` as a dict, or None without sandboxes.
+def sandbox_stats(runtime: Runtime, *, create: bool = True) -> dict[str, Any] | None:
+    """The runtime's sandbox manager's :class:`SandboxStats` as a dict, or None without sandboxes.
 
     ``create=False`` (the dashboard) only looks at a manager that some run has already made.
     """
-    mod = _module("nbagent.sandbox.manager")
-    if mod is None or not hasattr(mod, "default_manager"):
+    if _module("nbagent.sandbox.manager") is None:
         return None
     try:
-        manager = mod.default_manager() if create else getattr(mod, "_default", None)
+        manager = runtime.sandboxes if create else runtime.sandboxes_if_started()
         return None if manager is None else _as_dict(manager.stats())
     except Exception:  # noqa: BLE001 - an optional part that fails shows as absent
         return None
-
-
-def install_sandbox_metrics(index: RunMetricsIndex) -> None:
-    """Feed ``sandbox.lease_wait`` and ``sandbox.exec`` histograms when the sandbox package registers none."""
-    mod = _module("nbagent.sandbox.events")
-    if mod is None:
-        return
-    leased, executed = getattr(mod, "SandboxLeased", None), getattr(mod, "SandboxExec", None)
-    pairs: list[tuple[type[Event], Callable[[MetricsRegistry, Any], None]]] = []
-    if leased is not None and not DEFAULT_HANDLERS.handlers_for(leased):
-        pairs.append((leased, lambda reg, e: reg.histogram("sandbox.lease_wait").record(e.wait)))
-    if executed is not None and not DEFAULT_HANDLERS.handlers_for(executed):
-        pairs.append((executed, lambda reg, e: reg.histogram("sandbox.exec").record(e.seconds)))
-    for event_type, handler in pairs:
-        index.register(event_type, handler)
-
-
-def sandbox_histogram_names(reg: MetricsRegistry) -> tuple[str | None, str | None]:
-    """The names of the lease-wait and exec histograms, whichever package feeds them."""
-    names = [n for n in reg.histograms if n.startswith("sandbox.")]
-    wait = next((n for n in names if "wait" in n), None)
-    execs = next((n for n in names if "exec" in n), None)
-    return wait, execs
-
-
-# --- response cache ---------------------------------------------------------------------------------
-
-
-def response_cache(mode: str, bus: EventBus, caches: dict[str, Any]) -> Any | None:
-    """The notebook's response cache in ``mode`` (one per mode, kept in ``caches``), or None when off.
-
-    Raises ``RuntimeError`` when the cache package is not installed.
-    """
-    if mode == "off":
-        return None
-    if mode not in caches:
-        mod = _module("nbagent.cache")
-        if mod is None or not hasattr(mod, "ResponseCache"):
-            raise RuntimeError(f"--cache {mode}: the response cache is not available in this installation")
-        caches[mode] = mod.ResponseCache(mode=mode, bus=bus)
-    return caches[mode]
 
 
 def sandbox_tools(backend: str | None) -> dict[str, Any]:

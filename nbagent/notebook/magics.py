@@ -1,7 +1,7 @@
 """``%%agent`` (run the cell as a prompt) and ``%agent`` (list, cancel, stats, ... the runs of the notebook).
 
 Each magic parses its arguments, calls the registry and displays; the runs, their state and their views
-live in :mod:`nbagent.notebook.registry`, :mod:`~nbagent.notebook.state` and :mod:`~nbagent.notebook.widgets`.
+live in :mod:`nbagent.notebook.session`, :mod:`~nbagent.notebook.state` and :mod:`~nbagent.notebook.widgets`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from traitlets import Bool, Enum, Float, Integer, List, Unicode, observe
 
 from . import static
 from .integrations import CACHE_MODES, SANDBOX_BACKENDS, cache_stats, sandbox_stats, sandbox_tools
-from .registry import RunEntry, RunRegistry, current
+from .session import RunEntry, RunRegistry, current
 from .spec import RunSpec, agent_factory, interpolate, resolve_policy, resolve_tools
 from .state import shorten
 from .widgets import RunOutput
@@ -296,7 +296,7 @@ class AgentMagics(Magics):
         _html(static.table_html(["cache", "value"], rows), "\n".join(f"{k}: {v}" for k, v in rows))
 
     def _cmd_sandboxes(self, rest: list[str]) -> None:
-        stats = sandbox_stats()
+        stats = sandbox_stats(self.registry.runtime)
         if stats is None:
             print("sandboxes are not available in this installation")
             return
@@ -318,6 +318,6 @@ _SUBCOMMANDS = ("list", "cancel", "wait", "stats", "history", "config", "cache",
 
 def shutdown() -> None:
     """Cancel the notebook's runs and release what they hold (unloading the extension calls it)."""
-    from .registry import shutdown as close_registry
+    from .session import shutdown as close_registry
 
     close_registry()

@@ -15,8 +15,7 @@ from IPython.core.error import UsageError
 from .. import local_model
 from ..agent import Agent, Tool
 from ..errors import EndpointNotConfigured
-from .integrations import response_cache
-from .registry import RunRegistry
+from .session import RunRegistry
 
 __all__ = ["RunSpec", "interpolate", "resolve_policy", "resolve_tools"]
 
@@ -117,15 +116,15 @@ def agent_factory(spec: RunSpec, registry: RunRegistry, tools: list[Tool]) -> Ca
 
     def build() -> Agent:
         kwargs: dict[str, Any] = {"system": spec.system, "max_steps": spec.max_steps, "stream": spec.stream,
-                                  "base_url": spec.base_url, "settings": registry.settings,
+                                  "base_url": spec.base_url,
                                   "first_tool": spec.first_tool,
                                   "policy": (registry.default_policy or False) if spec.policy is None else
                                   registry.with_approvals(spec.policy)}
-        cache = response_cache(spec.cache or "off", registry.bus, registry.caches)
+        mode = spec.cache or "off"
+        cache = registry.runtime.response_cache(mode)
         if cache is not None:
             kwargs["cache"] = cache
-            if hasattr(cache, "tool_cache"):
-                kwargs["tool_cache"] = registry.caches.setdefault(f"{spec.cache}:tools", cache.tool_cache())
+            kwargs["tool_cache"] = registry.runtime.tool_cache(mode)
         agent = registry.agent(spec.model, tools, **kwargs)
         if spec.timeout is not None:
             agent.limits.max_wall_time = spec.timeout

@@ -1,8 +1,8 @@
-"""What a run widget shows, folded from the run's events: plain data, no widget and no run logic.
+"""What a run widget shows: a view over the run's :class:`~nbagent.record.RunRecord`; no widget, no run logic.
 
-:class:`RunState` takes events one by one (:meth:`RunState.apply`) and the final
-:class:`~nbagent.agent.RunResult` (:meth:`RunState.finish`); views read it and render. ``version`` grows
-with every change so a view can skip redraws when nothing changed.
+:class:`RunState` reads the record that the runtime folds (or folds one itself when given events one by one,
+:meth:`RunState.apply`) and the final :class:`~nbagent.agent.RunResult` (:meth:`RunState.finish`); views read
+it and render. ``version`` grows with every change so a view can skip redraws when nothing changed.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..events import Event
+from ..record import RunRecord, Span
 
 if TYPE_CHECKING:
     from ..agent import RunResult
@@ -53,75 +54,127 @@ class StepCard:
 
 @dataclass
 class RunState:
-    """Everything a run view displays."""
+    """What a run view displays: a view over the run's :class:`~nbagent.record.RunRecord` (the one fold of its
+    events) plus what only a view needs (the streaming text, warnings, the approval being asked)."""
 
     name: str
     run_id: str = ""
     prompt: str = ""
-    model: str = ""
-    status: str = "starting"
-    stop_reason: str = ""
-    error: str | None = None
-    started: float = field(default_factory=time.monotonic)
-    ended: float | None = None
     text: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
     streamed_chars: int = 0  # of the request in flight: a live estimate until its usage arrives
-    requests: int = 0
-    tool_calls: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    cost: float = 0.0
-    cards: list[StepCard] = field(default_factory=list)
     dropped_cards: int = 0
     warnings: list[str] = field(default_factory=list)
     profile_text: str = ""  # the profile's breakdown and call tree, for runs started with --profile
     pending_approval: str = ""  # the tool call a policy is asking about, while it waits for an answer
     version: int = 0
-    _tools: dict[str, StepItem] = field(default_factory=dict, repr=False)
+    record: RunRecord = field(default_factory=lambda: RunRecord(""), repr=False)
+    _shared: bool = field(default=False, repr=False)  # the record is folded by the runtime, not here
+    _final: tuple[str, str, str | None] | None = field(default=None, repr=False)
+    _created: float = field(default_factory=time.time, repr=False)
     _fresh_text: bool = field(default=False, repr=False)
 
     # --- reading ----------------------------------------------------------------------------------
+
+    def use_record(self, record: RunRecord) -> None:
+        """Show ``record``, which the runtime folds (this state then folds nothing itself)."""
+        self.record, self._shared = record, True
+        self.version += 1
+
+    @property
+    def status(self) -> str:
+        if self._final is not None:
+            return self._final[0]
+        r = self.record
+        return "starting" if r.started is None else r.status
+
+    @property
+    def stop_reason(self) -> str:
+        return self._final[1] if self._final is not None else self.record.stop_reason
+
+    @property
+    def error(self) -> str | None:
+        return self._final[2] if self._final is not None else self.record.error
+
+    @property
+    def model(self) -> str:
+        return self.record.model
 
     @property
     def done(self) -> bool:
         return self.status in FINAL
 
+    @property
+    def started(self) -> float:
+        """When the run started (seconds since the epoch; when the view was made, before that)."""
+        return self.record.started if self.record.started is not None else self._created
+
+    @property
+    def ended(self) -> float | None:
+        if self.record.ended is not None:
+            return self.record.ended
+        return time.time() if self._final is not None else None
+
     def elapsed(self, now: float | None = None) -> float:
-        end = self.ended if self.ended is not None else (time.monotonic() if now is None else now)
+        """Seconds from the start to the end (or to now while running). ``now`` is seconds since the epoch."""
+        end = self.ended if self.ended is not None else (time.time() if now is None else now)
         return max(end - self.started, 0.0)
+
+    input_tokens = property(lambda self: self.record.input_tokens)
+    output_tokens = property(lambda self: self.record.output_tokens)
+    cached_tokens = property(lambda self: self.record.cached_tokens)
+    requests = property(lambda self: self.record.llm_calls + self.record.cached_calls)
+    tool_calls = property(lambda self: self.record.tool_calls)
+    retries = property(lambda self: self.record.retries)
+    cost = property(lambda self: self.record.cost)
+
+    @property
+    def cache_hits(self) -> int:
+        return self.record.cached_calls
 
     @property
     def live_output_tokens(self) -> int:
         """Output tokens so far, with ~4 characters per token for the answer still streaming."""
         return self.output_tokens + self.streamed_chars // 4
 
+    @property
+    def cards(self) -> list[StepCard]:
+        """One card per step, built from the record's spans (the newest :data:`MAX_CARDS`)."""
+        steps = [s for s in self.record.root.children if s.kind == "step"]
+        loose = [s for s in self.record.root.children if s.kind != "step"]
+        cards = [StepCard(i + 1, _items(loose)) for i in range(1 if loose else 0)]
+        for span in steps:
+            cards.append(StepCard(int(span.name.split()[-1]) if span.name[-1:].isdigit() else len(cards) + 1,
+                                  _items(span.children)))
+        self.dropped_cards = max(len(cards) - MAX_CARDS, 0)
+        return cards[-MAX_CARDS:]
+
     # --- folding events -----------------------------------------------------------------------------
 
-    def _card(self) -> StepCard:
-        if not self.cards:
-            self._new_card(max(self.requests, 1))
-        return self.cards[-1]
-
-    def _new_card(self, step: int) -> None:
-        self.cards.append(StepCard(step))
-        if len(self.cards) > MAX_CARDS:
-            del self.cards[0]
-            self.dropped_cards += 1
-
-    def _add(self, item: StepItem) -> None:
-        card = self._card()
-        card.items.append(item)
-        card.version += 1
-
     def apply(self, ev: Event) -> None:
-        """Fold one event of this run into the state."""
-        handler = _HANDLERS.get(ev.kind)
-        if handler is not None:
-            handler(self, ev)
-            self.version += 1
+        """Take one event of this run: the record folds it (unless the runtime does), the view keeps the text."""
+        if not self._shared:
+            if not self.record.run_id and ev.run_id:
+                self.record.run_id = ev.run_id
+            self.record.apply(ev)
+        kind = ev.kind
+        if kind == "llm_text_delta":
+            if self._fresh_text:
+                self.text, self._fresh_text = "", False
+            text = ev.text  # type: ignore[attr-defined]
+            self.streamed_chars += len(text)
+            if len(self.text) < MAX_TEXT:
+                self.text += text
+        elif kind == "llm_request":
+            self.streamed_chars = 0
+            self._fresh_text = True  # the next streamed text starts a new answer
+        elif kind == "llm_response":
+            self.streamed_chars = 0
+        elif kind == "run_started":
+            self.run_id = ev.run_id or self.run_id
+            self.prompt = self.prompt or ev.prompt  # type: ignore[attr-defined]
+        elif kind == "limit_hit":
+            self.warn(f"limit {ev.limit} reached ({ev.value:g} of {ev.maximum:g})")  # type: ignore[attr-defined]
+        self.version += 1
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -136,16 +189,14 @@ class RunState:
             self.version += 1
 
     def finish(self, result: RunResult) -> None:
-        """Take the authoritative figures from the run's result."""
-        u = result.usage
-        self.status, self.stop_reason = result.status, result.stop_reason
+        """Take the run's result: its record (when it has one), status, output and profile."""
+        if result.record is not None and result.record is not self.record:
+            self.record, self._shared = result.record, True
         self.run_id = self.run_id or result.run_id
-        self.error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
-        if result.status == "error" and self.error is None:
-            self.error = result.stop_reason
-        self.input_tokens, self.output_tokens = u.tokens.input_tokens, u.tokens.output_tokens
-        self.cached_tokens, self.cost = u.tokens.cached_tokens, u.cost
-        self.requests, self.tool_calls, self.cache_hits = u.requests, u.tool_calls, u.cache_hits
+        error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"
+        if result.status == "error" and error is None:
+            error = result.stop_reason
+        self._final = (result.status, result.stop_reason, error or self.record.error)
         self.streamed_chars = 0
         self.pending_approval = ""
         profile = getattr(result, "profile", None)
@@ -153,161 +204,87 @@ class RunState:
             self.profile_text = f"{profile.breakdown_table()}\n\n{profile.text[:20_000]}"
         if result.output:
             self.text = result.output[:MAX_TEXT]
-        if self.ended is None:
-            self.ended = self.started + result.timings.get("total", self.elapsed())
-        for item in self._tools.values():
-            item.done = True
         self.version += 1
 
 
-def _monotonic(ts: float) -> float:
-    """An event's wall-clock ``ts`` on the monotonic clock."""
-    return time.monotonic() - max(time.time() - ts, 0.0)
+def _items(spans: list[Span]) -> list[StepItem]:
+    """The lines of a step card, from the spans of one step."""
+    items: list[StepItem] = []
+    for sp in spans:
+        maker = _ITEM.get(sp.kind)
+        if maker is not None:
+            items.extend(maker(sp))
+    return items
 
 
-def _on_run_started(s: RunState, e: Any) -> None:
-    s.status, s.run_id, s.model = "running", e.run_id or s.run_id, e.model or s.model
-    s.started = _monotonic(e.ts)
-    s.prompt = s.prompt or e.prompt
+def _secs(sp: Span) -> float:
+    return sp.duration or 0.0
 
 
-def _on_step(s: RunState, e: Any) -> None:
-    s._new_card(e.step)
-
-
-def _on_llm_request(s: RunState, e: Any) -> None:
-    s.streamed_chars = 0
-    s._fresh_text = True  # the next streamed text starts a new answer
-    if e.attempt == 1:
-        s._add(StepItem("llm", "model call", "waiting…"))
-
-
-def _on_first_token(s: RunState, e: Any) -> None:
-    item = _last(s, "llm")
-    if item is not None:
-        item.detail = f"first token {e.ttft:.2f} s, streaming…"
-        s._card().version += 1
-
-
-def _on_delta(s: RunState, e: Any) -> None:
-    if s._fresh_text:
-        s.text, s._fresh_text = "", False
-    s.streamed_chars += len(e.text)
-    if len(s.text) < MAX_TEXT:
-        s.text += e.text
-
-
-def _on_llm_response(s: RunState, e: Any) -> None:
-    s.requests += 1
-    s.input_tokens += e.input_tokens
-    s.output_tokens += e.output_tokens
-    s.cached_tokens += e.cached_tokens
-    s.cost += e.cost
-    s.streamed_chars = 0
-    ttft = f", ttft {e.ttft:.2f} s" if e.ttft is not None else ""
-    retries = f", {e.attempts - 1} retries" if e.attempts > 1 else ""
-    tools = f" → {e.tool_calls} tool call{'s' if e.tool_calls != 1 else ''}" if e.tool_calls else ""
-    detail = (f"{e.input_tokens:,} in / {e.output_tokens:,} out"
-              + (f" / {e.cached_tokens:,} cached" if e.cached_tokens else "")
-              + f" tok · {e.latency:.2f} s{ttft}{retries}{tools}")
-    item = _last(s, "llm")
-    label = "model call (cache hit)" if e.cached else "model call"
-    if item is None or item.done:
-        s._add(StepItem("llm", label, detail, done=True, seconds=e.latency))
+def _model_items(sp: Span) -> list[StepItem]:
+    a = sp.attrs
+    out: list[StepItem] = []
+    if sp.end is None:
+        attempt = next((c for c in reversed(sp.children) if c.kind == "attempt"), None)
+        ttft = attempt.attrs.get("ttft") if attempt is not None else None
+        detail = "waiting…" if ttft is None else f"first token {ttft:.2f} s, streaming…"
+        out.append(StepItem("llm", "model call", detail))
+    elif sp.status == "error":
+        out.append(StepItem("error", "model call failed", shorten(a.get("error") or "", 200), ok=False, done=True,
+                            seconds=_secs(sp)))
+    elif sp.status == "cancelled":
+        out.append(StepItem("llm", "model call", "cancelled", ok=False, done=True, seconds=_secs(sp)))
     else:
-        item.label, item.detail, item.done, item.seconds = label, detail, True, e.latency
-        s._card().version += 1
+        ttft = f", ttft {a['ttft']:.2f} s" if a.get("ttft") is not None else ""
+        retries = f", {a['attempts'] - 1} retries" if (a.get("attempts") or 1) > 1 else ""
+        n = a.get("tool_calls") or 0
+        tools = f" → {n} tool call{'s' if n != 1 else ''}" if n else ""
+        latency = a.get("latency", _secs(sp))
+        detail = (f"{a.get('input_tokens', 0):,} in / {a.get('output_tokens', 0):,} out"
+                  + (f" / {a['cached_tokens']:,} cached" if a.get("cached_tokens") else "")
+                  + f" tok · {latency:.2f} s{ttft}{retries}{tools}")
+        label = "model call (cache hit)" if a.get("cached") else "model call"
+        out.append(StepItem("llm", label, detail, done=True, seconds=latency))
+    for c in sp.children:
+        if c.kind == "backoff":
+            out.append(StepItem("retry", "retry", f"{c.attrs.get('reason', '')}, waiting {_secs(c):.2f} s",
+                                ok=False, done=True, seconds=_secs(c)))
+    return out
 
 
-def _on_retry(s: RunState, e: Any) -> None:
-    s.retries += 1
-    s._add(StepItem("retry", f"retry after attempt {e.attempt}", f"{e.reason}, waiting {e.wait:.2f} s", ok=False,
-                    done=True))
+def _tool_items(sp: Span) -> list[StepItem]:
+    a = sp.attrs
+    args = shorten(a.get("arguments") or "{}", 120)
+    out = [*_items(sp.children)]
+    if sp.end is None:
+        return [StepItem("tool", sp.name, args), *out]
+    if sp.status == "cancelled":
+        return [StepItem("tool", sp.name, f"({args}) cancelled", ok=False, done=True, seconds=_secs(sp)), *out]
+    preview = shorten(a.get("error") or a.get("output_preview") or "", 120)
+    cut = f" (truncated, {a['output_chars']:,} chars)" if a.get("truncated") else ""
+    return [StepItem("tool", sp.name, f"({args}) {_secs(sp):.2f} s → {preview}{cut}", ok=sp.status == "ok",
+                     done=True, seconds=_secs(sp)), *out]
 
 
-def _on_failed(s: RunState, e: Any) -> None:
-    s._add(StepItem("error", "model call failed", shorten(f"{e.error_type}: {e.message}", 200), ok=False, done=True))
+def _policy_items(sp: Span) -> list[StepItem]:
+    a = sp.attrs
+    if a.get("action") == "allow" and a.get("decided_by") in ("rule", "default"):
+        return []  # an allowed call shows as the tool call itself
+    label = f"{'approved' if a.get('action') == 'allow' else 'denied'}"
+    return [StepItem("policy", label, f"{a.get('decided_by')}, {shorten(a.get('reason') or '', 100)} "
+                     f"({_secs(sp):.2f} s)", ok=a.get("action") == "allow", done=True, seconds=_secs(sp))]
 
 
-def _on_tool_started(s: RunState, e: Any) -> None:
-    item = StepItem("tool", e.name, shorten(e.arguments or "{}", 120))
-    s._tools[e.call_id] = item
-    s._add(item)
-
-
-def _on_tool_finished(s: RunState, e: Any) -> None:
-    s.tool_calls += 1
-    item = s._tools.pop(e.call_id, None)
-    args = item.detail if item is not None else ""
-    out = shorten(e.error or e.output_preview or "", 120)
-    cut = f" (truncated, {e.output_chars:,} chars)" if e.truncated else ""
-    detail = f"({args}) {e.duration:.2f} s → {out}{cut}"
-    if item is None:
-        s._add(StepItem("tool", e.name, detail, ok=e.ok, done=True, seconds=e.duration))
-        return
-    item.detail, item.ok, item.done, item.seconds = detail, e.ok, True, e.duration
-    for card in reversed(s.cards):
-        if item in card.items:
-            card.version += 1
-            break
-
-
-def _on_cache_hit(s: RunState, e: Any) -> None:
-    s.cache_hits += 1
-    saved = f", {e.tokens_saved:,} tokens saved" if e.tokens_saved else ""
-    s._add(StepItem("cache", f"{e.cache} cache hit", f"{e.tier}{saved}", done=True))
-
-
-def _on_limit(s: RunState, e: Any) -> None:
-    s.warn(f"limit {e.limit} reached ({e.value:g} of {e.maximum:g})")
-
-
-def _on_run_finished(s: RunState, e: Any) -> None:
-    s.status, s.stop_reason, s.error = e.status, e.stop_reason, e.error
-    s.ended = s.ended or _monotonic(e.ts)
-
-
-def _on_sandbox_leased(s: RunState, e: Any) -> None:
-    s._add(StepItem("sandbox", f"sandbox {e.backend}", f"leased after {e.wait:.2f} s", done=True))
-
-
-def _on_sandbox_exec(s: RunState, e: Any) -> None:
-    code = "timed out" if getattr(e, "timed_out", False) else f"exit {e.exit_code}"
-    s._add(StepItem("sandbox", f"exec ({e.lang})", f"{e.seconds:.2f} s, {code}", ok=bool(e.ok), done=True))
-
-
-def _on_policy(s: RunState, e: Any) -> None:
-    if e.action == "allow" and e.decided_by in ("rule", "default"):
-        return  # an allowed call shows as the tool call itself
-    label = f"{e.tool}: {'approved' if e.action == 'allow' else 'denied'}"
-    s._add(StepItem("policy", label, f"{e.decided_by}, {shorten(e.reason, 100)} ({e.seconds:.2f} s)",
-                    ok=e.action == "allow", done=True, seconds=e.seconds))
-
-
-def _last(s: RunState, kind: str) -> StepItem | None:
-    if not s.cards:
-        return None
-    for item in reversed(s.cards[-1].items):
-        if item.kind == kind:
-            return item
-    return None
-
-
-_HANDLERS: dict[str, Any] = {
-    "run_started": _on_run_started,
-    "step_started": _on_step,
-    "llm_request": _on_llm_request,
-    "llm_first_token": _on_first_token,
-    "llm_text_delta": _on_delta,
-    "llm_response": _on_llm_response,
-    "llm_retry": _on_retry,
-    "llm_failed": _on_failed,
-    "tool_started": _on_tool_started,
-    "tool_finished": _on_tool_finished,
-    "cache_hit": _on_cache_hit,
-    "limit_hit": _on_limit,
-    "run_finished": _on_run_finished,
-    "sandbox_leased": _on_sandbox_leased,
-    "sandbox_exec": _on_sandbox_exec,
-    "policy_decided": _on_policy,
+_ITEM: dict[str, Any] = {
+    "model": _model_items,
+    "tool": _tool_items,
+    "policy": _policy_items,
+    "approval": _policy_items,
+    "cache": lambda sp: [StepItem("cache", sp.name, str(sp.attrs.get("tier") or ""), done=True)],
+    "lease": lambda sp: [StepItem("sandbox", sp.name.replace("lease", "sandbox"), f"leased after {_secs(sp):.2f} s",
+                                  done=True)],
+    "exec": lambda sp: [StepItem("sandbox", f"exec ({sp.name.split()[0]})",
+                                 f"{_secs(sp):.2f} s, "
+                                 + ("timed out" if sp.attrs.get("timed_out") else f"exit {sp.attrs.get('exit_code')}"),
+                                 ok=sp.status == "ok", done=True)],
 }

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..metrics import Histogram
+from ..record import format_cost
 from .state import RunState, StepItem
 
 __all__ = ["histogram_bins", "metrics_table", "run_summary_html", "svg_bars", "table_html", "text_summary"]
@@ -87,7 +88,7 @@ def run_summary_html(state: RunState) -> str:
         f'{STATUS_COLORS.get(state.status, "#555")};padding:2px 8px">'
         f"<div><b>{_e(state.name)}</b> {badge(state.status)} {_e(state.stop_reason)} · {state.elapsed():.2f} s · "
         f"{len(state.cards)} steps · {state.requests} model calls · {state.tool_calls} tool calls · "
-        f"{tokens_line(state)} · ${state.cost:.6f}</div>{error}{warnings}"
+        f"{tokens_line(state)} · {format_cost(state.cost)}</div>{error}{warnings}"
         f"<details><summary>answer and steps</summary>"
         f'<pre style="white-space:pre-wrap;max-height:20em;overflow:auto">{answer}</pre>{timing_bars}{steps}'
         f"</details>{profile}</div>"
@@ -110,16 +111,33 @@ def table_html(header: Sequence[str], rows: Iterable[Sequence[object]], *, capti
 
 
 def metrics_table(snapshot: Mapping[str, Any], *, caption: str = "") -> str:
-    """A :meth:`MetricsRegistry.snapshot` as one table: histograms (seconds) then counters and gauges."""
+    """A :meth:`MetricsRegistry.snapshot` as one table: histograms then counters and gauges, each value in its
+    metric's unit (seconds print as ms / s; steps, ratios, tokens and dollars as themselves)."""
+    units = snapshot.get("units", {})
     rows: list[list[object]] = []
     for name, s in snapshot.get("histograms", {}).items():
-        rows.append([name, s["count"], fmt_seconds(s["p50"]), fmt_seconds(s["p95"]), fmt_seconds(s["p99"]),
-                     fmt_seconds(s["max"])])
+        unit = units.get(name, "s")
+        rows.append([name, s["count"], *(fmt_value(s[k], unit) for k in ("p50", "p95", "p99", "max"))])
     for name, v in snapshot.get("counters", {}).items():
-        rows.append([name, _num(v), "", "", "", ""])
+        rows.append([name, fmt_value(v, units.get(name, "")), "", "", "", ""])
     for name, g in snapshot.get("gauges", {}).items():
-        rows.append([name, _num(g["value"]), "", "", "", f"peak {_num(g['max'])}"])
+        unit = units.get(name, "")
+        rows.append([name, fmt_value(g["value"], unit), "", "", "", f"peak {fmt_value(g['max'], unit)}"])
     return table_html(["metric", "count / value", "p50", "p95", "p99", "max"], rows, caption=caption)
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    """A metric's value in its unit: seconds as ms / s, dollars as ``$0.000038``, else the number and unit."""
+    if unit == "s":
+        return fmt_seconds(value)
+    if unit == "USD":
+        return "–" if value is None else format_cost(float(value))
+    if value is None:
+        return "–"
+    if unit == "ratio":
+        return f"{value:.3f}"
+    text = _num(value)
+    return f"{text} {unit}" if unit and unit not in ("calls", "lookups") else text
 
 
 def _num(v: Any) -> str:

@@ -17,6 +17,7 @@ import ipywidgets as widgets
 from IPython.display import DisplayHandle, display
 from ipywidgets.widgets.widget_string import HTMLStyle
 
+from ..record import format_cost
 from .kernel import current_parent, update_display
 from .state import RunState, StepCard
 from .static import STATUS_COLORS, badge, run_summary_html, text_summary, tokens_line
@@ -117,7 +118,7 @@ class RunWidget(widgets.VBox):
             f'<span class="nbagent-status" data-status="{html.escape(state.status)}">'
             f"<b>{html.escape(state.name)}</b> {badge(state.status)} {html.escape(state.stop_reason)} · "
             f"{state.elapsed():.1f} s · {state.model and html.escape(state.model) + ' · '}{len(state.cards)} steps"
-            f"</span><br>{tokens_line(state)} · ${state.cost:.6f}"
+            f"</span><br>{tokens_line(state)} · {format_cost(state.cost)}"
             + (f'<div class="nbagent-pending" style="color:#ef6c00;font-weight:bold">waiting for approval: '
                f"{html.escape(state.pending_approval)}</div>" if state.pending_approval and not state.done else "")
             + "".join(f'<div style="color:#ef6c00">⚠ {html.escape(w)}</div>' for w in state.warnings) + "</div>")

@@ -10,6 +10,7 @@ or a plain subprocess reported as not isolated). Agent tools: :func:`sandbox_too
 
 from __future__ import annotations
 
+from . import metrics as _metrics  # noqa: F401 - registers the package's metrics
 from .backend import SandboxBackend, SandboxDriver, SandboxLabels, SandboxRecord
 from .docker import DockerBackend
 from .events import (

@@ -378,18 +378,9 @@ def _atexit_cleanup(ref: weakref.ref[SandboxManager]) -> None:
         manager.cleanup_sync()
 
 
-_default: SandboxManager | None = None
-
-
 def default_manager() -> SandboxManager:
-    """The process-wide manager that sandbox tools use unless given one (made on first use, with the
-    default spec and pool; a new one is made if the old one was closed or its event loop is gone)."""
-    global _default
-    loop = None if _default is None else _default._pool.loop
-    if _default is None or _default.closed or (loop is not None and loop.is_closed()):
-        from ..agent.loop import default_settings
-        from .spec import from_settings
+    """The default runtime's sandbox manager, which sandbox tools use unless given one (made on first use from
+    the settings' ``[sandbox]`` table; a new one is made if the old one was closed or its event loop is gone)."""
+    from ..runtime import runtime
 
-        spec, pool = from_settings(default_settings().sandbox)
-        _default = SandboxManager(spec, pool)
-    return _default
+    return runtime().sandboxes

@@ -4,7 +4,7 @@
 
     import nbagent.store as store
 
-    store.enable()                      # keep everything the default bus carries (the notebook does this)
+    store.enable()                      # keep every run of the default runtime (the notebook does this)
     ...
     store.history(status="error", since="1d")     # a pandas DataFrame of runs
     run = store.load_run("3f2a")                  # events, messages, artifacts of one run (id prefix ok)
@@ -19,14 +19,13 @@ reach the database (:mod:`nbagent.store.redact`). Writing is described in :mod:`
 from __future__ import annotations
 
 import os
-import threading
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..events import EventBus, default_bus
+from ..events import EventBus
 from .query import StoredRun, parse_time
-from .redact import add_secret, install_log_redaction, redact, redact_obj
+from .redact import add_secret, install_log_redaction, redact, redact_obj  # noqa: F401 - public
 from .runs import RunStore, default_path
 
 if TYPE_CHECKING:
@@ -47,104 +46,84 @@ __all__ = [
     "parse_time",
     "redact",
     "redact_obj",
+    "store_disabled",
 ]
 
-_lock = threading.Lock()
-_default: RunStore | None = None
-_attached: dict[int, Any] = {}
-
-
-def default_store() -> RunStore:
-    """The process-wide store at :func:`default_path` (opened on first use)."""
-    global _default
-    with _lock:
-        if _default is None or _default._closed or _default.path != default_path():
-            _default = RunStore()
-        return _default
+def store_disabled() -> bool:
+    """True when ``NBAGENT_STORE`` is ``0``/``off``/``false``/``no``: runs are then not kept."""
+    return os.environ.get("NBAGENT_STORE", "").lower() in ("0", "off", "false", "no")
 
 
 def active_store() -> RunStore | None:
-    """The process-wide store if :func:`enable` attached it to a bus, else None."""
-    return _default if _attached and _default is not None and not _default._closed else None
+    """The store of the default runtime (:func:`nbagent.runtime.runtime`), or None when it keeps no runs."""
+    from ..runtime import runtime
+
+    return runtime().store
+
+
+def default_store() -> RunStore:
+    """The default runtime's store, or a store at :func:`default_path` opened for reading (not attached)."""
+    return active_store() or RunStore()
 
 
 def enable(bus: EventBus | None = None, **store_options: Any) -> RunStore | None:
-    """Attach the process-wide store to ``bus`` (default: the default bus); idempotent per bus.
+    """Keep every run of the default runtime (``Runtime.enable_store``); idempotent.
 
-    ``store_options`` (``path``, ``batch_size``, ``flush_interval``...) open a new process-wide store when
-    given. Returns None, and keeps nothing, when ``NBAGENT_STORE`` is ``0``/``off``/``false``.
+    ``store_options`` (``path``, ``batch_size``, ``flush_interval``...) open a new store when given. Returns
+    None, and keeps nothing, when ``NBAGENT_STORE`` is ``0``/``off``/``false``. ``bus`` must be the default
+    runtime's bus when given (another runtime has its own ``enable_store``).
     """
-    global _default
-    if os.environ.get("NBAGENT_STORE", "").lower() in ("0", "off", "false", "no"):
-        return None
-    install_log_redaction()
-    bus = bus or default_bus()
-    if store_options:
-        with _lock:
-            old = _default
-            _default = RunStore(**store_options)
-        if old is not None:
-            _detach_all()
-            old.close()
-    store = default_store()
-    with _lock:
-        if id(bus) not in _attached:
-            _attached[id(bus)] = (bus, store.attach(bus))
-    return store
+    from ..runtime import runtime
+
+    rt = runtime()
+    if bus is not None and bus is not rt.bus:
+        raise ValueError("store.enable(bus): that bus belongs to another runtime; use runtime.enable_store()")
+    return rt.enable_store(**store_options)
 
 
 def disable(bus: EventBus | None = None) -> None:
-    """Stop keeping the events of ``bus`` (default: every bus :func:`enable` attached to) and flush."""
-    with _lock:
-        if bus is None:
-            _detach_all()
-        else:
-            entry = _attached.pop(id(bus), None)
-            if entry is not None:
-                entry[1]()
-    if _default is not None and not _default._closed:
-        _default.flush()
+    """Stop keeping the default runtime's runs (the store is flushed)."""
+    from ..runtime import runtime
+
+    runtime().disable_store()
 
 
-def _detach_all() -> None:
-    for _bus, detach in list(_attached.values()):
-        detach()
-    _attached.clear()
-
-
-def _store_for(path: str | Path | None) -> RunStore:
+def _store_for(path: str | Path | None) -> tuple[RunStore, bool]:
+    """The store to read (and whether it was opened here, to be closed after)."""
     if path is None:
-        return default_store()
-    return RunStore(path)
+        active = active_store()
+        if active is not None:
+            return active, False
+    return RunStore(path), True
 
 
 def history(*, name: str | None = None, status: str | list[str] | None = None,
             since: float | str | datetime | None = None, until: float | str | datetime | None = None,
             limit: int | None = 50, path: str | Path | None = None) -> pandas.DataFrame:
     """Past runs, newest first, as a pandas DataFrame (filters as :meth:`RunStore.runs`)."""
-    store = _store_for(path)
+    store, own = _store_for(path)
     try:
         return store.to_dataframe(name=name, status=status, since=since, until=until, limit=limit)
     finally:
-        if path is not None:
+        if own:
             store.close()
 
 
 def load_run(run_id: str, *, path: str | Path | None = None) -> StoredRun:
     """One past run (``run_id`` may be a unique prefix): events, messages, artifacts; ``to_result()``."""
-    store = _store_for(path)
+    store, own = _store_for(path)
     try:
         return store.load(run_id)
     finally:
-        if path is not None:
+        if own:
             store.close()
 
 
 def export_jsonl(dest: str | Path, *, path: str | Path | None = None, **filters: Any) -> int:
     """Write the runs matching ``filters`` (with events and messages) to ``dest`` as JSON lines."""
-    store = _store_for(path)
+    store, own = _store_for(path)
     try:
         return store.export_jsonl(dest, **filters)
     finally:
-        if path is not None:
+        if own:
             store.close()

@@ -9,7 +9,7 @@ Tables (after every migration):
 ``runs``
     one row per run: ``run_id`` (primary key), ``name``, ``model``, ``prompt``, ``status`` (``running`` until
     the run ends), ``stop_reason``, ``started`` / ``finished`` (epoch seconds), ``duration``, ``steps``,
-    token counts, ``cost``, ``error``, ``output``, ``timings`` and ``messages`` (JSON: the conversation, one
+    token counts, ``cost`` (NULL when a model's price is unknown, since ``m005``), ``error``, ``output``, ``timings`` and ``messages`` (JSON: the conversation, one
     object per message), ``pid`` and ``host`` of the writer, ``dropped`` (events of this run the store had to
     drop; 0 unless the queue overflowed).
 ``events``
@@ -98,6 +98,41 @@ MIGRATIONS: list[tuple[str, str]] = [
             fields TEXT NOT NULL,
             UNIQUE (kind, fields)
         );
+        """,
+    ),
+    (
+        "m005_cost_unknown",
+        """
+        CREATE TABLE runs_m005 (
+            run_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL DEFAULT '',
+            prompt TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT 'running',
+            stop_reason TEXT NOT NULL DEFAULT '',
+            started REAL,
+            finished REAL,
+            duration REAL,
+            steps INTEGER NOT NULL DEFAULT 0,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            cost REAL DEFAULT 0,
+            error TEXT,
+            pid INTEGER,
+            host TEXT,
+            output TEXT NOT NULL DEFAULT '',
+            timings TEXT,
+            messages TEXT,
+            dropped INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO runs_m005 SELECT run_id, name, model, prompt, status, stop_reason, started, finished, duration,
+            steps, input_tokens, output_tokens, cached_tokens, cost, error, pid, host, output, timings, messages,
+            dropped FROM runs;
+        DROP TABLE runs;
+        ALTER TABLE runs_m005 RENAME TO runs;
+        CREATE INDEX runs_started ON runs(started);
+        CREATE INDEX runs_name ON runs(name);
         """,
     ),
 ]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from ..agent.loop import RunResult
     from ..metrics import MetricsRegistry
+    from ..record import RunRecord
 
 __all__ = ["RunQueries", "StoredRun", "parse_time"]
 
@@ -120,27 +121,35 @@ class StoredRun:
             bus.emit(ev)
         return len(events)
 
+    @property
+    def record(self) -> RunRecord:
+        """The run's :class:`~nbagent.record.RunRecord`, folded from the stored events (equal to the live one)."""
+        from ..record import RunRecord
+
+        rec = RunRecord.from_events(self.run_id, self.typed_events())
+        rec.output, rec.messages = self.output, list(self.messages)
+        return rec
+
+    def timeline(self, **kwargs: Any) -> Any:
+        """The run's waterfall (see :func:`nbagent.timeline.timeline`)."""
+        from ..timeline import timeline
+
+        return timeline(self.record, **kwargs)
+
     def to_result(self) -> RunResult:
         """The run as a :class:`~nbagent.agent.RunResult` (for code that shows results, such as dashboards)."""
         from ..agent.loop import RunResult
         from ..llm.types import TokenUsage
         from ..llm.usage import RunUsage
 
-        events = self.typed_events()
-        kinds = [e.kind for e in events]
-        responses = [e for e in events if e.kind == "llm_response"]
-        usage = RunUsage(
-            steps=int(self.info.get("steps") or 0),
-            requests=sum(1 for e in responses if not getattr(e, "cached", False)),
-            cache_hits=sum(1 for e in responses if getattr(e, "cached", False)),
-            tool_calls=kinds.count("tool_started"),
-            tokens=TokenUsage(int(self.info.get("input_tokens") or 0), int(self.info.get("output_tokens") or 0),
-                              int(self.info.get("cached_tokens") or 0)),
-            cost=float(self.info.get("cost") or 0.0),
-        )
+        rec = self.record
+        usage = RunUsage(steps=rec.steps, requests=rec.llm_calls, cache_hits=rec.cached_calls,
+                         tool_calls=rec.tool_calls,
+                         tokens=TokenUsage(rec.input_tokens, rec.output_tokens, rec.cached_tokens),
+                         cost=rec.priced_cost, unpriced_calls=rec.unpriced_calls)
         return RunResult(run_id=self.run_id, name=self.name, output=self.output, status=self.status,
                          stop_reason=str(self.info.get("stop_reason") or ""), messages=list(self.messages),
-                         usage=usage, timings=self.timings, events=events)
+                         usage=usage, timings=self.timings, events=rec.events, record=rec)
 
     def summary(self) -> str:
         i = self.info

@@ -154,14 +154,13 @@ class RunStore(RunQueries):
 
     def attach(self, bus: EventBus) -> Callable[[], None]:
         """Keep every event of ``bus`` and the messages of its runs. Returns a function that detaches."""
-        from ..agent.loop import add_result_hook
-
         remove_tap = bus.tap(self.record)
-        remove_hook = add_result_hook(self._on_result)
+        bus.result_sinks.append(self.save_result)
 
         def detach() -> None:
             remove_tap()
-            remove_hook()
+            if self.save_result in bus.result_sinks:
+                bus.result_sinks.remove(self.save_result)
 
         self._detach.append(detach)
         return detach
@@ -216,12 +215,9 @@ class RunStore(RunQueries):
             if run_id is not None:
                 self._run_drops[run_id] = self._run_drops.get(run_id, 0) + n
 
-    def _on_result(self, result: Any) -> None:
-        if self._runs_seen.pop(result.run_id, 0) is None:
-            self.save_result(result)
-
     def save_result(self, result: Any) -> None:
         """Keep what a :class:`~nbagent.agent.RunResult` adds to its events: messages, output, timings, profile."""
+        self._runs_seen.pop(result.run_id, None)
         if not self._accepting:
             return
         artifacts: dict[str, Any] = {}

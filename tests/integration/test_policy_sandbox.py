@@ -18,6 +18,7 @@ from nbagent import Agent
 from nbagent.events import EventBus
 from nbagent.llm import LLMClient
 from nbagent.policy import Policy, PolicyDecided, Rule
+from nbagent.runtime import Runtime
 from nbagent.sandbox import SandboxManager
 from nbagent.sandbox.events import SandboxLeased
 from nbagent.sandbox.tools import sandbox_tools
@@ -44,7 +45,7 @@ async def test_a_denied_shell_command_is_not_in_the_engines_log(
     settings = sim_settings(sim)
     client = LLMClient(settings, bus=bus)
     tools = [t for t in sandbox_tools(manager) if t.name == "shell"]
-    agent = Agent("sim", tools, settings=settings, client=client, bus=bus, policy=policy)
+    agent = Agent("sim", tools, runtime=Runtime(settings, bus=bus, client=client), policy=policy)
     since = time.time() - 1
     try:
         result = await agent.run("tidy the workspace")

@@ -12,6 +12,7 @@ from nbagent import Agent, tool
 from nbagent.events import EventBus
 from nbagent.llm import LLMClient, ModelRequest
 from nbagent.local_model import LocalModelServer, ensure_server, gguf_path
+from nbagent.runtime import Runtime
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.",
                                             "parameters": {"type": "object", "properties": {
@@ -83,7 +84,7 @@ async def test_tool_call_round_trip_through_the_agent_loop(llama: LocalModelServ
         return f"It is sunny in {city}."
 
     c = client_for(llama)
-    agent = Agent(llama.alias, [get_weather], settings=c.settings, client=c, max_steps=4,
+    agent = Agent(llama.alias, [get_weather], runtime=Runtime(c.settings, client=c), max_steps=4,
                   params={"max_tokens": 64, "temperature": 0,
                           "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
     result = await agent.run("What is the weather in Paris?")
@@ -100,7 +101,7 @@ async def test_tool_call_round_trip_through_the_agent_loop(llama: LocalModelServ
 async def test_default_endpoint_falls_back_to_the_embedded_model(llama: LocalModelServer) -> None:
     from nbagent.config import Settings
 
-    agent = Agent(settings=Settings.load(env={}), bus=EventBus(), params={"max_tokens": 12})
+    agent = Agent(runtime=Runtime(Settings.load(env={}), bus=EventBus()), params={"max_tokens": 12})
     result = await agent.run("Hi")
     assert result.ok, result.stop_reason
     assert agent.endpoint().base_url == llama.url

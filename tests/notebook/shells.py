@@ -13,7 +13,7 @@ from nbagent.agent import RunResult
 from nbagent.events import EventBus
 from nbagent.notebook import register
 from nbagent.notebook.magics import AgentMagics
-from nbagent.notebook.registry import RunRegistry
+from nbagent.notebook.session import RunRegistry
 from nbagent.testing import SimServer
 
 

@@ -105,7 +105,7 @@ def test_stop_button_cancels_the_run(kn: KernelNotebook, sim: SimServer) -> None
     assert text_of(check).strip() == "cancelled True"
     # the button's state as the kernel holds it: its updates carry the starting cell as parent, which
     # nbclient records only while that cell runs
-    shown = kn.run("from nbagent.notebook.registry import current\nstop = current().get('long').view.widget.stop\n"
+    shown = kn.run("from nbagent.notebook.session import current\nstop = current().get('long').view.widget.stop\n"
                    "print(stop.description, stop.model_id)")
     description, model_id = text_of(shown).split()
     assert description in ("Stopped", "Stopping") and model_id == button, dump(shown)
@@ -138,7 +138,7 @@ def test_loop_monitor_names_code_that_blocks_the_kernel(kn: KernelNotebook, sim:
     kn.run("%%agent -n lagged\nslow answer")
     kn.run("import time\ntime.sleep(0.6)  # blocks the event loop while the run is active")
     kn.run("%agent wait lagged")
-    cell = kn.run("from nbagent.notebook.registry import current\nb = current().monitor.blocks[-1]\n"
+    cell = kn.run("from nbagent.notebook.session import current\nb = current().monitor.blocks[-1]\n"
                   "print(round(b.seconds, 1) >= 0.5, b.where)")
     assert text_of(cell).startswith("True "), dump(cell)
     assert "time.sleep(0.6)" in text_of(cell)
@@ -160,7 +160,7 @@ def test_saved_notebook_shows_the_numbers_without_widgets(kn: KernelNotebook, tm
 
 WAIT_FOR_QUESTION = """
 import asyncio
-from nbagent.notebook.registry import current
+from nbagent.notebook.session import current
 entry = current().get({name!r})
 for _ in range(400):  # the cell awaits on the kernel's loop, so the run goes on meanwhile
     if entry.state.pending_approval:

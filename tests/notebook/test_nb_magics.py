@@ -305,7 +305,8 @@ async def test_history_reads_the_run_store(nb: Notebook, tmp_path, monkeypatch) 
     from nbagent import store
 
     monkeypatch.setenv("NBAGENT_STORE_PATH", str(tmp_path / "runs.db"))
-    kept = store.enable(nb.registry.bus, path=tmp_path / "runs.db")
+    kept = nb.registry.runtime.enable_store(path=tmp_path / "runs.db")
+    assert kept is not None
     try:
         await nb.run("%%agent -n kept\nremember me")
         await nb.until_done("kept")
@@ -316,7 +317,7 @@ async def test_history_reads_the_run_store(nb: Notebook, tmp_path, monkeypatch) 
         assert result.error_in_exec is None
         assert "expected a number of runs" in usage_error(await nb.run("%agent history three"))
     finally:
-        store.disable(nb.registry.bus)
+        nb.registry.runtime.disable_store()
 
 
 async def test_bench_subcommand_errors_are_one_line(nb: Notebook) -> None:

@@ -23,7 +23,7 @@ from nbagent.metrics import Histogram, MetricsRegistry
 from nbagent.metrics.loopmon import LoopBlocked, LoopMonitor
 from nbagent.notebook import static
 from nbagent.notebook.dashboard import Dashboard, dashboard
-from nbagent.notebook.registry import RunRegistry
+from nbagent.notebook.session import RunRegistry
 from nbagent.notebook.state import RunState
 from nbagent.notebook.widgets import RunWidget
 from nbagent.testing import SimServer
@@ -127,7 +127,8 @@ async def test_dashboard_redraws_are_coalesced(sim: SimServer) -> None:
 
 
 async def test_run_views_are_budgeted_per_tick(sim: SimServer) -> None:
-    registry = RunRegistry(EventBus(), settings=sim_settings(sim), max_renders_per_tick=5)
+    # no background ticks during the test (refresh every 100 s): only the ticks it makes count
+    registry = RunRegistry(EventBus(), settings=sim_settings(sim), max_renders_per_tick=5, refresh_hz=0.01)
     rendered: list[str] = []
 
     class View:

@@ -12,6 +12,7 @@ from nbagent import Agent, tool
 from nbagent.cli import main
 from nbagent.events import EventBus
 from nbagent.llm import LLMClient
+from nbagent.runtime import Runtime
 from nbagent.store import RunStore
 from nbagent.testing import SimServer
 
@@ -31,7 +32,7 @@ async def filled(sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     client = LLMClient(settings, bus=bus)
     store = RunStore(db)
     store.attach(bus)
-    agent = Agent("sim", [lookup], settings=settings, client=client, bus=bus)
+    agent = Agent("sim", [lookup], runtime=Runtime(settings, bus=bus, client=client))
     ids = [(await agent.run(f"question {i}", name=f"cli-{i}")).run_id for i in range(3)]
     await client.aclose()
     store.close()

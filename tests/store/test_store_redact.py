@@ -13,6 +13,7 @@ from support import sim_settings
 from nbagent import Agent, tool
 from nbagent.events import EventBus, RunFinished, RunStarted, ToolStarted
 from nbagent.llm import LLMClient
+from nbagent.runtime import Runtime
 from nbagent.store import RunStore
 from nbagent.store.redact import (
     REDACTED,
@@ -81,13 +82,13 @@ async def test_secrets_never_reach_the_database(tmp_path: Path, logs_redacted: N
         client = LLMClient(settings, bus=bus)
         store = RunStore(tmp_path / "runs.db", writer=writer)
         store.attach(bus)
-        agent = Agent("sim", [call_api], settings=settings, client=client, bus=bus, api_key=KEY)
+        agent = Agent("sim", [call_api], runtime=Runtime(settings, bus=bus, client=client), api_key=KEY)
         leaky = f"use key {KEY} and Authorization: Bearer {TOKEN} and {ODD}"
         ok = await agent.run(leaky)
         assert ok.ok and KEY in ok.output  # the run itself is untouched...
-        failing = Agent("sim", [broken], settings=settings, client=client, bus=bus, api_key=KEY)
+        failing = Agent("sim", [broken], runtime=Runtime(settings, bus=bus, client=client), api_key=KEY)
         assert (await failing.run("go")).ok
-        denied = Agent("sim", [call_api], settings=settings, client=client, bus=bus, api_key=WRONG)
+        denied = Agent("sim", [call_api], runtime=Runtime(settings, bus=bus, client=client), api_key=WRONG)
         refused = await denied.run(f"try {WRONG}")
         assert refused.status == "error"
         await client.aclose()

@@ -19,6 +19,7 @@ from nbagent import Agent, tool
 from nbagent.events import EventBus, LLMResponse, RunFinished, RunStarted, StepStarted, ToolFinished, default_bus
 from nbagent.llm import LLMClient
 from nbagent.metrics import MetricsRegistry
+from nbagent.runtime import Runtime
 from nbagent.store import RunStore, StoredRun
 from nbagent.store.codec import event_from_dict
 from nbagent.store.migrations import MIGRATIONS, applied, migrate
@@ -52,7 +53,7 @@ async def agent(sim: SimServer) -> AsyncIterator[Agent]:
     settings = sim_settings(sim)
     bus = EventBus()
     client = LLMClient(settings, bus=bus)
-    yield Agent("sim", [lookup], settings=settings, client=client, bus=bus)
+    yield Agent("sim", [lookup], runtime=Runtime(settings, bus=bus, client=client))
     await client.aclose()
 
 
@@ -299,7 +300,7 @@ async def test_enable_keeps_the_default_bus_and_history_shows_it(sim: SimServer,
         assert s is not None and store_api.active_store() is s and store_api.enable() is s
         settings = sim_settings(sim)
         client = LLMClient(settings, bus=default_bus())
-        agent = Agent("sim", [lookup], settings=settings, client=client, bus=default_bus())
+        agent = Agent("sim", [lookup], runtime=Runtime(settings, bus=default_bus(), client=client))
         result = await agent.run("kept by default", name="hist-1")
         await client.aclose()
         df = store_api.history(name="hist")

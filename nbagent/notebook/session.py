@@ -10,7 +10,6 @@ flows back into a run except ``RunHandle.cancel()``.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 import weakref
 from collections import deque
@@ -19,13 +18,13 @@ from typing import Any
 
 from ..agent import Agent, RunHandle, RunResult, Tool
 from ..config import Settings
-from ..events import EventBus, Subscription, default_bus
+from ..events import EventBus, Subscription
 from ..llm import LLMClient
-from ..metrics import RunMetricsIndex
 from ..metrics.loopmon import LoopMonitor
+from ..runtime import Runtime, set_runtime
+from ..runtime import runtime as default_runtime
 from .approvals import Approvals
 from .entry import LiveView, RunEntry, RunView, failed_result
-from .integrations import install_sandbox_metrics
 from .kernel import block_on, running_loop
 from .state import RunState
 
@@ -37,7 +36,7 @@ class RunRegistry:
 
     def __init__(
         self,
-        bus: EventBus | None = None,
+        runtime: Runtime | EventBus | None = None,
         *,
         settings: Settings | None = None,
         refresh_hz: float = 4.0,
@@ -46,32 +45,30 @@ class RunRegistry:
         max_renders_per_tick: int = 25,
         render_seconds_per_tick: float = 0.008,
     ) -> None:
-        self.bus = bus or default_bus()
-        self._settings = settings
-        self._client: LLMClient | None = None
+        if not isinstance(runtime, Runtime):  # a bus (or nothing): a runtime of the registry's own
+            runtime = Runtime(settings, bus=runtime, max_runs=max(history_size, 100))
+            self._own_runtime = True
+        else:
+            self._own_runtime = False
+        self.runtime = runtime
+        self.bus = runtime.bus
         self.refresh_hz = refresh_hz
         self.max_renders_per_tick = max_renders_per_tick
         self.render_seconds_per_tick = render_seconds_per_tick
         self.entries: dict[str, RunEntry] = {}
         self.history: deque[RunEntry] = deque(maxlen=history_size)
-        self.metrics = RunMetricsIndex(max_runs=max(history_size, 100))
-        self._detach = self.metrics.attach(self.bus)
-        install_sandbox_metrics(self.metrics)
+        self.metrics = runtime.metrics
         self.monitor = LoopMonitor(threshold=lag_threshold, registry=self.metrics.global_, bus=self.bus)
         self.tools: dict[str, Tool] = {}
         """Tools that ``%%agent --tools`` finds by name (after the notebook's own variables)."""
-        self.caches: dict[str, Any] = {}
-        """Response caches made for ``--cache`` modes, by mode."""
         self.approvals = Approvals(self)
         """The ``ask`` callback of the notebook's policies: Approve / Deny in the run widget."""
-        self._policy: Any = None
         self._views: weakref.WeakSet[Any] = weakref.WeakSet()
         self._by_run_id: dict[str, RunEntry] = {}
         self._sub: Subscription | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._private_loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Task[None] | None = None
-        self._numbers = itertools.count(1)
         self.ticks = 0
         self.renders = 0
 
@@ -79,29 +76,25 @@ class RunRegistry:
 
     @property
     def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = Settings.load()
-        return self._settings
+        return self.runtime.settings
 
     @property
     def client(self) -> LLMClient:
-        """One pooled client for every run of the notebook."""
-        if self._client is None:
-            self._client = LLMClient(self.settings, bus=self.bus)
-        return self._client
+        """The runtime's pooled client, shared by every run of the notebook."""
+        return self.runtime.client
+
+    @property
+    def caches(self) -> dict[str, Any]:
+        """The runtime's response and tool caches made so far, by mode."""
+        return self.runtime.caches()
 
     @property
     def default_policy(self) -> Any:
-        """The policy of runs that name none: the settings' ``[policy]`` table (None when it is empty).
+        """The runtime's policy (the settings' ``[policy]`` table; None when empty), asking in the run widget.
 
-        One :class:`~nbagent.policy.Policy` for every run, so they share its decision cache; it asks in the
-        run widget.
+        One :class:`~nbagent.policy.Policy` for every run, so they share its decision cache.
         """
-        if self._policy is None and self.settings.policy:
-            from ..policy import Policy
-
-            self._policy = Policy.from_settings(self.settings.policy, bus=self.bus)
-        return self.with_approvals(self._policy)
+        return self.with_approvals(self.runtime.policy)
 
     def with_approvals(self, policy: Any) -> Any:
         """``policy``, asking in the run widget when it has no ``ask`` callback of its own."""
@@ -114,14 +107,14 @@ class RunRegistry:
         return self._by_run_id.get(run_id)
 
     def agent(self, model: str | None = None, tools: Iterable[Any] = (), **kwargs: Any) -> Agent:
-        """An :class:`Agent` on this registry's bus and pooled client."""
-        return Agent(model, list(tools), client=self.client, bus=self.bus, **kwargs)
+        """An :class:`Agent` on this registry's runtime."""
+        return Agent(model, list(tools), runtime=self.runtime, **kwargs)
 
     # --- runs ---------------------------------------------------------------------------------------
 
     def new_name(self) -> str:
         while True:
-            name = f"run-{next(self._numbers)}"
+            name = self.runtime.new_run_name()
             if name not in self.entries:
                 return name
 
@@ -153,7 +146,7 @@ class RunRegistry:
             self._finish(entry, failed_result(name, exc))
             self.flush()
             return entry
-        entry.state.model = built.model_name or ""
+        entry.state.record.model = entry.state.record.model or built.model_name or ""
         if running_loop() is None:
             if self._private_loop is None:
                 self._private_loop = asyncio.new_event_loop()
@@ -284,7 +277,12 @@ class RunRegistry:
                 continue
             entry = routes.get(ev.run_id or "")
             if entry is not None and not entry.done:
-                entry.state.apply(ev)
+                state = entry.state
+                if not state._shared:  # show the record the runtime folds: one fold of every run
+                    record = self.runtime.records.get(ev.run_id or "")
+                    if record is not None:
+                        state.use_record(record)
+                state.apply(ev)
 
     def tick(self, now: float | None = None, *, budget: int | None = None) -> None:
         """Drain events, redraw the run views that changed (at most ``budget``), refresh the live views."""
@@ -365,12 +363,13 @@ class RunRegistry:
             self._closing = loop.create_task(self.aclose())
             return
         self._stop()
-        client, self._client = self._client, None
         if self._private_loop is not None:
-            if client is not None:
-                self._private_loop.run_until_complete(client.aclose())
+            if self._own_runtime:
+                self._private_loop.run_until_complete(self.runtime.aclose())
             self._private_loop.close()
             self._private_loop = None
+        elif self._own_runtime:
+            self.runtime.close()
 
     async def aclose(self) -> None:
         """:meth:`close`, waiting for the runs to end and the client to close."""
@@ -378,9 +377,8 @@ class RunRegistry:
         self._stop()
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        if self._own_runtime:
+            await self.runtime.aclose()
 
     def _stop(self) -> None:
         self.cancel("all")
@@ -391,24 +389,25 @@ class RunRegistry:
         if self._sub is not None:
             self._sub.close()
             self._sub = None
-        self._detach()
-        self._detach = lambda: None
-
-
-_current: RunRegistry | None = None
 
 
 def current() -> RunRegistry:
-    """The process-wide registry of the notebook (created on first use, on the default bus)."""
-    global _current
-    if _current is None:
-        _current = RunRegistry()
-    return _current
+    """The notebook's registry: a part of the default runtime (made on first use, closed with it)."""
+    return default_runtime().part("notebook", RunRegistry)
 
 
 def shutdown() -> None:
-    """Close the process-wide registry (unloading the extension calls it)."""
-    global _current
-    if _current is not None:
-        _current.close()
-        _current = None
+    """Close the notebook's registry and the default runtime that owns it (unloading the extension calls it)."""
+    rt = set_runtime(None)
+    if rt is None or rt.closed:
+        return
+    registry = rt.part_if_started("notebook")
+    if registry is not None:
+        registry._stop()
+    private = None if registry is None else registry._private_loop
+    if private is not None and running_loop() is None:  # the pools belong to the loop the runs used
+        private.run_until_complete(rt.aclose())
+        private.close()
+        registry._private_loop = None
+    else:
+        rt.close()

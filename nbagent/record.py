@@ -1,0 +1,463 @@
+"""One record of every run: its events folded, in exactly one place, into spans, tokens, cost and status.
+
+A :class:`RunRecord` is a tree of :class:`Span` (run > step > model call > attempts, with retry backoffs and the
+wait for the first token; tool call > policy decision, approval wait, sandbox lease wait, exec; cache lookups),
+each with start and end times (seconds since the epoch), plus the run's tokens, cost (``None`` when a model's
+price is unknown, never 0), status and error. :meth:`RunRecord.apply` is the fold; the live run, the store
+(``load_run(id).record``), the notebook views, the metrics and the exporters all read records built by it.
+
+Packages with events of their own add to the fold with :func:`register_span_handler`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .events import Event, EventBus
+
+__all__ = ["BREAKDOWN_KEYS", "RecordIndex", "RunRecord", "Span", "SpanHandler", "format_cost", "register_span_handler"]
+
+
+@dataclass(eq=True)
+class Span:
+    """One interval of a run. ``kind``: run, step, model, attempt, wait (for the first token), generate,
+    backoff, cache, tool, policy, approval, lease, exec (or a kind a package registers)."""
+
+    kind: str
+    name: str
+    start: float
+    end: float | None = None
+    status: str = "ok"
+    attrs: dict[str, Any] = field(default_factory=dict)
+    children: list[Span] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.end is None else self.end - self.start
+
+    def add(self, kind: str, name: str, start: float, end: float | None = None, **attrs: Any) -> Span:
+        span = Span(kind, name, start, end, attrs=attrs)
+        self.children.append(span)
+        return span
+
+    def walk(self, depth: int = 0) -> Iterator[tuple[int, Span]]:
+        """This span and every descendant, depth first, with their depth."""
+        yield depth, self
+        for child in self.children:
+            yield from child.walk(depth + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "start": self.start, "end": self.end, "status": self.status,
+                "attrs": dict(self.attrs), "children": [c.to_dict() for c in self.children]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Span:
+        return cls(d["kind"], d["name"], d["start"], d.get("end"), d.get("status", "ok"), dict(d.get("attrs", {})),
+                   [cls.from_dict(c) for c in d.get("children", ())])
+
+
+SpanHandler = Callable[["RunRecord", Any], None]
+_HANDLERS: dict[str, SpanHandler] = {}
+
+
+def register_span_handler(kind: str, handler: SpanHandler) -> None:
+    """Fold events of ``kind`` (their ``kind`` class attribute) into records with ``handler(record, event)``.
+
+    Registration happens at import time of the package that defines the events (one registry for the process,
+    like the event classes themselves); a kind has one handler.
+    """
+    _HANDLERS[kind] = handler
+
+
+# The order in which the breakdown attributes a moment covered by several spans (first wins).
+BREAKDOWN_KEYS = ("approval_wait", "retry_backoff", "sandbox_wait", "tools", "generation", "model_wait",
+                  "cache", "startup", "client_overhead")
+_CATEGORY = {"approval": "approval_wait", "backoff": "retry_backoff", "lease": "sandbox_wait", "exec": "tools",
+             "tool": "tools", "generate": "generation", "wait": "model_wait", "cache": "cache", "startup": "startup"}
+
+
+@dataclass(eq=False)
+class RunRecord:
+    """Everything known about one run, folded from its events (see the module docstring).
+
+    Two records are equal when their facts and spans are (``events``, ``messages`` and ``output`` are kept
+    for convenience and left out of the comparison).
+    """
+
+    run_id: str
+    name: str = ""
+    model: str = ""
+    prompt: str = ""
+    status: str = "running"
+    stop_reason: str = ""
+    error: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    steps: int = 0
+    llm_calls: int = 0
+    cached_calls: int = 0
+    attempts: int = 0
+    retries: int = 0
+    retry_wait: float = 0.0
+    llm_errors: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    priced_cost: float = 0.0
+    unpriced_calls: int = 0
+    limit: str | None = None
+    tags: tuple[str, ...] = ()
+    root: Span = field(default_factory=lambda: Span("run", "", 0.0))
+    events: list[Event] = field(default_factory=list, repr=False)
+    output: str = field(default="", repr=False)
+    messages: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _open: dict[str, Span] = field(default_factory=dict, repr=False)
+    _step: Span | None = field(default=None, repr=False)
+
+    # --- the fold ----------------------------------------------------------------------------------
+
+    def apply(self, ev: Event) -> None:
+        """Fold one event of this run into the record (events of unknown kinds are kept, not folded)."""
+        self.events.append(ev)
+        handler = _HANDLERS.get(ev.kind)
+        if handler is not None:
+            handler(self, ev)
+
+    @classmethod
+    def from_events(cls, run_id: str, events: Iterable[Event]) -> RunRecord:
+        rec = cls(run_id)
+        for ev in events:
+            rec.apply(ev)
+        return rec
+
+    # --- derived facts -----------------------------------------------------------------------------
+
+    @property
+    def cost(self) -> float | None:
+        """USD cost of the run; None when a model call had no known price (never a misleading 0)."""
+        return None if self.unpriced_calls else self.priced_cost
+
+    @property
+    def done(self) -> bool:
+        return self.ended is not None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        return None if self.ended is None else self.ended - self.started
+
+    @property
+    def spans(self) -> list[Span]:
+        """Every span below the run, depth first."""
+        return [s for _, s in self.root.walk()][1:]
+
+    def parent_for(self, kinds: tuple[str, ...] = ("tool",)) -> Span:
+        """The newest open span of one of ``kinds`` (e.g. the tool call a sandbox exec belongs to), else the
+        current step, else the run."""
+        for span in reversed(self._open.values()):
+            if span.kind in kinds:
+                return span
+        return self._step or self.root
+
+    def open_span(self, key: str, parent: Span, kind: str, name: str, start: float, **attrs: Any) -> Span:
+        span = parent.add(kind, name, start, **attrs)
+        self._open[key] = span
+        return span
+
+    def close_span(self, key: str, end: float, status: str = "ok") -> Span | None:
+        span = self._open.pop(key, None)
+        if span is not None:
+            span.end, span.status = end, status
+        return span
+
+    def breakdown(self, now: float | None = None) -> dict[str, float]:
+        """Where the wall time went, in seconds, summing to the run's wall time.
+
+        Each moment of the run is attributed once, to the first of :data:`BREAKDOWN_KEYS` whose spans cover it
+        (a tool and a model call in parallel count as the tool); a moment no span covers is client overhead
+        (the agent loop, token counting, events).
+        """
+        start = self.started if self.started is not None else self.root.start
+        end = self.ended if self.ended is not None else (now if now is not None else self._last_ts())
+        out = dict.fromkeys(BREAKDOWN_KEYS, 0.0)
+        if end <= start:
+            return out
+        rank = {k: i for i, k in enumerate(BREAKDOWN_KEYS)}
+        edges: list[tuple[float, int, int]] = []  # (time, +1/-1, rank)
+        for _, span in self.root.walk():
+            cat = _CATEGORY.get(span.kind)
+            if cat is None:
+                continue
+            s0 = max(span.start, start)
+            s1 = min(span.end if span.end is not None else end, end)
+            if s1 > s0:
+                edges.append((s0, 1, rank[cat]))
+                edges.append((s1, -1, rank[cat]))
+        edges.sort(key=lambda e: e[0])
+        active = [0] * len(BREAKDOWN_KEYS)
+        t = start
+        for when, delta, r in edges:
+            if when > t:
+                cat_i = next((i for i, n in enumerate(active) if n > 0), rank["client_overhead"])
+                out[BREAKDOWN_KEYS[cat_i]] += when - t
+                t = when
+            active[r] += delta
+        if end > t:
+            out["client_overhead"] += end - t
+        return out
+
+    def _last_ts(self) -> float:
+        return self.events[-1].ts if self.events else self.root.start
+
+    def summary(self) -> dict[str, Any]:
+        """The facts of the run as a flat, JSON-safe dict (what lists and tables show)."""
+        return {"run_id": self.run_id, "name": self.name, "model": self.model, "status": self.status,
+                "stop_reason": self.stop_reason, "error": self.error, "started": self.started,
+                "duration": self.duration, "steps": self.steps, "llm_calls": self.llm_calls,
+                "cached_calls": self.cached_calls, "retries": self.retries, "tool_calls": self.tool_calls,
+                "tool_errors": self.tool_errors, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "cached_tokens": self.cached_tokens, "cost": self.cost,
+                "tags": list(self.tags)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "prompt": self.prompt, "ended": self.ended, "attempts": self.attempts,
+                "retry_wait": self.retry_wait, "llm_errors": self.llm_errors, "priced_cost": self.priced_cost,
+                "unpriced_calls": self.unpriced_calls, "limit": self.limit, "root": self.root.to_dict()}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunRecord):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# --- the built-in fold ----------------------------------------------------------------------------
+
+
+def _run_started(r: RunRecord, e: Any) -> None:
+    r.name, r.model, r.prompt, r.started = e.name, e.model, e.prompt, e.ts
+    r.tags = tuple(getattr(e, "tags", ()) or ())
+    r.root = Span("run", e.name, e.ts, attrs={"model": e.model})
+
+
+def _step_started(r: RunRecord, e: Any) -> None:
+    if r._step is not None and r._step.end is None:
+        r._step.end = e.ts
+    r.steps = e.step
+    r._step = r.root.add("step", f"step {e.step}", e.ts)
+
+
+def _llm_request(r: RunRecord, e: Any) -> None:
+    key = "m" + e.request_id
+    model = r._open.get(key)
+    if model is None:
+        model = r.open_span(key, r._step or r.root, "model", e.model or r.model, e.ts, stream=e.stream)
+    r.attempts += 1
+    r.open_span("a" + e.request_id, model, "attempt", f"attempt {e.attempt}", e.ts, attempt=e.attempt)
+
+
+def _llm_first_token(r: RunRecord, e: Any) -> None:
+    attempt = r._open.get("a" + e.request_id)
+    if attempt is not None:
+        attempt.add("wait", "first token", attempt.start, attempt.start + e.ttft)
+        attempt.attrs["ttft"] = e.ttft
+
+
+def _llm_retry(r: RunRecord, e: Any) -> None:
+    r.retries += 1
+    r.retry_wait += e.wait
+    attempt = r.close_span("a" + e.request_id, e.ts, "error")
+    if attempt is not None:
+        attempt.attrs["reason"] = e.reason
+    model = r._open.get("m" + e.request_id)
+    if model is not None:
+        model.add("backoff", f"retry after {e.reason}", e.ts, e.ts + e.wait, reason=e.reason,
+                  retry_after=e.retry_after)
+
+
+def _llm_response(r: RunRecord, e: Any) -> None:
+    attrs = {"input_tokens": e.input_tokens, "output_tokens": e.output_tokens, "cached_tokens": e.cached_tokens,
+             "finish_reason": e.finish_reason, "tool_calls": e.tool_calls, "cost": e.cost}
+    r.input_tokens += e.input_tokens
+    r.output_tokens += e.output_tokens
+    r.cached_tokens += e.cached_tokens
+    if e.cached:
+        r.cached_calls += 1
+        model = (r._step or r.root).add("model", e.model or r.model, e.ts - e.latency, e.ts, cached=True, **attrs)
+        model.add("cache", "response cache", model.start, e.ts)
+        return
+    r.llm_calls += 1
+    if e.cost is None:
+        r.unpriced_calls += 1
+    else:
+        r.priced_cost += e.cost
+    attempt = r.close_span("a" + e.request_id, e.ts)
+    if attempt is not None:
+        first = attempt.start + e.ttft if e.ttft is not None else None
+        if first is None:
+            attempt.add("wait", "response", attempt.start, e.ts)
+        else:
+            if not any(c.kind == "wait" for c in attempt.children):
+                attempt.add("wait", "first token", attempt.start, first)
+            attempt.add("generate", "generating", first, e.ts)
+    model = r.close_span("m" + e.request_id, e.ts) or (r._step or r.root).add(
+        "model", e.model or r.model, e.ts - e.latency, e.ts)
+    model.attrs.update(attrs, latency=e.latency, ttft=e.ttft, attempts=e.attempts)
+
+
+def _llm_failed(r: RunRecord, e: Any) -> None:
+    r.llm_errors += 1
+    r.close_span("a" + e.request_id, e.ts, "error")
+    model = r.close_span("m" + e.request_id, e.ts, "error")
+    if model is not None:
+        model.attrs.update(error=f"{e.error_type}: {e.message}", attempts=e.attempts)
+
+
+def _tool_started(r: RunRecord, e: Any) -> None:
+    r.open_span("t" + e.call_id, r._step or r.root, "tool", e.name, e.ts, arguments=e.arguments)
+
+
+def _tool_finished(r: RunRecord, e: Any) -> None:
+    r.tool_calls += 1
+    if not e.ok:
+        r.tool_errors += 1
+    span = r.close_span("t" + e.call_id, e.ts, "ok" if e.ok else "error")
+    if span is None:
+        span = (r._step or r.root).add("tool", e.name, e.ts - e.duration, e.ts)
+        span.status = "ok" if e.ok else "error"
+    span.attrs.update(error=e.error, output_chars=e.output_chars, truncated=e.truncated,
+                      output_preview=e.output_preview[:200])
+
+
+def _policy_decided(r: RunRecord, e: Any) -> None:
+    parent = next((s for s in reversed(r._open.values()) if s.kind == "tool" and s.name == e.tool), None)
+    kind = "approval" if e.decided_by in ("callback", "timeout") else "policy"
+    span = (parent or r._step or r.root).add(kind, f"{e.action} ({e.decided_by})", e.ts - e.seconds, e.ts,
+                                             action=e.action, decided_by=e.decided_by, reason=e.reason,
+                                             cached=e.cached)
+    span.status = "ok" if e.action == "allow" else "denied"
+
+
+def _cache_lookup(r: RunRecord, e: Any) -> None:
+    if e.cache == "response":
+        return  # a hit is drawn with the cached model call; a miss is the model call that follows
+    hit = e.kind == "cache_hit"
+    r.parent_for().add("cache", f"{e.cache} cache {'hit' if hit else 'miss'}", e.ts - e.lookup_seconds, e.ts,
+                       hit=hit, tier=getattr(e, "tier", None))
+
+
+def _sandbox_leased(r: RunRecord, e: Any) -> None:
+    r.parent_for().add("lease", f"lease {e.backend}", e.ts - e.wait, e.ts, warm=e.warm, sandbox_id=e.sandbox_id)
+
+
+def _sandbox_exec(r: RunRecord, e: Any) -> None:
+    span = r.parent_for().add("exec", f"{e.lang} in {e.backend}", e.ts - e.seconds, e.ts, exit_code=e.exit_code,
+                              timed_out=e.timed_out)
+    span.status = "ok" if e.ok and not e.timed_out and e.exit_code in (0, None) else "error"
+
+
+def _limit_hit(r: RunRecord, e: Any) -> None:
+    r.limit = e.limit
+
+
+def _run_finished(r: RunRecord, e: Any) -> None:
+    r.status, r.stop_reason, r.error, r.ended = e.status, e.stop_reason, e.error, e.ts
+    r.root.end, r.root.status = e.ts, e.status
+    for span in r._open.values():
+        span.end, span.status = e.ts, "cancelled"
+    r._open.clear()
+    if r._step is not None and r._step.end is None:
+        r._step.end = e.ts
+
+
+for _kind, _handler in (
+    ("run_started", _run_started), ("step_started", _step_started), ("llm_request", _llm_request),
+    ("llm_first_token", _llm_first_token), ("llm_retry", _llm_retry), ("llm_response", _llm_response),
+    ("llm_failed", _llm_failed), ("tool_started", _tool_started), ("tool_finished", _tool_finished),
+    ("policy_decided", _policy_decided), ("cache_hit", _cache_lookup), ("cache_miss", _cache_lookup),
+    ("sandbox_leased", _sandbox_leased), ("sandbox_exec", _sandbox_exec), ("limit_hit", _limit_hit),
+    ("run_finished", _run_finished),
+):
+    register_span_handler(_kind, _handler)
+del _kind, _handler
+
+
+class RecordIndex:
+    """The records of the runs on one bus, by run id: one tap folds every event into its run's record.
+
+    A record is made at its run's ``run_started``; at most ``max_runs`` finished records are kept (oldest
+    dropped first). Running runs are never dropped.
+    """
+
+    def __init__(self, bus: EventBus, *, max_runs: int = 1000) -> None:
+        self.max_runs = max_runs
+        self._live: dict[str, RunRecord] = {}
+        self._done: OrderedDict[str, RunRecord] = OrderedDict()
+        self.detach = bus.tap(self._on_event)
+
+    @classmethod
+    def of(cls, bus: EventBus, *, max_runs: int = 1000) -> RecordIndex:
+        """The index of ``bus`` (made on first use): every runtime on one bus shares one fold of its runs."""
+        index = bus.records
+        if index is None:
+            index = bus.records = cls(bus, max_runs=max_runs)
+        else:
+            index.max_runs = max(index.max_runs, max_runs)
+        return index  # type: ignore[no-any-return]
+
+    def _on_event(self, ev: Event) -> None:
+        rid = ev.run_id
+        if rid is None:
+            return
+        rec = self._live.get(rid)
+        if rec is None:
+            if ev.kind != "run_started":
+                rec = self._done.get(rid)  # what follows a run's end (a budget breach) belongs to it too
+                if rec is not None:
+                    rec.apply(ev)
+                return
+            rec = self._live[rid] = RunRecord(rid)
+        rec.apply(ev)
+        if ev.kind == "run_finished":
+            del self._live[rid]
+            done = self._done
+            done[rid] = rec
+            while len(done) > self.max_runs:
+                done.popitem(last=False)
+
+    def get(self, run_id: str) -> RunRecord | None:
+        return self._live.get(run_id) or self._done.get(run_id)
+
+    def __getitem__(self, run_id: str) -> RunRecord:
+        rec = self.get(run_id)
+        if rec is None:
+            raise KeyError(run_id)
+        return rec
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._live or run_id in self._done
+
+    def __len__(self) -> int:
+        return len(self._live) + len(self._done)
+
+    def running(self) -> list[RunRecord]:
+        return list(self._live.values())
+
+    def finished(self) -> list[RunRecord]:
+        return list(self._done.values())
+
+    def all(self) -> list[RunRecord]:
+        return [*self._done.values(), *self._live.values()]
+
+
+def format_cost(cost: float | None) -> str:
+    """A cost as every view shows it: ``$0.000038`` (six decimals), or ``unknown`` when a price is missing."""
+    return "unknown" if cost is None else f"${cost:.6f}"

@@ -1,0 +1,41 @@
+"""The sandbox package's own metrics: registered here, by the package that defines the events.
+
+==================  ========================  ==========  ==========
+Event               Metric                    Type        Unit
+==================  ========================  ==========  ==========
+SandboxLeased       ``sandbox.lease_wait``    histogram   s
+SandboxExec         ``sandbox.exec``          histogram   s
+                    ``sandbox.execs``         counter     execs
+                    ``sandbox.exec_errors``   counter     execs
+SandboxLeaseTimed…  ``sandbox.lease_timeouts``  counter   leases
+==================  ========================  ==========  ==========
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..metrics.registry import MetricsRegistry, register_handler
+from .events import SandboxExec, SandboxLeased, SandboxLeaseTimedOut
+
+__all__: list[str] = []
+
+
+def _on_leased(reg: MetricsRegistry, e: Any) -> None:
+    reg.histogram("sandbox.lease_wait", unit="s").record(e.wait)
+
+
+def _on_exec(reg: MetricsRegistry, e: Any) -> None:
+    reg.histogram("sandbox.exec", unit="s").record(e.seconds)
+    reg.counter("sandbox.execs", unit="execs").value += 1
+    if not e.ok or e.timed_out:
+        reg.counter("sandbox.exec_errors", unit="execs").value += 1
+
+
+def _on_lease_timeout(reg: MetricsRegistry, e: Any) -> None:
+    reg.counter("sandbox.lease_timeouts", unit="leases").value += 1
+
+
+register_handler(SandboxLeased, _on_leased)
+register_handler(SandboxExec, _on_exec)
+register_handler(SandboxLeaseTimedOut, _on_lease_timeout)
