@@ -405,8 +405,8 @@ def shutdown() -> None:
     if registry is not None:
         registry._stop()
     private = None if registry is None else registry._private_loop
-    if private is not None and running_loop() is None:  # the pools belong to the loop the runs used
-        private.run_until_complete(rt.aclose())
+    if registry is not None and private is not None and running_loop() is None:
+        private.run_until_complete(rt.aclose())  # the pools belong to the loop the runs used
         private.close()
         registry._private_loop = None
     else:

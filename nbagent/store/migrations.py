@@ -9,8 +9,8 @@ Tables (after every migration):
 ``runs``
     one row per run: ``run_id`` (primary key), ``name``, ``model``, ``prompt``, ``status`` (``running`` until
     the run ends), ``stop_reason``, ``started`` / ``finished`` (epoch seconds), ``duration``, ``steps``,
-    token counts, ``cost`` (NULL when a model's price is unknown, since ``m005``), ``error``, ``output``, ``timings`` and ``messages`` (JSON: the conversation, one
-    object per message), ``pid`` and ``host`` of the writer, ``dropped`` (events of this run the store had to
+    token counts, ``cost`` (NULL when a model's price is unknown, since ``m005``), ``error``, ``output``,
+    ``timings`` and ``messages`` (JSON: the conversation, one object per message), ``pid`` and ``host`` of the writer, ``dropped`` (events of this run the store had to
     drop; 0 unless the queue overflowed).
 ``events``
     every event, in segments: one row per run per committed batch, ``id`` (insertion order), ``run_id``
