@@ -10,8 +10,8 @@ Tables (after every migration):
     one row per run: ``run_id`` (primary key), ``name``, ``model``, ``prompt``, ``status`` (``running`` until
     the run ends), ``stop_reason``, ``started`` / ``finished`` (epoch seconds), ``duration``, ``steps``,
     token counts, ``cost`` (NULL when a model's price is unknown, since ``m005``), ``error``, ``output``,
-    ``timings`` and ``messages`` (JSON: the conversation, one object per message), ``pid`` and ``host`` of the writer, ``dropped`` (events of this run the store had to
-    drop; 0 unless the queue overflowed).
+    ``timings`` and ``messages`` (JSON: the conversation, one object per message), ``pid`` and ``host`` of
+    the writer, ``dropped`` (events of this run the store had to drop; 0 unless the queue overflowed).
 ``events``
     every event, in segments: one row per run per committed batch, ``id`` (insertion order), ``run_id``
     (NULL outside runs), ``ts`` (of the first event), ``n`` (events in the segment) and ``data``: a JSON
