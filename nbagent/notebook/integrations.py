@@ -16,7 +16,6 @@ from ..metrics import DEFAULT_HANDLERS, MetricsRegistry, RunMetricsIndex
 __all__ = ["CACHE_MODES", "SANDBOX_BACKENDS", "cache_stats", "install_sandbox_metrics", "response_cache",
            "sandbox_stats", "sandbox_tools"]
 
-SANDBOX_BACKENDS = ("auto", "docker", "local")
 CACHE_MODES = ("off", "read-write", "record", "replay")
 
 
@@ -25,6 +24,11 @@ def _module(name: str) -> Any | None:
         return importlib.import_module(name)
     except ImportError:
         return None
+
+
+_registry = _module("nbagent.sandbox.registry")
+# the backends registered when the notebook layer is imported (the sandbox package's registry)
+SANDBOX_BACKENDS = ("auto", *(_registry.backends() if _registry is not None else ("docker", "local")))
 
 
 def _as_dict(stats: Any) -> dict[str, Any] | None:
