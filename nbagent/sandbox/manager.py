@@ -39,7 +39,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from ..errors import ConfigError, LeaseTimeout, SandboxError
+from ..errors import LeaseTimeout, SandboxError
 from ..events import EventBus, default_bus
 from . import registry
 from .backend import LABEL_MANAGER, SandboxBackend, SandboxLabels, SandboxRecord, new_manager_id
@@ -80,8 +80,7 @@ class SandboxManager:
         self.id = new_manager_id()
         self.prune_on_start = prune_on_start
         self._clock = clock
-        self._backends: dict[str, SandboxBackend] = dict(backends or {})
-        self._given = tuple(self._backends)  # when given, the only ones list/prune look at
+        self._backends = registry.BackendSet(backends)
         self._used: set[str] = set()  # backends this manager created sandboxes on
         self._resolved: dict[SandboxSpec, SandboxSpec] = {}
         self._pool = Pool(self.pool, bus=self.bus, backend=self._backend_to_create, clock=clock,
@@ -172,14 +171,14 @@ class SandboxManager:
     async def list_sandboxes(self) -> list[SandboxRecord]:
         """Every labelled sandbox the reachable backends know of, from any process."""
         out: list[SandboxRecord] = []
-        for backend in await self._reachable_backends():
+        for backend in await self._backends.reachable():
             out.extend(await backend.list_sandboxes())
         return out
 
     async def prune_orphans(self) -> list[SandboxRecord]:
         """Remove labelled sandboxes whose owner process is dead; return what was removed."""
         removed: list[SandboxRecord] = []
-        for backend in await self._reachable_backends():
+        for backend in await self._backends.reachable():
             try:
                 records = await backend.list_sandboxes()
                 dead = await asyncio.to_thread(_orphans, records)
@@ -216,8 +215,7 @@ class SandboxManager:
                     await asyncio.wait_for(returned.wait(), grace)
             pool.destroy_leased()
         await pool.settle()
-        for backend in list(self._backends.values()):
-            await backend.aclose()
+        await self._backends.aclose()
         atexit.unregister(self._atexit)
 
     async def __aenter__(self) -> SandboxManager:
@@ -247,7 +245,7 @@ class SandboxManager:
         on (whatever the pool thinks of them); return how many."""
         removed = 0
         for name in sorted(self._used):
-            backend = self._backends[name]
+            backend = self._backends.get(name)
             try:
                 records = await backend.list_sandboxes()
             except Exception as e:
@@ -368,43 +366,15 @@ class SandboxManager:
             return spec
         resolved = self._resolved.get(spec)
         if resolved is None:
-            tried = []
-            for name in registry.auto_candidates():
-                if await self._available(name):
-                    break
-                tried.append(name)
-            else:
-                raise SandboxError(f"no sandbox backend is available (tried: {', '.join(tried) or 'none'})")
-            if tried:
-                log.info("sandbox backend(s) %s not available: sandboxes use %s", ", ".join(tried), name)
+            name = await self._backends.first_available()
             resolved = spec.replace(backend=name)
             self._resolved[spec] = resolved
         return resolved
 
-    def _backend(self, name: str) -> SandboxBackend:
-        backend = self._backends.get(name)
-        if backend is None:
-            try:
-                backend = registry.make_backend(name)
-            except ConfigError as e:
-                raise SandboxError(str(e)) from None
-            self._backends[name] = backend
-        return backend
-
     def _backend_to_create(self, name: str) -> SandboxBackend:
-        backend = self._backend(name)
+        backend = self._backends.get(name)
         self._used.add(name)
         return backend
-
-    async def _available(self, name: str) -> bool:
-        try:
-            return await self._backend(name).available()
-        except SandboxError:
-            return False
-
-    async def _reachable_backends(self) -> list[SandboxBackend]:
-        names = self._given or registry.backends()
-        return [self._backend(n) for n in names if await self._available(n)]
 
 
 def _orphans(records: list[SandboxRecord]) -> list[SandboxRecord]:

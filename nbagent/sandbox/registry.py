@@ -10,19 +10,22 @@ when :mod:`nbagent.sandbox` is imported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SandboxError
 
 if TYPE_CHECKING:
     from .backend import SandboxBackend
 
-__all__ = ["BackendFactory", "auto_candidates", "backends", "check_name", "make_backend", "register_backend",
-           "unregister_backend"]
+__all__ = ["BackendFactory", "BackendSet", "auto_candidates", "backends", "check_name", "make_backend",
+           "register_backend", "unregister_backend"]
 
 BackendFactory = Callable[[], "SandboxBackend"]
+
+log = logging.getLogger("nbagent.sandbox")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +81,48 @@ def check_name(name: str) -> None:
     if name != "auto" and name not in _registry:
         known = ", ".join(("auto", *backends()))
         raise ConfigError(f"sandbox backend must be one of {known}; got {name!r} (see register_backend)")
+
+
+class BackendSet:
+    """The backend instances of one manager: the ones given to it, else one made from the registry per name
+    on first use. When some were given, only those are listed and pruned."""
+
+    def __init__(self, given: Mapping[str, SandboxBackend] | None = None) -> None:
+        self._made: dict[str, SandboxBackend] = dict(given or {})
+        self._given = tuple(self._made)
+
+    def get(self, name: str) -> SandboxBackend:
+        """The instance for ``name`` (made on first use); ``SandboxError`` for an unknown name."""
+        backend = self._made.get(name)
+        if backend is None:
+            try:
+                backend = make_backend(name)
+            except ConfigError as e:
+                raise SandboxError(str(e)) from None
+            self._made[name] = backend
+        return backend
+
+    async def available(self, name: str) -> bool:
+        try:
+            return await self.get(name).available()
+        except SandboxError:
+            return False
+
+    async def first_available(self) -> str:
+        """What ``backend="auto"`` means now: the lowest-ranked backend that can make sandboxes."""
+        tried: list[str] = []
+        for name in auto_candidates():
+            if await self.available(name):
+                if tried:
+                    log.info("sandbox backend(s) %s not available: sandboxes use %s", ", ".join(tried), name)
+                return name
+            tried.append(name)
+        raise SandboxError(f"no sandbox backend is available (tried: {', '.join(tried) or 'none'})")
+
+    async def reachable(self) -> list[SandboxBackend]:
+        """The backends to list and prune: the given ones, else every registered one, if available now."""
+        return [self.get(n) for n in self._given or backends() if await self.available(n)]
+
+    async def aclose(self) -> None:
+        for backend in list(self._made.values()):
+            await backend.aclose()
