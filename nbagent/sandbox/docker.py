@@ -5,12 +5,13 @@ unless asked, a non-root user, all capabilities dropped, ``no-new-privileges``, 
 workspace and ``/tmp`` (so a read-only root still has a writable workspace). PID 1 is a tiny Python
 reaper, so orphaned processes never pile up as zombies and count against the pids limit.
 
-A command runs under a small in-container runner (:data:`~nbagent.sandbox.scripts.RUNNER`) with a
-per-exec marker in its environment. The runner kills the command's process group at its timeout, and
-when the command ends (at the timeout or not) kills every process the exec left behind -- those carrying
-its marker and, when no other exec runs, those that cleared their environment -- and waits until they are
-gone: background jobs never outlive their exec, and a bounded fork loop never leaves the sandbox at its
-pids limit. If the runner does not end in time, every process carrying the marker is killed from outside;
+A command runs under a small shell wrapper (:data:`~nbagent.sandbox.scripts.WRAP`) with a per-exec marker
+in its environment: ``timeout -s KILL`` kills the command's process group at its timeout, and when the
+command ends (at the timeout or not) the wrapper looks for any other process (a glob of ``/proc``: no
+fork). Only when there is one does it run the sweep, which kills every process the exec left behind --
+those carrying its marker and, when no other exec runs, those that cleared their environment -- and waits
+until they are gone: background jobs never outlive their exec, and a bounded fork loop never leaves the
+sandbox at its pids limit. If the wrapper does not end in time, marked processes are killed from outside;
 if the output stream is still open shortly after, it is cut and the sandbox is marked broken, so the call
 always returns within about a second of the timeout.
 
@@ -247,7 +248,7 @@ class DockerSandbox:
         """Run one command; return its raw output and whether it was killed at ``timeout``. ``wrap=False``
         leaves out the in-container runner (for the reset, which kills every process but PID 1)."""
         marker = uuid.uuid4().hex
-        runner = [self.spec.python, "-I", "-S", "-c", scripts.RUNNER, f"{timeout:.3f}"]
+        runner = ["/bin/sh", "-c", scripts.WRAP, "sh", f"{timeout:.3f}", self.spec.python, scripts.SWEEP]
         cmd = [*runner, *argv] if wrap else list(argv)
         environment = {**(env or {}), "NBAGENT_EXEC": marker}
         stream = ExecStream()

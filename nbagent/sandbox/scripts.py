@@ -3,7 +3,7 @@ modules: images with ``python3-minimal`` have no ``shutil``)."""
 
 from __future__ import annotations
 
-__all__ = ["CHECK", "INIT", "KILL_MARKED", "OOM_FILES", "RUNNER"]
+__all__ = ["CHECK", "INIT", "KILL_MARKED", "OOM_FILES", "SWEEP", "WRAP"]
 
 # PID 1: reap every child (orphans are re-parented here), exit on SIGTERM.
 INIT = """\
@@ -22,40 +22,23 @@ while True:
     signal.pause()
 """
 
-# Run one command (argv[2:]) in its own process group, killed at argv[1] seconds; when it ends, kill every
-# process it left behind (those carrying this exec's marker, and, when no other exec is running, those with
-# no marker at all: they cleared their environment), wait until they are gone, and exit with the command's
-# status (128 + N when killed by signal N; 137 at the timeout). Nothing of an exec outlives it.
-RUNNER = """\
-import os, signal, sys, time
-limit, argv = float(sys.argv[1]), sys.argv[2:]
-own = os.environ.get("NBAGENT_EXEC", "")
+# Run one command: sh -c WRAP sh TIMEOUT PYTHON SWEEP ARGV... ``timeout`` kills the command's process group at
+# TIMEOUT. When it ends, a glob of /proc (no fork: it works at the pids limit) looks for any process but
+# PID 1 and the shell; only if there is one does the shell exec SWEEP, which kills what the exec left behind.
+# Nothing of an exec outlives it, and the common case costs no more than the shell.
+WRAP = (
+    't=$1; py=$2; s=$3; shift 3; timeout -s KILL "$t" "$@"; rc=$?; '
+    'for p in /proc/[0-9]*; do case "${p#/proc/}" in 1|$$) ;; *) exec "$py" -I -S -c "$s" "$rc";; esac; done; '
+    'exit "$rc"'
+)
+
+# The sweep (argv[1]: the exit status to keep): kill every process carrying this exec's marker and, when no
+# other exec is running, every process with no marker at all (it cleared its environment); wait until they
+# are gone (a zombie still holds a pid).
+SWEEP = """\
+import os, sys, time
+own = ("NBAGENT_EXEC=" + os.environ.get("NBAGENT_EXEC", "")).encode()
 me = os.getpid()
-pid = os.fork()
-if pid == 0:
-    os.setpgid(0, 0)
-    for name in ("SIGPIPE", "SIGXFSZ"):
-        signal.signal(getattr(signal, name), signal.SIG_DFL)
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as e:
-        os.write(2, ("%s: %s\\n" % (argv[0], e.strerror)).encode())
-    os._exit(127)
-try:
-    os.setpgid(pid, pid)
-except OSError:
-    pass
-expired = []
-def expire(*_):
-    expired.append(1)
-    try:
-        os.killpg(pid, 9)
-    except OSError:
-        pass
-signal.signal(signal.SIGALRM, expire)
-signal.setitimer(signal.ITIMER_REAL, limit)
-_, status = os.waitpid(pid, 0)
-signal.setitimer(signal.ITIMER_REAL, 0)
 def left():
     mine, others, unmarked = [], False, []
     for p in os.listdir("/proc"):
@@ -69,7 +52,7 @@ def left():
         marks = [v for v in env if v.startswith(b"NBAGENT_EXEC=")]
         if not marks:
             unmarked.append(int(p))
-        elif marks[0] == ("NBAGENT_EXEC=" + own).encode():
+        elif marks[0] == own:
             mine.append(int(p))
         else:
             others = True
@@ -90,9 +73,7 @@ while time.monotonic() < deadline:
 while killed and time.monotonic() < deadline:
     killed = {p for p in killed if os.path.exists("/proc/%d" % p)}
     time.sleep(0.005)
-if expired:
-    os._exit(137)
-os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+os._exit(int(sys.argv[1]))
 """
 
 # Kill every process whose environment carries the marker (argv[1]).

@@ -124,11 +124,16 @@ def rss() -> int:
 
 
 async def processes(sb: Sandbox) -> list[str]:
-    """The command lines of every process in the sandbox but the listing, its parent and PID 1."""
+    """The command lines of every process in the sandbox but the listing, its ancestors (the exec's
+    wrapper) and PID 1."""
     code = (
         "import os\n"
+        "skip, p = {1}, os.getpid()\n"
+        "while p > 1:\n"
+        "    skip.add(p)\n"
+        "    p = int(open('/proc/%d/stat' % p).read().rsplit(')', 1)[1].split()[1])\n"
         "for p in os.listdir('/proc'):\n"
-        "    if p.isdigit() and int(p) not in (1, os.getpid(), os.getppid()):\n"
+        "    if p.isdigit() and int(p) not in skip:\n"
         "        print(open('/proc/%s/cmdline' % p, 'rb').read().replace(b'\\0', b' ').decode())\n"
     )
     r = await sb.exec(code, lang="python")
