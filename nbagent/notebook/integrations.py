@@ -11,9 +11,8 @@ from typing import Any
 
 from ..runtime import CACHE_MODES, Runtime
 
-__all__ = ["CACHE_MODES", "SANDBOX_BACKENDS", "cache_stats", "sandbox_stats", "sandbox_tools"]
+__all__ = ["CACHE_MODES", "SANDBOX_BACKENDS", "cache_stats", "sandbox_backends", "sandbox_stats", "sandbox_tools"]
 
-SANDBOX_BACKENDS = ("auto", "docker", "local")
 
 
 def _module(name: str) -> Any | None:
@@ -21,6 +20,17 @@ def _module(name: str) -> Any | None:
         return importlib.import_module(name)
     except ImportError:
         return None
+
+
+def sandbox_backends() -> tuple[str, ...]:
+    """``auto`` and the names of the sandbox backends registered now (the sandbox package's registry)."""
+    mod = _module("nbagent.sandbox.backend_registry")
+    return ("auto", *(mod.backends() if mod is not None else ()))
+
+
+SANDBOX_BACKENDS = sandbox_backends()
+"""The backends registered when the notebook layer was imported (``%%agent --sandbox`` checks the registry
+at each cell, so a backend registered later is accepted too)."""
 
 
 def _as_dict(stats: Any) -> dict[str, Any] | None:

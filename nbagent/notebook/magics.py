@@ -18,7 +18,14 @@ from IPython.display import display
 from traitlets import Bool, Enum, Float, Integer, List, Unicode, observe
 
 from . import static
-from .integrations import CACHE_MODES, SANDBOX_BACKENDS, cache_stats, sandbox_stats, sandbox_tools
+from .integrations import (
+    CACHE_MODES,
+    SANDBOX_BACKENDS,
+    cache_stats,
+    sandbox_backends,
+    sandbox_stats,
+    sandbox_tools,
+)
 from .session import RunEntry, RunRegistry, current
 from .spec import RunSpec, agent_factory, interpolate, resolve_policy, resolve_tools
 from .state import shorten
@@ -84,8 +91,9 @@ class AgentMagics(Magics):
               help="Tools by name, comma-separated or repeated; '*' for every @tool in the notebook.")
     @argument("--max-steps", type=int, help="Most model calls in the run.")
     @argument("--timeout", type=float, help="Wall-time limit in seconds.")
-    @argument("--sandbox", choices=SANDBOX_BACKENDS,
-              help="Sandbox backend of the sandbox tools (python, shell, read_file, write_file); alone, adds them.")
+    @argument("--sandbox", metavar="BACKEND",
+              help="One of the registered backends (auto, docker, local, or one a package registers). "
+                   "Sandbox backend of the sandbox tools (python, shell, read_file, write_file); alone, adds them.")
     @argument("--cache", choices=CACHE_MODES, help="Response cache mode.")
     @argument("--stream", dest="stream", action="store_true", default=None, help="Stream the answer.")
     @argument("--no-stream", dest="stream", action="store_false", help="Do not stream.")
@@ -143,6 +151,9 @@ class AgentMagics(Magics):
 
     def _run(self, spec: RunSpec) -> RunEntry:
         ns = self.shell.user_ns if self.shell is not None else {}
+        if spec.sandbox and spec.sandbox not in sandbox_backends():
+            raise UsageError(f"--sandbox: unknown backend {spec.sandbox!r}; registered: "
+                             f"{', '.join(sandbox_backends())}")
         builtin = sandbox_tools(spec.sandbox) if spec.sandbox or spec.tools else {}
         tools = resolve_tools(spec.tools, ns, {**builtin, **self.registry.tools})
         if spec.first_tool is not None and spec.first_tool not in {t.name for t in tools} | set(builtin):

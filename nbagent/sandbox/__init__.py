@@ -5,13 +5,15 @@
 ...     result = await sb.exec("print(6 * 7)", lang="python", timeout=10)
 
 Backends: Docker (:mod:`nbagent.sandbox.docker`) and local (:mod:`nbagent.sandbox.local`: bubblewrap,
-or a plain subprocess reported as not isolated). Agent tools: :func:`sandbox_tools`.
+or a plain subprocess reported as not isolated), each one module that registers itself; add one with
+:func:`register_backend` (:mod:`nbagent.sandbox.backend_registry`). Agent tools: :func:`sandbox_tools`.
 """
 
 from __future__ import annotations
 
 from . import metrics as _metrics  # noqa: F401 - registers the package's metrics
-from .backend import SandboxBackend, SandboxDriver, SandboxLabels, SandboxRecord
+from .backend import ExecOutput, Isolation, SandboxBackend, SandboxDriver, SandboxLabels, SandboxRecord
+from .backend_registry import backends, register_backend, unregister_backend
 from .docker import DockerBackend
 from .events import (
     SandboxChecked,
@@ -22,6 +24,7 @@ from .events import (
     SandboxLeaseTimedOut,
     SandboxReleased,
 )
+from .files import TransferLimitExceeded
 from .local import LocalBackend, SandboxNotIsolatedWarning
 from .manager import SandboxManager, default_manager
 from .sandbox import Sandbox
@@ -31,7 +34,9 @@ from .stats import SandboxStats
 __all__ = [
     "DEFAULT_IMAGE",
     "DockerBackend",
+    "ExecOutput",
     "ExecResult",
+    "Isolation",
     "LocalBackend",
     "PoolConfig",
     "Sandbox",
@@ -50,8 +55,12 @@ __all__ = [
     "SandboxReleased",
     "SandboxSpec",
     "SandboxStats",
+    "TransferLimitExceeded",
+    "backends",
     "default_manager",
+    "register_backend",
     "sandbox_tools",
+    "unregister_backend",
 ]
 
 

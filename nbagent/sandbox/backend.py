@@ -2,6 +2,7 @@
 
 A :class:`SandboxBackend` creates :class:`SandboxDriver` objects and finds sandboxes it made earlier by
 their labels; a driver runs commands in one sandbox. The pool never touches Docker or processes itself.
+Backends are chosen by name from :mod:`nbagent.sandbox.backend_registry`.
 
 Every sandbox carries labels naming its owner process (pid, the process start time, the host), the
 manager that made it and when, so sandboxes left behind by a crashed process can be found and removed.
@@ -26,6 +27,8 @@ __all__ = [
     "LABEL_OWNER_PID",
     "LABEL_OWNER_START",
     "LABEL_SANDBOX",
+    "ExecOutput",
+    "Isolation",
     "SandboxBackend",
     "SandboxDriver",
     "SandboxLabels",
@@ -140,24 +143,74 @@ class SandboxRecord:
         return owner_alive(self.labels)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Isolation:
+    """What a sandbox enforces, said honestly.
+
+    ``kind`` names the mechanism (``"docker"``, ``"bwrap"``, or ``"process"``: a plain process, not
+    isolated). ``limits`` says, per resource (``network``, ``memory``, ``pids``, ``cpu``, ``disk``,
+    ``tmp``), how it is bounded; ``unbounded`` names the resources nothing bounds.
+    """
+
+    kind: str
+    limits: Mapping[str, str] = field(default_factory=dict)
+    unbounded: tuple[str, ...] = ()
+
+    @property
+    def isolated(self) -> bool:
+        """Do commands run apart from the host (own namespaces or a container)?"""
+        return self.kind != "process"
+
+    def describe(self) -> str:
+        """One line: the mechanism, each limit, and what is not bounded."""
+        parts = [f"{k}: {v}" for k, v in self.limits.items()]
+        if self.unbounded:
+            parts.append("not bounded: " + ", ".join(self.unbounded))
+        return f"{self.kind} ({'; '.join(parts)})" if parts else self.kind
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecOutput:
+    """What a driver's ``exec`` returns: raw bytes (each stream capped at the exec's ``limit``).
+
+    ``exit_code`` follows the shell convention (128 + N when killed by signal N), None when unknown;
+    ``oom_killed`` is None when the backend cannot tell.
+    """
+
+    stdout: bytes
+    stderr: bytes
+    exit_code: int | None
+    duration: float
+    timed_out: bool = False
+    oom_killed: bool | None = False
+    truncated: bool = False
+
+    def result(self, timeout: float) -> ExecResult:
+        """The decoded :class:`ExecResult` users see."""
+        return ExecResult(stdout=self.stdout.decode("utf-8", "replace"), stderr=self.stderr.decode("utf-8", "replace"),
+                          exit_code=self.exit_code, duration=self.duration, timed_out=self.timed_out,
+                          oom_killed=self.oom_killed, truncated=self.truncated, timeout=timeout)
+
+
 @runtime_checkable
 class SandboxDriver(Protocol):
-    """One live sandbox. ``exec`` must kill the whole process tree at ``timeout`` (and on cancellation)
-    and return within about a second of it; it raises :class:`~nbagent.errors.SandboxError` when the
-    sandbox itself failed (as opposed to the command failing)."""
+    """One live sandbox: three async methods. File transfers are commands too (see :mod:`.files`).
+
+    ``exec`` runs ``argv`` in ``workdir``, keeping at most ``limit`` bytes of each of stdout and stderr.
+    It must kill the whole process tree at ``timeout`` (and on cancellation), return within about a second
+    of it, and leave none of the command's processes running once it returns. It raises
+    :class:`~nbagent.errors.SandboxError` when the sandbox itself failed (as opposed to the command).
+    """
 
     id: str
     backend: str
-    isolated: bool
     workdir: str
+    isolation: Isolation
 
     async def exec(
-        self, argv: Sequence[str], *, stdin: bytes | None, timeout: float, env: Mapping[str, str] | None = None
-    ) -> ExecResult: ...
-
-    async def put_file(self, path: str, data: bytes) -> None: ...
-
-    async def get_file(self, path: str) -> bytes: ...
+        self, argv: Sequence[str], *, stdin: bytes | None, timeout: float, limit: int,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecOutput: ...
 
     async def check(self) -> str | None:
         """Kill leftover processes, wipe the workspace, and say what is wrong (None: clean and healthy)."""
@@ -168,7 +221,11 @@ class SandboxDriver(Protocol):
 
 @runtime_checkable
 class SandboxBackend(Protocol):
-    """Makes sandboxes of one kind and finds the labelled ones it made before (in any process)."""
+    """Makes sandboxes of one kind and finds the labelled ones it made before (in any process).
+
+    Register one with :func:`~nbagent.sandbox.register_backend`. Every method is async; blocking work
+    (an engine's SDK, the file system) goes to threads inside the backend.
+    """
 
     name: str
 
@@ -181,9 +238,5 @@ class SandboxBackend(Protocol):
     async def list_sandboxes(self) -> list[SandboxRecord]: ...
 
     async def remove(self, sandbox_id: str) -> None: ...
-
-    def cleanup_sync(self, manager_id: str) -> None:
-        """Remove the sandboxes of one manager without an event loop (interpreter exit)."""
-        ...
 
     async def aclose(self) -> None: ...

@@ -15,11 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from ..errors import SandboxError
+from . import backend_registry as registry
 from .backend import SandboxBackend, SandboxRecord
 
 __all__ = ["list_sandboxes", "prune_sandboxes", "register"]
-
-_BACKENDS = ("docker", "local")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,11 +26,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser("sandboxes", help="list or prune sandboxes")
     sub = parser.add_subparsers(dest="sandboxes_command", metavar="ACTION", required=True)
     ls = sub.add_parser("list", help="list labelled sandboxes of every process, with their owners")
-    ls.add_argument("--backend", choices=(*_BACKENDS, "all"), default="all")
+    choices = (*registry.backends(), "all")
+    ls.add_argument("--backend", choices=choices, default="all")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=_cmd_list)
     prune = sub.add_parser("prune", help="remove sandboxes whose owner process is gone")
-    prune.add_argument("--backend", choices=(*_BACKENDS, "all"), default="all")
+    prune.add_argument("--backend", choices=choices, default="all")
     prune.add_argument("--all", action="store_true", help="also remove sandboxes of running processes")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     prune.set_defaults(func=_cmd_prune)
@@ -41,16 +41,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def _backends(name: str, given: Mapping[str, SandboxBackend] | None) -> list[SandboxBackend]:
     if given is not None:
         return [b for n, b in given.items() if name in ("all", n)]
-    out: list[SandboxBackend] = []
-    if name in ("all", "docker"):
-        from .docker import DockerBackend
-
-        out.append(DockerBackend(max_workers=4))
-    if name in ("all", "local"):
-        from .local import LocalBackend
-
-        out.append(LocalBackend())
-    return out
+    return [registry.make_backend(n) for n in registry.backends() if name in ("all", n)]
 
 
 async def _records(backend: SandboxBackend) -> list[SandboxRecord]:

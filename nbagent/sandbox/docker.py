@@ -5,10 +5,15 @@ unless asked, a non-root user, all capabilities dropped, ``no-new-privileges``, 
 workspace and ``/tmp`` (so a read-only root still has a writable workspace). PID 1 is a tiny Python
 reaper, so orphaned processes never pile up as zombies and count against the pids limit.
 
-A command runs as ``timeout -s KILL <t> <argv>`` with a per-exec marker in its environment. ``timeout``
-kills the command's process group at ``t``; then every process carrying the marker is killed too (that
-catches processes that left the group). If the output stream is still open shortly after, the stream is
-cut and the sandbox is marked broken, so the call always returns within about a second of ``t``.
+A command runs under a small shell wrapper (:data:`~nbagent.sandbox.scripts.WRAP`) with a per-exec marker
+in its environment: ``timeout -s KILL`` kills the command's process group at its timeout, and when the
+command ends (at the timeout or not) the wrapper looks for any other process (a glob of ``/proc``: no
+fork). Only when there is one does it run the sweep, which kills every process the exec left behind --
+those carrying its marker and, when no other exec runs, those that cleared their environment -- and waits
+until they are gone: background jobs never outlive their exec, and a bounded fork loop never leaves the
+sandbox at its pids limit. If the wrapper does not end in time, marked processes are killed from outside;
+if the output stream is still open shortly after, it is cut and the sandbox is marked broken, so the call
+always returns within about a second of the timeout.
 
 Every Docker SDK call runs in the backend's own thread pool, never on the event loop (and never in the
 loop's default executor, which long-running execs would starve).
@@ -28,17 +33,18 @@ from typing import Any, TypeVar
 
 from ..errors import SandboxError
 from . import scripts
-from .backend import LABEL_MANAGER, LABEL_SANDBOX, SandboxLabels, SandboxRecord
+from .backend import LABEL_SANDBOX, ExecOutput, Isolation, SandboxLabels, SandboxRecord
+from .backend_registry import register_backend
 from .docker_stream import ExecStream, RawOutput, consume, read_frames, send_stdin
-from .procs import file_error
-from .spec import ExecResult, SandboxSpec, parse_size
+from .procs import in_thread
+from .spec import SandboxSpec, parse_size
 
 __all__ = ["DockerBackend", "DockerSandbox"]
 
 log = logging.getLogger("nbagent.sandbox.docker")
 T = TypeVar("T")
 
-_KILL_GRACE = 0.25  # after the in-container timeout fires, how long the stream may take to close
+_KILL_GRACE = 0.75  # after the in-container timeout fires, how long the runner may take to clean up
 _KILL_STEP = 0.25  # the bound on each later step (marker kill, wait, cut)
 _TMP_SIZE = "64m"
 
@@ -80,8 +86,7 @@ class DockerBackend:
         """Run a blocking call in the backend's thread pool."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="nbagent-docker")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await in_thread(functools.partial(fn, *args, **kwargs), executor=self._executor)
 
     # --- SandboxBackend -------------------------------------------------------------------------
 
@@ -183,16 +188,6 @@ class DockerBackend:
                 return
             raise SandboxError(f"cannot remove sandbox {sandbox_id}: {e}") from e
 
-    def cleanup_sync(self, manager_id: str) -> None:
-        if self._client is None:
-            return  # never made a container
-        rows = self._client.api.containers(all=True, filters={"label": f"{LABEL_MANAGER}={manager_id}"})
-        for row in rows:
-            try:
-                self._client.api.remove_container(row["Id"], force=True)
-            except Exception as e:  # best effort at exit
-                log.debug("cannot remove %s: %s", row["Id"], e)
-
     async def aclose(self) -> None:
         executor, self._executor = self._executor, None
         if executor is not None:
@@ -203,7 +198,6 @@ class DockerSandbox:
     """One sandbox container. Created by :class:`DockerBackend`; used through a lease's Sandbox."""
 
     backend = "docker"
-    isolated = True
 
     def __init__(self, owner: DockerBackend, container: Any, spec: SandboxSpec) -> None:
         self._owner = owner
@@ -211,6 +205,7 @@ class DockerSandbox:
         self.spec = spec
         self.id: str = container.name
         self.workdir = spec.workdir
+        self.isolation = _isolation(spec)
         self._oom_kills: int | None = None
         self._baseline: frozenset[str] = frozenset()
         self._problem: str | None = None  # set when a command could not be killed cleanly
@@ -227,26 +222,18 @@ class DockerSandbox:
     # --- commands -------------------------------------------------------------------------------
 
     async def exec(
-        self, argv: Sequence[str], *, stdin: bytes | None, timeout: float, env: Mapping[str, str] | None = None
-    ) -> ExecResult:
+        self, argv: Sequence[str], *, stdin: bytes | None, timeout: float, limit: int,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecOutput:
         started = time.monotonic()
-        raw, timed_out = await self._exec_raw(argv, stdin=stdin, timeout=timeout, env=env,
-                                              limit=self.spec.max_output)
+        raw, timed_out = await self._exec_raw(argv, stdin=stdin, timeout=timeout, env=env, limit=limit)
         duration = time.monotonic() - started
         code = raw.exit_code
         oom: bool | None = False
         if not timed_out and (code is None or code == 137):
             oom = await self._oom_since_last()  # raises SandboxError if the container is gone
-        return ExecResult(
-            stdout=raw.stdout.decode("utf-8", "replace"),
-            stderr=raw.stderr.decode("utf-8", "replace"),
-            exit_code=code,
-            duration=duration,
-            timed_out=timed_out,
-            oom_killed=oom,
-            truncated=raw.truncated,
-            timeout=timeout,
-        )
+        return ExecOutput(stdout=raw.stdout, stderr=raw.stderr, exit_code=code, duration=duration,
+                          timed_out=timed_out, oom_killed=oom, truncated=raw.truncated)
 
     async def _exec_raw(
         self,
@@ -259,9 +246,10 @@ class DockerSandbox:
         wrap: bool = True,
     ) -> tuple[RawOutput, bool]:
         """Run one command; return its raw output and whether it was killed at ``timeout``. ``wrap=False``
-        leaves out the in-container ``timeout`` (for the reset, which kills every process but PID 1)."""
+        leaves out the in-container runner (for the reset, which kills every process but PID 1)."""
         marker = uuid.uuid4().hex
-        cmd = ["timeout", "-s", "KILL", f"{timeout:.3f}", *argv] if wrap else list(argv)
+        runner = ["/bin/sh", "-c", scripts.WRAP, "sh", f"{timeout:.3f}", self.spec.python, scripts.SWEEP]
+        cmd = [*runner, *argv] if wrap else list(argv)
         environment = {**(env or {}), "NBAGENT_EXEC": marker}
         stream = ExecStream()
         started = time.monotonic()
@@ -368,27 +356,6 @@ class DockerSandbox:
             return None
         return count > before
 
-    # --- files ----------------------------------------------------------------------------------
-
-    def _path(self, path: str) -> str:
-        return path if path.startswith("/") else f"{self.workdir.rstrip('/')}/{path}"
-
-    async def put_file(self, path: str, data: bytes) -> None:
-        target = self._path(path)
-        script = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
-        raw, timed_out = await self._exec_raw(["/bin/sh", "-c", script, "sh", target], stdin=data,
-                                              timeout=max(self.spec.timeout, 60.0), env=None, limit=65536)
-        if timed_out or raw.exit_code != 0:
-            raise file_error(target, raw.stderr.decode(errors="replace"), raw.exit_code, timed_out)
-
-    async def get_file(self, path: str) -> bytes:
-        target = self._path(path)
-        raw, timed_out = await self._exec_raw(["cat", "--", target], stdin=None,
-                                              timeout=max(self.spec.timeout, 60.0), env=None, limit=1 << 31)
-        if timed_out or raw.exit_code != 0:
-            raise file_error(target, raw.stderr.decode(errors="replace"), raw.exit_code, timed_out)
-        return raw.stdout
-
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def check(self) -> str | None:
@@ -411,3 +378,23 @@ class DockerSandbox:
 
     async def destroy(self) -> None:
         await self._owner.remove(self._container.id)
+
+
+def _isolation(spec: SandboxSpec) -> Isolation:
+    limits = {
+        "network": "the engine's default network" if spec.network else "none (loopback only)",
+        "memory": f"{spec.memory} (cgroup, no swap)",
+        "cpu": f"{spec.cpus:g} CPUs (cgroup)",
+        "pids": f"{spec.pids} (cgroup)",
+        "disk": f"workspace {spec.workspace_size} tmpfs, /tmp {_TMP_SIZE} tmpfs (both in the memory limit)",
+    }
+    if spec.read_only:
+        limits["root"] = "read-only"
+        unbounded: tuple[str, ...] = ()
+    else:
+        limits["root"] = "writable layer, checked with docker diff after each lease"
+        unbounded = ("disk writes outside the workspace and /tmp (the container's writable layer)",)
+    return Isolation(kind="docker", limits=limits, unbounded=unbounded)
+
+
+register_backend("docker", DockerBackend, auto_rank=0)

@@ -73,15 +73,17 @@ def read_frames(sock: Any, limit: int) -> tuple[bytes, bytes, bool]:
             if len(header) < 8:
                 break
             kind, size = struct.unpack(">BxxxL", header)
-            data = reader.read(size)
             buf = out[1] if kind == 2 else out[0]
-            room = limit - len(buf)
-            if room > 0:
-                buf += data[:room]
-            if len(data) > room:
-                truncated = True
-            if len(data) < size:
-                break
+            while size > 0:  # a frame is read in pieces: what is past the limit is never held
+                data = reader.read(min(size, 1 << 16))
+                if not data:
+                    return bytes(out[0]), bytes(out[1]), truncated
+                size -= len(data)
+                room = limit - len(buf)
+                if room > 0:
+                    buf += data[:room]
+                if len(data) > room:
+                    truncated = True
     except (OSError, ValueError):
         pass  # the stream was cut
     return bytes(out[0]), bytes(out[1]), truncated

@@ -2,8 +2,13 @@
 
 With bubblewrap (``isolated == True``) every command runs in fresh namespaces
 (``bwrap --unshare-all --die-with-parent``): no network, its own pid namespace (so killing bubblewrap
-kills every process of the command), a private ``/tmp``, read-only binds of the system directories and a
-read-write bind of the workspace at the spec's ``workdir``.
+kills every process of the command), read-only binds of the system directories, a read-write bind of the
+workspace at the spec's ``workdir`` and a private ``/tmp``.
+
+Disk: when this process may mount (root), the workspace and ``/tmp`` live on one tmpfs of
+``workspace_size`` per sandbox (:mod:`.localdisk`), so their total is bounded. Otherwise only each file is
+bounded (``RLIMIT_FSIZE``) and ``/tmp`` is a fresh tmpfs of ``workspace_size`` per command;
+``sandbox.isolation`` lists the workspace's total as not bounded.
 
 Without bubblewrap (``isolated == False``; a :class:`SandboxNotIsolatedWarning` says so) commands are plain
 processes in the workspace directory: they can read the machine and reach the network. Both modes run
@@ -33,9 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SandboxError
-from .backend import LABEL_MANAGER, SandboxLabels, SandboxRecord
-from .procs import feed, file_error, kill_marked, processes_of, read_capped, rmtree
-from .spec import ExecResult, SandboxSpec, parse_size
+from .backend import ExecOutput, Isolation, SandboxLabels, SandboxRecord
+from .backend_registry import register_backend
+from .localdisk import mount_disk, unmount_disk
+from .procs import feed, in_thread, kill_marked, processes_of, read_capped, rmtree
+from .spec import SandboxSpec
 
 __all__ = ["LocalBackend", "LocalSandbox", "SandboxNotIsolatedWarning"]
 
@@ -133,19 +140,20 @@ class LocalBackend:
         sandbox_id = f"local-{uuid.uuid4().hex[:10]}"
         home = self.root / sandbox_id
         meta = {"labels": labels.as_dict(), "isolated": isolated}
-        await asyncio.to_thread(_make_home, self.root, home, meta, spec)
-        sandbox = LocalSandbox(self, sandbox_id, home, spec, isolated)
+        unbounded = await asyncio.to_thread(_make_home, self.root, home, meta, spec)
+        sandbox = LocalSandbox(self, sandbox_id, home, spec, isolated, disk_bounded=unbounded is None)
         try:
-            result = await sandbox.exec(["/bin/sh", "-c", "true"], stdin=None, timeout=10)
-            if not result.ok:
-                raise SandboxError(f"local sandbox cannot run commands: {result.output.strip()[-300:]}")
+            out = await sandbox.exec(["/bin/sh", "-c", "true"], stdin=None, timeout=10, limit=65536)
+            if out.exit_code != 0 or out.timed_out:
+                detail = (out.stdout + out.stderr).decode(errors="replace").strip()[-300:]
+                raise SandboxError(f"local sandbox cannot run commands: {detail or out.exit_code}")
         except BaseException:
             await asyncio.shield(sandbox.destroy())
             raise
         return sandbox
 
     async def list_sandboxes(self) -> list[SandboxRecord]:
-        return await asyncio.to_thread(self._list_sync)
+        return await in_thread(self._list_sync)
 
     def _list_sync(self) -> list[SandboxRecord]:
         out = []
@@ -160,19 +168,17 @@ class LocalBackend:
         return out
 
     async def remove(self, sandbox_id: str) -> None:
-        await asyncio.to_thread(self._remove_sync, sandbox_id)
+        await in_thread(lambda: self._remove_sync(sandbox_id))
 
     def _remove_sync(self, sandbox_id: str) -> None:
         if "/" in sandbox_id or sandbox_id in ("", ".", ".."):
             raise SandboxError(f"not a sandbox id: {sandbox_id!r}")
         kill_marked(f"NBAGENT_SANDBOX={sandbox_id}")
+        try:
+            unmount_disk(self.root / sandbox_id / "disk")
+        except OSError as e:
+            raise SandboxError(f"cannot remove sandbox {sandbox_id}: {e}") from e
         rmtree(self.root / sandbox_id)
-
-    def cleanup_sync(self, manager_id: str) -> None:
-        for record in self._list_sync():
-            if record.labels.get(LABEL_MANAGER) == manager_id:
-                with contextlib.suppress(OSError, SandboxError):
-                    self._remove_sync(record.id)
 
     async def aclose(self) -> None:
         return None
@@ -183,14 +189,18 @@ class LocalSandbox:
 
     backend = "local"
 
-    def __init__(self, owner: LocalBackend, sandbox_id: str, home: Path, spec: SandboxSpec, isolated: bool) -> None:
+    def __init__(self, owner: LocalBackend, sandbox_id: str, home: Path, spec: SandboxSpec, isolated: bool, *,
+                 disk_bounded: bool) -> None:
         self._owner = owner
         self.id = sandbox_id
         self.home = home
-        self.workspace = home / "workspace"
+        self.workspace = home / "disk" / "workspace"
+        self.tmp = home / "disk" / "tmp"
         self.spec = spec
         self.isolated = isolated
+        self.disk_bounded = disk_bounded
         self.workdir = spec.workdir if isolated else str(self.workspace)
+        self.isolation = _isolation(spec, isolated, disk_bounded)
         self._problem: str | None = None
         self._bwrap: list[str] | None = None
 
@@ -202,27 +212,25 @@ class LocalSandbox:
         spec = self.spec
         if self._owner.prlimit:
             limits = [self._owner.prlimit, f"--as={spec.memory_bytes}", f"--nproc={nproc}",
-                      f"--fsize={parse_size(spec.workspace_size)}", "--core=0", "--nofile=1024", "--"]
+                      f"--fsize={spec.workspace_bytes}", "--core=0", "--nofile=1024", "--"]
         if self.isolated:
             if self._bwrap is None:  # the same for every command of this sandbox
                 assert self._owner.bwrap is not None
-                self._bwrap = [*_bwrap_args(self._owner.bwrap, spec, str(self.workspace)), "--"]
+                tmp = str(self.tmp) if self.disk_bounded else None
+                self._bwrap = [*_bwrap_args(self._owner.bwrap, spec, str(self.workspace), tmp), "--"]
             return [*limits, *self._bwrap, *argv]
         return [*limits, *argv]
 
     def _env(self, marker: str, env: Mapping[str, str] | None) -> dict[str, str]:
         path = "/usr/local/bin:/usr/bin:/bin" if self.isolated else os.environ.get("PATH", "/usr/bin:/bin")
-        return {"PATH": path, "HOME": self.workdir, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
+        tmp = {} if self.isolated else {"TMPDIR": str(self.tmp)}
+        return {"PATH": path, "HOME": self.workdir, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", **tmp,
                 "NBAGENT_SANDBOX": self.id, **dict(self.spec.env), **(env or {}), "NBAGENT_EXEC": marker}
 
     async def exec(
-        self, argv: Sequence[str], *, stdin: bytes | None, timeout: float, env: Mapping[str, str] | None = None
-    ) -> ExecResult:
-        return (await self._run(argv, stdin=stdin, timeout=timeout, env=env, limit=self.spec.max_output))[0]
-
-    async def _run(
-        self, argv: Sequence[str], *, stdin: bytes | None, timeout: float, env: Mapping[str, str] | None, limit: int
-    ) -> tuple[ExecResult, bytes]:
+        self, argv: Sequence[str], *, stdin: bytes | None, timeout: float, limit: int,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecOutput:
         marker = uuid.uuid4().hex
         nproc = await self._owner.nproc_limit(self.spec)
         started = time.monotonic()
@@ -283,10 +291,8 @@ class LocalSandbox:
         code = proc.returncode
         if code is not None and code < 0:
             code = 128 - code  # shell convention for "killed by signal"
-        result = ExecResult(stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"),
-                            exit_code=code, duration=duration, timed_out=timed_out, oom_killed=None,
-                            truncated=out_cut or err_cut, timeout=timeout)
-        return result, out
+        return ExecOutput(stdout=out, stderr=err, exit_code=code, duration=duration, timed_out=timed_out,
+                          oom_killed=None, truncated=out_cut or err_cut)
 
     async def _kill(self, proc: asyncio.subprocess.Process, marker: str) -> None:
         """SIGKILL the command's process group (under bubblewrap that ends its pid namespace, so every
@@ -295,27 +301,6 @@ class LocalSandbox:
             os.killpg(proc.pid, signal.SIGKILL)
         if not self.isolated:
             await asyncio.to_thread(kill_marked, f"NBAGENT_EXEC={marker}")
-
-    # --- files ----------------------------------------------------------------------------------
-
-    def _path(self, path: str) -> str:
-        return path if path.startswith("/") else f"{self.workdir.rstrip('/')}/{path}"
-
-    async def put_file(self, path: str, data: bytes) -> None:
-        target = self._path(path)
-        script = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"'
-        result, _ = await self._run(["/bin/sh", "-c", script, "sh", target], stdin=data,
-                                    timeout=max(self.spec.timeout, 60.0), env=None, limit=65536)
-        if not result.ok:
-            raise file_error(target, result.stderr, result.exit_code, result.timed_out)
-
-    async def get_file(self, path: str) -> bytes:
-        target = self._path(path)
-        result, raw = await self._run(["cat", "--", target], stdin=None, timeout=max(self.spec.timeout, 60.0),
-                                      env=None, limit=1 << 31)
-        if not result.ok:
-            raise file_error(target, result.stderr, result.exit_code, result.timed_out)
-        return raw
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -328,30 +313,32 @@ class LocalSandbox:
         survivors = kill_marked(f"NBAGENT_SANDBOX={self.id}")
         if survivors:
             return f"processes survived the reset: {survivors}"
-        ws = self.workspace
-        if ws.is_symlink() or not ws.is_dir():
-            return "the workspace directory was replaced"
-        for child in list(ws.iterdir()):
-            try:
-                if child.is_dir() and not child.is_symlink():
-                    rmtree(child)
-                else:
-                    child.unlink()
-            except OSError as e:
-                return f"cannot wipe the workspace: {e}"
-        if any(ws.iterdir()):
-            return "the workspace could not be emptied"
-        _own(ws, self.spec)
+        for what, ws in (("workspace", self.workspace), ("/tmp", self.tmp)):
+            if ws.is_symlink() or not ws.is_dir():
+                return f"the {what} directory was replaced"
+            for child in list(ws.iterdir()):
+                try:
+                    if child.is_dir() and not child.is_symlink():
+                        rmtree(child)
+                    else:
+                        child.unlink()
+                except OSError as e:
+                    return f"cannot wipe the {what}: {e}"
+            if any(ws.iterdir()):
+                return f"the {what} could not be emptied"
+            _own(ws, self.spec)
         return None
 
     async def destroy(self) -> None:
-        await asyncio.to_thread(self._owner._remove_sync, self.id)
+        await in_thread(lambda: self._owner._remove_sync(self.id))
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _bwrap_args(bwrap: str, spec: SandboxSpec, workspace: str) -> list[str]:
+def _bwrap_args(bwrap: str, spec: SandboxSpec, workspace: str, tmp: str | None = None) -> list[str]:
+    """bubblewrap's arguments; ``tmp`` is the directory bound at ``/tmp`` (None: a fresh tmpfs of
+    ``workspace_size`` per command)."""
     args = [bwrap, "--unshare-all"]
     if spec.network:
         args.append("--share-net")
@@ -366,8 +353,9 @@ def _bwrap_args(bwrap: str, spec: SandboxSpec, workspace: str) -> list[str]:
     etc += [os.path.basename(p) for p in glob.glob("/etc/python3.*")]
     for name in etc:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-             "--bind", workspace, spec.workdir, "--chdir", spec.workdir,
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--bind", tmp, "/tmp"] if tmp is not None else ["--size", str(spec.workspace_bytes), "--tmpfs", "/tmp"]
+    args += ["--bind", workspace, spec.workdir, "--chdir", spec.workdir,
              "--uid", str(spec.uid), "--gid", str(spec.gid)]
     return args
 
@@ -393,12 +381,43 @@ def _own(path: Path, spec: SandboxSpec) -> None:
     os.chmod(path, 0o700)
 
 
-def _make_home(root: Path, home: Path, meta: dict[str, Any], spec: SandboxSpec) -> None:
+def _make_home(root: Path, home: Path, meta: dict[str, Any], spec: SandboxSpec) -> str | None:
+    """Make a sandbox's home; return None when its disk is bounded in total, else why it is not."""
     root.mkdir(mode=0o711, parents=True, exist_ok=True)
     home.mkdir(mode=0o711)
     os.chmod(home, 0o711)  # traversable by the sandbox's uid, not listable
     fd = os.open(home / _META, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(meta, f)
-    (home / "workspace").mkdir()
-    _own(home / "workspace", spec)
+    disk = home / "disk"
+    disk.mkdir(mode=0o711)
+    why = mount_disk(disk, spec.workspace_bytes)
+    if why is not None:
+        log.debug("local sandbox disk not bounded in total: %s", why)
+    for name in ("workspace", "tmp"):
+        (disk / name).mkdir()
+        _own(disk / name, spec)
+    return why
+
+
+def _isolation(spec: SandboxSpec, isolated: bool, disk_bounded: bool) -> Isolation:
+    size = spec.workspace_size
+    limits = {
+        "memory": f"address space {spec.memory} per process (RLIMIT_AS)",
+        "pids": f"about {spec.pids} more processes of its uid (RLIMIT_NPROC)",
+        "disk": (f"workspace and /tmp share one {size} tmpfs" if disk_bounded
+                 else f"each file at most {size} (RLIMIT_FSIZE)"),
+    }
+    unbounded = ["cpu"]
+    if not disk_bounded:
+        unbounded.append("the workspace's total size")
+        if isolated:
+            limits["tmp"] = f"a fresh {size} tmpfs per command"
+    if isolated:
+        limits["network"] = "shared with the host" if spec.network else "none (own network namespace)"
+    else:
+        unbounded += ["network", "the host's files (readable)", "/tmp (the host's; TMPDIR points into the sandbox)"]
+    return Isolation(kind="bwrap" if isolated else "process", limits=limits, unbounded=tuple(unbounded))
+
+
+register_backend("local", LocalBackend, auto_rank=100)

@@ -23,6 +23,9 @@ How the pool keeps its promises, all on one event loop and with no lock held acr
 * **Orphans.** Sandboxes are labelled with the owner pid, its start time, the host and the manager id;
   ``prune_orphans()`` (run on start) removes those whose owner process is gone. ``aclose()`` destroys
   everything; an ``atexit`` hook removes what is left if the program exits without it.
+
+Backends come from :mod:`nbagent.sandbox.backend_registry` by name; the manager makes one instance of each
+backend it uses (or takes the instances given to it) and never names a backend itself.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from ..errors import LeaseTimeout, SandboxError
 from ..events import EventBus, default_bus
-from .backend import SandboxBackend, SandboxLabels, SandboxRecord, new_manager_id
+from . import backend_registry as registry
+from .backend import LABEL_MANAGER, SandboxBackend, SandboxLabels, SandboxRecord, new_manager_id
 from .events import SandboxDestroyed, SandboxLeased, SandboxLeaseTimedOut, SandboxReleased
 from .pool import Pool
 from .sandbox import Sandbox, exec_event
@@ -54,7 +58,7 @@ class SandboxManager:
     """Leases sandboxes from a warm pool. See the module docstring for the guarantees.
 
     ``spec`` is the default for :meth:`lease` and the one kept warm (``pool.min_idle``). ``backends`` maps
-    a backend name to an instance (Docker and local ones are made on first use when not given; given ones
+    a backend name to an instance (registered backends are made on first use when not given; given ones
     are also the only ones :meth:`list_sandboxes` and :meth:`prune_orphans` look at). Events go
     to ``bus`` (default: the process-wide bus). ``prune_on_start`` removes orphans when the manager starts.
     ``clock`` is injectable for tests.
@@ -76,10 +80,10 @@ class SandboxManager:
         self.id = new_manager_id()
         self.prune_on_start = prune_on_start
         self._clock = clock
-        self._backends: dict[str, SandboxBackend] = dict(backends or {})
-        self._known = list(self._backends) or ["docker", "local"]  # what list/prune look at
+        self._backends = registry.BackendSet(backends)
+        self._used: set[str] = set()  # backends this manager created sandboxes on
         self._resolved: dict[SandboxSpec, SandboxSpec] = {}
-        self._pool = Pool(self.pool, bus=self.bus, backend=self._backend, clock=clock,
+        self._pool = Pool(self.pool, bus=self.bus, backend=self._backend_to_create, clock=clock,
                           labels=lambda: SandboxLabels.for_this_process(self.id))
         self._tickets = itertools.count()
         self._arriving: set[int] = set()  # tickets of requests still waiting for start-up
@@ -167,14 +171,14 @@ class SandboxManager:
     async def list_sandboxes(self) -> list[SandboxRecord]:
         """Every labelled sandbox the reachable backends know of, from any process."""
         out: list[SandboxRecord] = []
-        for backend in await self._reachable_backends():
+        for backend in await self._backends.reachable():
             out.extend(await backend.list_sandboxes())
         return out
 
     async def prune_orphans(self) -> list[SandboxRecord]:
         """Remove labelled sandboxes whose owner process is dead; return what was removed."""
         removed: list[SandboxRecord] = []
-        for backend in await self._reachable_backends():
+        for backend in await self._backends.reachable():
             try:
                 records = await backend.list_sandboxes()
                 dead = await asyncio.to_thread(_orphans, records)
@@ -211,8 +215,7 @@ class SandboxManager:
                     await asyncio.wait_for(returned.wait(), grace)
             pool.destroy_leased()
         await pool.settle()
-        for backend in list(self._backends.values()):
-            await backend.aclose()
+        await self._backends.aclose()
         atexit.unregister(self._atexit)
 
     async def __aenter__(self) -> SandboxManager:
@@ -223,12 +226,40 @@ class SandboxManager:
         await self.aclose()
 
     def cleanup_sync(self) -> None:
-        """Best-effort synchronous removal of this manager's sandboxes (for interpreter exit)."""
-        for backend in list(self._backends.values()):
+        """Best-effort removal of this manager's sandboxes when no event loop runs (interpreter exit):
+        runs :meth:`remove_own` on a private loop. Never raises."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            log.debug("sandbox cleanup skipped: an event loop is running in this thread")
+            return
+        try:
+            asyncio.run(self.remove_own())
+        except Exception as e:  # exit-time cleanup must never raise
+            log.debug("sandbox cleanup failed: %s", e)
+
+    async def remove_own(self) -> int:
+        """Remove every sandbox labelled with this manager's id, from the backends it created sandboxes
+        on (whatever the pool thinks of them); return how many."""
+        removed = 0
+        for name in sorted(self._used):
+            backend = self._backends.get(name)
             try:
-                backend.cleanup_sync(self.id)
-            except Exception as e:  # exit-time cleanup must never raise
-                log.debug("sandbox cleanup of %s failed: %s", backend.name, e)
+                records = await backend.list_sandboxes()
+            except Exception as e:
+                log.debug("cannot list %s sandboxes: %s", name, e)
+                continue
+            for record in records:
+                if record.labels.get(LABEL_MANAGER) != self.id:
+                    continue
+                try:
+                    await backend.remove(record.id)
+                    removed += 1
+                except Exception as e:
+                    log.debug("cannot remove sandbox %s: %s", record.id, e)
+        return removed
 
     # --- leasing --------------------------------------------------------------------------------
 
@@ -335,37 +366,15 @@ class SandboxManager:
             return spec
         resolved = self._resolved.get(spec)
         if resolved is None:
-            docker_ok = await self._available("docker")
-            if not docker_ok:
-                log.info("Docker is not reachable: sandboxes use the local backend")
-            resolved = spec.replace(backend="docker" if docker_ok else "local")
+            name = await self._backends.first_available()
+            resolved = spec.replace(backend=name)
             self._resolved[spec] = resolved
         return resolved
 
-    def _backend(self, name: str) -> SandboxBackend:
+    def _backend_to_create(self, name: str) -> SandboxBackend:
         backend = self._backends.get(name)
-        if backend is None:
-            if name == "docker":
-                from .docker import DockerBackend
-
-                backend = DockerBackend()
-            elif name == "local":
-                from .local import LocalBackend
-
-                backend = LocalBackend()
-            else:
-                raise SandboxError(f"unknown sandbox backend {name!r}")
-            self._backends[name] = backend
+        self._used.add(name)
         return backend
-
-    async def _available(self, name: str) -> bool:
-        try:
-            return await self._backend(name).available()
-        except SandboxError:
-            return False
-
-    async def _reachable_backends(self) -> list[SandboxBackend]:
-        return [self._backend(n) for n in self._known if await self._available(n)]
 
 
 def _orphans(records: list[SandboxRecord]) -> list[SandboxRecord]:

@@ -8,11 +8,47 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["feed", "file_error", "kill_marked", "processes_of", "read_capped", "rmtree"]
+__all__ = ["feed", "file_error", "in_thread", "kill_marked", "processes_of", "read_capped", "rmtree"]
+
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[[], T], *, executor: Executor | None = None) -> T:
+    """Run blocking ``fn`` in ``executor`` (default: the loop's), or in a thread of its own when executors
+    refuse work (at interpreter exit, when the manager's exit hook removes what is left)."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(executor, fn)
+    except RuntimeError as e:
+        if "shutdown" not in str(e):  # "cannot schedule new futures after (interpreter) shutdown"
+            raise
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: T | None, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)  # type: ignore[arg-type]
+
+    def target() -> None:
+        try:
+            value = fn()
+        except BaseException as e:
+            loop.call_soon_threadsafe(settle, None, e)
+        else:
+            loop.call_soon_threadsafe(settle, value, None)
+
+    threading.Thread(target=target, name="nbagent-sandbox-exit", daemon=True).start()
+    return await fut
 
 
 def processes_of(uid: int) -> int:

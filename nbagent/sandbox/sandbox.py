@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from ..errors import SandboxError
-from .backend import SandboxDriver
+from . import files
+from .backend import Isolation, SandboxDriver
 from .events import SandboxExec
 from .pool import Entry, State
 from .spec import ExecResult, SandboxSpec
@@ -27,8 +28,9 @@ class Sandbox:
     """A leased sandbox. Valid only inside its ``async with manager.lease(...)`` block.
 
     ``workdir`` is the lease's own workspace (empty at the start of every lease); relative paths given to
-    :meth:`put_file` / :meth:`get_file` and commands' working directory are inside it. ``isolated`` is
-    False only for the local backend without bubblewrap, which runs commands as plain processes.
+    :meth:`put_file` / :meth:`get_file` and commands' working directory are inside it. ``isolation``
+    says what the sandbox enforces and what it does not bound; ``isolated`` is False only for the local
+    backend without bubblewrap, which runs commands as plain processes.
     """
 
     def __init__(self, entry: Entry, manager: SandboxManager, run_id: str | None) -> None:
@@ -52,7 +54,12 @@ class Sandbox:
 
     @property
     def isolated(self) -> bool:
-        return self._driver.isolated
+        return self._driver.isolation.isolated
+
+    @property
+    def isolation(self) -> Isolation:
+        """What this sandbox enforces, per resource, and what nothing bounds."""
+        return self._driver.isolation
 
     @property
     def workdir(self) -> str:
@@ -99,7 +106,8 @@ class Sandbox:
         started = time.monotonic()
         self.execs += 1
         try:
-            result = await self._driver.exec(argv, stdin=data, timeout=limit, env=env)
+            result = (await self._driver.exec(argv, stdin=data, timeout=limit, limit=self.spec.max_output,
+                                              env=env)).result(limit)
         except BaseException as e:
             # a failed or interrupted command leaves the sandbox suspect: it is checked or destroyed on return
             if isinstance(e, SandboxError):
@@ -130,16 +138,31 @@ class Sandbox:
 
     async def put_file(self, path: str, data: bytes | str) -> None:
         """Write a file (text is UTF-8 encoded); a relative path is inside the workspace. Parent
-        directories are created. The file belongs to the sandbox's user."""
+        directories are created. The file belongs to the sandbox's user. Data over the spec's
+        ``max_transfer`` raises :class:`~nbagent.sandbox.TransferLimitExceeded` (an ``OSError``)."""
         self._check_open()
         payload = data.encode() if isinstance(data, str) else bytes(data)
-        await self._file_op(self._driver.put_file(path, payload))
+        await self._file_op(files.put_file(self._driver, path, payload, limit=self.spec.max_transfer_bytes,
+                                           timeout=self._transfer_timeout))
 
-    async def get_file(self, path: str) -> bytes:
+    async def get_file(self, path: str, *, max_bytes: int | None = None, truncate: bool = False) -> bytes:
         """Read a file from the sandbox; a relative path is inside the workspace. A missing file raises
-        :class:`FileNotFoundError` (other unreadable files :class:`OSError`)."""
+        :class:`FileNotFoundError` (other unreadable files :class:`OSError`).
+
+        At most ``max_bytes`` (default: the spec's ``max_transfer``) are read, streamed: a longer file (or
+        ``/dev/zero``) raises :class:`~nbagent.sandbox.TransferLimitExceeded`, or with ``truncate=True``
+        gives its first ``max_bytes`` bytes.
+        """
         self._check_open()
-        return await self._file_op(self._driver.get_file(path))
+        limit = self.spec.max_transfer_bytes if max_bytes is None else max_bytes
+        if limit < 0:
+            raise ValueError(f"max_bytes must not be negative, got {max_bytes}")
+        return await self._file_op(files.get_file(self._driver, path, limit=limit, timeout=self._transfer_timeout,
+                                                  truncate=truncate))
+
+    @property
+    def _transfer_timeout(self) -> float:
+        return max(self.spec.timeout, 60.0)
 
     async def _file_op(self, coro: Awaitable[T]) -> T:
         try:

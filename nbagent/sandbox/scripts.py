@@ -3,7 +3,7 @@ modules: images with ``python3-minimal`` have no ``shutil``)."""
 
 from __future__ import annotations
 
-__all__ = ["CHECK", "INIT", "KILL_MARKED", "OOM_FILES"]
+__all__ = ["CHECK", "INIT", "KILL_MARKED", "OOM_FILES", "SWEEP", "WRAP"]
 
 # PID 1: reap every child (orphans are re-parented here), exit on SIGTERM.
 INIT = """\
@@ -20,6 +20,60 @@ signal.signal(signal.SIGCHLD, reap)
 signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 while True:
     signal.pause()
+"""
+
+# Run one command: sh -c WRAP sh TIMEOUT PYTHON SWEEP ARGV... ``timeout`` kills the command's process group at
+# TIMEOUT. When it ends, a glob of /proc (no fork: it works at the pids limit) looks for any process but
+# PID 1 and the shell; only if there is one does the shell exec SWEEP, which kills what the exec left behind.
+# Nothing of an exec outlives it, and the common case costs no more than the shell.
+WRAP = (
+    't=$1; py=$2; s=$3; shift 3; timeout -s KILL "$t" "$@"; rc=$?; '
+    'for p in /proc/[0-9]*; do case "${p#/proc/}" in 1|$$) ;; *) exec "$py" -I -S -c "$s" "$rc";; esac; done; '
+    'exit "$rc"'
+)
+
+# The sweep (argv[1]: the exit status to keep): kill every process carrying this exec's marker and, when no
+# other exec is running, every process with no marker at all (it cleared its environment); wait until they
+# are gone (a zombie still holds a pid).
+SWEEP = """\
+import os, sys, time
+own = ("NBAGENT_EXEC=" + os.environ.get("NBAGENT_EXEC", "")).encode()
+me = os.getpid()
+def left():
+    mine, others, unmarked = [], False, []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) in (1, me):
+            continue
+        try:
+            with open("/proc/%s/environ" % p, "rb") as f:
+                env = f.read().split(b"\\0")
+        except OSError:
+            continue
+        marks = [v for v in env if v.startswith(b"NBAGENT_EXEC=")]
+        if not marks:
+            unmarked.append(int(p))
+        elif marks[0] == own:
+            mine.append(int(p))
+        else:
+            others = True
+    return mine if others else mine + unmarked
+killed = set()
+deadline = time.monotonic() + 3
+while time.monotonic() < deadline:
+    victims = left()
+    if not victims:
+        break
+    for p in victims:
+        try:
+            os.kill(p, 9)
+            killed.add(p)
+        except OSError:
+            pass
+    time.sleep(0.005)
+while killed and time.monotonic() < deadline:
+    killed = {p for p in killed if os.path.exists("/proc/%d" % p)}
+    time.sleep(0.005)
+os._exit(int(sys.argv[1]))
 """
 
 # Kill every process whose environment carries the marker (argv[1]).

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, SandboxTimeout
+from . import backend_registry as registry
 
 __all__ = ["DEFAULT_IMAGE", "ExecResult", "PoolConfig", "SandboxSpec", "from_settings", "parse_size"]
 
 DEFAULT_IMAGE = "nbagent-sandbox:bookworm"
 
-_BACKENDS = ("auto", "docker", "local")
 _ISOLATION = ("auto", "bwrap", "none")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -39,10 +39,13 @@ def parse_size(value: str | int) -> int:
 class SandboxSpec:
     """The shape of a sandbox. Frozen and hashable: the pool keeps one warm list per distinct spec.
 
-    ``backend`` is ``"docker"``, ``"local"`` (bubblewrap, or a plain subprocess when bubblewrap is absent)
-    or ``"auto"`` (Docker when the engine answers, else local). ``memory``, ``cpus`` and ``pids`` are hard
-    limits; ``network=False`` gives the sandbox no network at all. ``user`` is ``"uid:gid"`` (non-root by
-    default). ``timeout`` is the default per-command wall-clock limit in seconds.
+    ``backend`` is a registered backend (:func:`~nbagent.sandbox.register_backend`): ``"docker"``,
+    ``"local"`` (bubblewrap, or a plain subprocess when bubblewrap is absent), or ``"auto"`` (the first
+    available by rank: Docker when the engine answers, else local). ``memory``, ``cpus`` and ``pids`` are
+    hard limits; ``network=False`` gives the sandbox no network at all. ``user`` is ``"uid:gid"`` (non-root
+    by default). ``timeout`` is the default per-command wall-clock limit in seconds. ``workspace_size``
+    bounds what the workspace and ``/tmp`` hold. ``max_output`` caps each of a command's stdout and stderr
+    (bytes); ``max_transfer`` caps one file read or write (``get_file``, ``put_file`` and the file tools).
     """
 
     backend: str = "auto"
@@ -57,17 +60,18 @@ class SandboxSpec:
     timeout: float = 30.0
     workspace_size: str = "256m"
     max_output: int = 1_000_000
+    max_transfer: str = "8m"
     env: tuple[tuple[str, str], ...] = ()
     local_isolation: str = "auto"
     python: str = "python3"
 
     def __post_init__(self) -> None:
-        if self.backend not in _BACKENDS:
-            raise ConfigError(f"sandbox backend must be one of {_BACKENDS}, got {self.backend!r}")
+        registry.check_name(self.backend)
         if self.local_isolation not in _ISOLATION:
             raise ConfigError(f"local_isolation must be one of {_ISOLATION}, got {self.local_isolation!r}")
         parse_size(self.memory)
         parse_size(self.workspace_size)
+        parse_size(self.max_transfer)
         if not self.cpus > 0:
             raise ConfigError(f"cpus must be positive, got {self.cpus}")
         if self.pids < 8:
@@ -85,6 +89,14 @@ class SandboxSpec:
     @property
     def memory_bytes(self) -> int:
         return parse_size(self.memory)
+
+    @property
+    def max_transfer_bytes(self) -> int:
+        return parse_size(self.max_transfer)
+
+    @property
+    def workspace_bytes(self) -> int:
+        return parse_size(self.workspace_size)
 
     @property
     def uid(self) -> int:

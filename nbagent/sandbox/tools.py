@@ -23,7 +23,8 @@ from .spec import SandboxSpec
 
 __all__ = ["SandboxFacts", "sandbox_tools"]
 
-MAX_READ_CHARS = 200_000
+MAX_READ_CHARS = 200_000  # what read_file hands the model at most
+MAX_READ_BYTES = 4 * MAX_READ_CHARS  # what it reads (UTF-8: up to 4 bytes a character), at most the spec's max_transfer
 
 
 def sandbox_tools(
@@ -93,15 +94,18 @@ def sandbox_tools(
             path: the file, relative to the working directory
         """
         async with sandbox(ctx) as sb:
+            cap = min(sb.spec.max_transfer_bytes, MAX_READ_BYTES)
             try:
-                data = await sb.get_file(path)
+                data = await sb.get_file(path, max_bytes=cap + 1, truncate=True)
             except FileNotFoundError:
                 raise ToolError(f"no such file: {path}") from None
             except OSError as e:
                 raise ToolError(f"cannot read {path}: {e.strerror or e}") from None
-        text = data.decode("utf-8", "replace")
-        if len(text) > MAX_READ_CHARS:
-            return text[:MAX_READ_CHARS] + f"\n[truncated: {len(text)} characters in all]"
+        text = data[:cap].decode("utf-8", "replace")
+        if len(data) > cap or len(text) > MAX_READ_CHARS:
+            shown = text[:MAX_READ_CHARS]
+            return shown + (f"\n[truncated: the file is longer than the {len(shown)} characters shown; "
+                            "read parts of it with the shell tool, e.g. with tail or sed]")
         return text
 
     @tool(name="write_file")

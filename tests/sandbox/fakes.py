@@ -7,16 +7,19 @@ import itertools
 from collections.abc import Mapping, Sequence
 
 from nbagent.errors import SandboxError
-from nbagent.sandbox.backend import SandboxLabels, SandboxRecord
-from nbagent.sandbox.spec import ExecResult, SandboxSpec
+from nbagent.sandbox.backend import ExecOutput, Isolation, SandboxLabels, SandboxRecord
+from nbagent.sandbox.files import PUT_SCRIPT
+from nbagent.sandbox.spec import SandboxSpec
 
 _ids = itertools.count(1)
 
 
 class FakeDriver:
+    """Runs no commands: echoes argv, and keeps files written and read with the file-transfer commands."""
+
     backend = "fake"
-    isolated = True
     workdir = "/workspace"
+    isolation = Isolation(kind="fake")
 
     def __init__(self, owner: FakeBackend, spec: SandboxSpec, labels: SandboxLabels) -> None:
         self.owner = owner
@@ -30,23 +33,23 @@ class FakeDriver:
         self.checks = 0
 
     async def exec(
-        self, argv: Sequence[str], *, stdin: bytes | None, timeout: float, env: Mapping[str, str] | None = None
-    ) -> ExecResult:
+        self, argv: Sequence[str], *, stdin: bytes | None, timeout: float, limit: int,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecOutput:
         if self.destroyed:
             raise SandboxError(f"{self.id} is destroyed")
         if self.fail_exec:
             raise SandboxError(f"{self.id} broke")
         await asyncio.sleep(0)
-        return ExecResult(stdout=" ".join(argv), stderr="", exit_code=0, duration=0.001, timeout=timeout)
-
-    async def put_file(self, path: str, data: bytes) -> None:
-        self.files[path] = data
-
-    async def get_file(self, path: str) -> bytes:
-        try:
-            return self.files[path]
-        except KeyError:
-            raise FileNotFoundError(2, "No such file", path) from None
+        if list(argv[:3]) == ["/bin/sh", "-c", PUT_SCRIPT]:
+            self.files[argv[4]] = stdin or b""
+            return ExecOutput(stdout=b"", stderr=b"", exit_code=0, duration=0.001)
+        if argv[0] == "head":
+            data = self.files.get(argv[4])
+            if data is None:
+                return ExecOutput(stdout=b"", stderr=b"head: No such file or directory", exit_code=1, duration=0.001)
+            return ExecOutput(stdout=data[: int(argv[2])][:limit], stderr=b"", exit_code=0, duration=0.001)
+        return ExecOutput(stdout=" ".join(argv).encode(), stderr=b"", exit_code=0, duration=0.001)
 
     async def check(self) -> str | None:
         self.checks += 1
@@ -58,6 +61,7 @@ class FakeDriver:
     async def destroy(self) -> None:
         self.destroyed = True
         self.owner.destroyed.append(self)
+        self.owner.records = [r for r in self.owner.records if r.id != self.id]
 
 
 class FakeBackend:
@@ -74,7 +78,6 @@ class FakeBackend:
         self.fail_creates = 0
         self.records: list[SandboxRecord] = []
         self.removed: list[str] = []
-        self.cleaned: list[str] = []
         self.closed = False
         self.reachable = True
 
@@ -94,6 +97,8 @@ class FakeBackend:
                 raise SandboxError("the engine said no")
             driver = FakeDriver(self, spec, labels)
             self.created.append(driver)
+            self.records.append(SandboxRecord(id=driver.id, backend=self.name, status="running",
+                                              labels=labels.as_dict()))
             return driver
         finally:
             self.in_flight -= 1
@@ -104,9 +109,6 @@ class FakeBackend:
     async def remove(self, sandbox_id: str) -> None:
         self.removed.append(sandbox_id)
         self.records = [r for r in self.records if r.id != sandbox_id]
-
-    def cleanup_sync(self, manager_id: str) -> None:
-        self.cleaned.append(manager_id)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -17,8 +17,10 @@ from nbagent.sandbox import (
     SandboxLeased,
     SandboxLeaseTimedOut,
     SandboxManager,
+    SandboxRecord,
     SandboxSpec,
 )
+from nbagent.sandbox.backend import SandboxLabels
 
 from .fakes import FakeBackend
 
@@ -414,12 +416,17 @@ async def test_stats_and_events(make_manager: Make, events: list[Event]) -> None
 
 
 @pytest.mark.asyncio
-async def test_atexit_cleanup_reaches_every_backend(make_manager: Make, backend: FakeBackend) -> None:
+async def test_exit_cleanup_removes_the_managers_own_sandboxes(make_manager: Make, backend: FakeBackend) -> None:
+    other = SandboxRecord(id="someone-else", backend="docker", status="running",
+                          labels=SandboxLabels.for_this_process("another-manager").as_dict())
+    backend.records.append(other)
     m = make_manager()
-    async with m.lease():
-        pass
-    m.cleanup_sync()
-    assert backend.cleaned == [m.id]
+    async with m.lease() as sb:
+        mine = sb.id
+    await m.settle()
+    # the exit hook runs where no event loop runs: on a private loop, outside this test's
+    await asyncio.to_thread(m.cleanup_sync)
+    assert backend.removed == [mine] and backend.records == [other]
 
 
 @pytest.mark.asyncio
