@@ -301,9 +301,9 @@ def _write(writer: BatchWriter, db: sqlite3.Connection, batch_size: int, records
             acks.written += writer.write(db, chunk, drops if i == 0 else {})
             acks.commits += 1
         except WriteFailed as exc:
-            acks.error = repr(exc.cause)
+            acks.written += exc.written
+            acks.error = str(exc)
             for rid, n in exc.lost.items():
                 acks.lost[rid] = acks.lost.get(rid, 0) + n
-            if i == 0:
-                for rid, n in drops.items():
-                    acks.drops_back[rid] = acks.drops_back.get(rid, 0) + n
+            for rid, n in exc.drops.items():
+                acks.drops_back[rid] = acks.drops_back.get(rid, 0) + n

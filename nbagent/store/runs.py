@@ -448,7 +448,8 @@ class RunStore(RunQueries):
             self.written += self._local.write(self._conn, records, drops)
             self.commits += 1
         except WriteFailed as exc:
-            self._lost(exc.lost, drops, repr(exc.cause))
+            self.written += exc.written
+            self._lost(exc.lost, exc.drops, str(exc))
 
     def _acked(self, written: int, commits: int) -> None:
         self.written += written
