@@ -428,6 +428,10 @@ class Agent:
                                   steps=usage.steps, input_tokens=t.input_tokens, output_tokens=t.output_tokens,
                                   cached_tokens=t.cached_tokens, cost=usage.cost,
                                   error=None if error is None else f"{type(error).__name__}: {error}"))
+        from ..store import active_store  # a run store whose writer is behind slows runs' ends (never the loop)
+
+        if (store := active_store()) is not None:
+            await store.admit()
         return timings
 
     async def _loop(self, messages: list[dict[str, Any]], usage: RunUsage, ctx: RunContext, state: _RunState,

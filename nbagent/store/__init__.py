@@ -51,15 +51,17 @@ __all__ = [
 
 _lock = threading.Lock()
 _default: RunStore | None = None
+_chosen = False  # the process-wide store was opened by enable(**store_options): keep it whatever its path
 _attached: dict[int, Any] = {}
 
 
 def default_store() -> RunStore:
-    """The process-wide store at :func:`default_path` (opened on first use)."""
-    global _default
+    """The process-wide store: the one :func:`enable` opened with options, else the one at
+    :func:`default_path` (opened on first use)."""
+    global _default, _chosen
     with _lock:
-        if _default is None or _default._closed or _default.path != default_path():
-            _default = RunStore()
+        if _default is None or _default._closed or (not _chosen and _default.path != default_path()):
+            _default, _chosen = RunStore(), False
         return _default
 
 
@@ -74,7 +76,7 @@ def enable(bus: EventBus | None = None, **store_options: Any) -> RunStore | None
     ``store_options`` (``path``, ``batch_size``, ``flush_interval``...) open a new process-wide store when
     given. Returns None, and keeps nothing, when ``NBAGENT_STORE`` is ``0``/``off``/``false``.
     """
-    global _default
+    global _default, _chosen
     if os.environ.get("NBAGENT_STORE", "").lower() in ("0", "off", "false", "no"):
         return None
     install_log_redaction()
@@ -82,7 +84,7 @@ def enable(bus: EventBus | None = None, **store_options: Any) -> RunStore | None
     if store_options:
         with _lock:
             old = _default
-            _default = RunStore(**store_options)
+            _default, _chosen = RunStore(**store_options), True
         if old is not None:
             _detach_all()
             old.close()
