@@ -293,7 +293,7 @@ class BatchWriter:
             encoded.append((run_id, output, dumps(timings), dumps(messages)))
             texts.extend(encoded[-1][1:])
             for name, value in arts.items():
-                artifacts.append((run_id, name, value if isinstance(value, str) else self.dumps(value)))
+                artifacts.append((run_id, name, self.text(value) if isinstance(value, str) else self.dumps(value)))
         red = self.redactor
         if red is not None and texts and red.might_contain("\n".join(texts)):
             # seldom: a secret, or what looks like one; redact each free-text value as it is written
@@ -351,6 +351,11 @@ class BatchWriter:
             _, run_id, messages, output, timings, _ = rec
             encoded[k] = (run_id, red.redact(output), self.dumps(timings), self.dumps(messages))
         return [(role, redacted.get(id(values), values)) for role, values in roles]
+
+    def text(self, value: str) -> str:
+        """``value`` redacted when a redactor is set."""
+        red = self.redactor
+        return value if red is None or not red.might_contain(value) else red.redact(value)
 
     def dumps(self, value: Any) -> str:
         """JSON of any value, redacted when a redactor is set."""
