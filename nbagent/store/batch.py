@@ -27,10 +27,11 @@ from typing import Any
 
 from ..events import Event
 from .codec import _SAFE_TEXT, EVENT_SQL, SCHEMA_SQL, dumps, rows_sql, run_sql
+from .escape import describe_error, escape_text, escaped
 from .redact import Redactor
 
 __all__ = ["SCHEMA", "RESULT", "BatchWriter", "Marker", "Packer", "ResultRecord", "WriteFailed", "connect",
-           "count_events", "describe_error", "escape_text", "split"]
+           "count_events", "split"]
 
 SCHEMA = -1  # (SCHEMA, class id, kind, field names, names of free-text fields)
 RESULT = -2  # (RESULT, run_id, messages, output, timings, artifacts)
@@ -111,50 +112,15 @@ def split(records: list[Any], size: int) -> Iterator[list[Any]]:
     yield records[start:]
 
 
-def escape_text(text: str) -> str:
-    """``text`` with every character UTF-8 cannot encode (lone surrogates) backslash-escaped."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def describe_error(exc: BaseException, limit: int = 300) -> str:
-    """One short, printable line for a log: never the data that failed (a ``UnicodeEncodeError``'s repr holds
-    the whole text it could not encode)."""
-    if isinstance(exc, UnicodeError):
-        reason = getattr(exc, "reason", "")
-        start = getattr(exc, "start", None)
-        text = f"{type(exc).__name__}: {reason}" + (f" at position {start}" if start is not None else "")
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    text = escape_text(" ".join(text.split()))
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def _escaped(value: Any) -> Any:
-    """A copy of a record's value with every text escaped by :func:`escape_text` (other types kept, unknown
-    types as the ``str`` JSON would store)."""
-    if isinstance(value, str):
-        return escape_text(value)
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    if isinstance(value, dict):
-        return {_escaped(k): _escaped(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_escaped(v) for v in value]
-    return escape_text(str(value))
-
-
-def _escape_records(records: list[Any]) -> list[Any]:
+def escape_records(records: list[Any]) -> list[Any]:
+    """Batch records (see :mod:`nbagent.store.batch`) with every text escaped by :func:`escape_text`."""
     out: list[Any] = []
     for rec in records:
         if rec[0] >= 0:
-            out.append((rec[0], tuple(_escaped(v) for v in rec[1])))
+            out.append((rec[0], tuple(escaped(v) for v in rec[1])))
         elif rec[0] == RESULT:
-            out.append((RESULT, rec[1], _escaped(rec[2]), escape_text(str(rec[3])), _escaped(rec[4]),
-                        {k: _escaped(v) for k, v in rec[5].items()}))
+            out.append((RESULT, rec[1], escaped(rec[2]), escape_text(str(rec[3])), escaped(rec[4]),
+                        {k: escaped(v) for k, v in rec[5].items()}))
         else:
             out.append(rec)
     return out
@@ -220,7 +186,7 @@ class BatchWriter:
         return written
 
     def _write_part(self, conn: sqlite3.Connection, records: list[Any], drops: dict[str, int],
-                    failed: list[tuple[BaseException, list[Any], dict[str, int]]], escaped: bool = False) -> int:
+                    failed: list[tuple[BaseException, list[Any], dict[str, int]]], text_escaped: bool = False) -> int:
         """Commit ``records`` in one transaction; on an error of their data, escape their text, then split
         them in halves; what fails alone is added to ``failed``. Returns the number of events committed."""
         try:
@@ -231,15 +197,15 @@ class BatchWriter:
             failed.append((exc, records, drops))
             return 0
         except Exception as exc:  # noqa: BLE001 - bad data must cost only the records that carry it
-            if not escaped and isinstance(exc, UnicodeError):
-                return self._write_part(conn, _escape_records(records), drops, failed, escaped=True)
+            if not text_escaped and isinstance(exc, UnicodeError):
+                return self._write_part(conn, escape_records(records), drops, failed, text_escaped=True)
             body = [i for i, rec in enumerate(records) if rec[0] != SCHEMA]
             if len(body) <= 1:
                 failed.append((exc, records, drops))
                 return 0
             cut = body[len(body) // 2]
-            return (self._write_part(conn, records[:cut], drops, failed, escaped)
-                    + self._write_part(conn, records[cut:], {}, failed, escaped))
+            return (self._write_part(conn, records[:cut], drops, failed, text_escaped)
+                    + self._write_part(conn, records[cut:], {}, failed, text_escaped))
 
     def _register(self, conn: sqlite3.Connection) -> None:
         """Give every class learnt its ``event_schemas`` id (added once per database, in its own transaction)."""
