@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..events import EventBus, default_bus
-from .query import StoredRun, parse_time
 from .redact import add_secret, install_log_redaction, redact, redact_obj
-from .runs import RunStore, default_path
 
 if TYPE_CHECKING:
     import pandas
+
+    from .query import StoredRun, parse_time
+    from .runs import RunStore, default_path
 
 __all__ = [
     "RunStore",
@@ -49,6 +50,21 @@ __all__ = [
     "redact_obj",
 ]
 
+_LAZY = {"RunStore": "runs", "default_path": "runs", "StoredRun": "query", "parse_time": "query"}
+
+
+def __getattr__(name: str) -> Any:
+    """The writer and the queries are imported on first use: ``nbagent.store.redact`` (which resolving an
+    endpoint imports, on the event loop) and :func:`active_store` (which every run's end asks) stay cheap."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _lock = threading.Lock()
 _default: RunStore | None = None
 _chosen = False  # the process-wide store was opened by enable(**store_options): keep it whatever its path
@@ -59,6 +75,8 @@ def default_store() -> RunStore:
     """The process-wide store: the one :func:`enable` opened with options, else the one at
     :func:`default_path` (opened on first use)."""
     global _default, _chosen
+    from .runs import RunStore, default_path
+
     with _lock:
         if _default is None or _default._closed or (not _chosen and _default.path != default_path()):
             _default, _chosen = RunStore(), False
@@ -82,6 +100,8 @@ def enable(bus: EventBus | None = None, **store_options: Any) -> RunStore | None
     install_log_redaction()
     bus = bus or default_bus()
     if store_options:
+        from .runs import RunStore
+
         with _lock:
             old = _default
             _default, _chosen = RunStore(**store_options), True
@@ -117,6 +137,8 @@ def _detach_all() -> None:
 def _store_for(path: str | Path | None) -> RunStore:
     if path is None:
         return default_store()
+    from .runs import RunStore
+
     return RunStore(path)
 
 
