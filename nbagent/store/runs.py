@@ -30,8 +30,10 @@ How it stays off the run's back:
   tap never waits; instead each run's end awaits :meth:`admit`, which returns at once unless the writer is
   behind (the oldest uncommitted finished run ended more than ``durable_within / 2`` ago, or more than
   ``max_uncommitted_runs`` finished runs or ``queue_size / 2`` events are uncommitted) and then waits until
-  the run's own events are committed (at most ``max_wait`` seconds). See :mod:`nbagent.store.backpressure`.
-* A full queue: at ``queue_size`` waiting events, an event emitted on an event loop is dropped and counted
+  it no longer is, or the run's own events are committed (at most ``max_wait`` seconds). See
+  :mod:`nbagent.store.backpressure`.
+* A full queue: at ``queue_size`` uncommitted events (queued, or handed to the writer process and not yet
+  committed), an event emitted on an event loop is dropped and counted
   (``stats()["dropped"]``, the ``dropped`` column of its run, and a warning), never waited for; a plain
   thread (a script, a worker thread) with ``on_full="wait"`` waits for room for at most ``max_wait``
   seconds (``stats()["waits"]``, ``["wait_seconds"]``). Nothing is lost without a count.
@@ -211,7 +213,8 @@ class RunStore(RunQueries):
 
     async def admit(self) -> None:
         """Await at the end of a run (after its ``RunFinished``): returns at once unless the writer is behind,
-        then waits until the run's events are committed (at most ``max_wait`` seconds). Never blocks the loop."""
+        then waits until it no longer is, or the run's events are committed (at most ``max_wait`` seconds).
+        Never blocks the loop."""
         await self._backlog.admit(self.enqueued)
 
     def _wake_now(self) -> None:
@@ -239,13 +242,14 @@ class RunStore(RunQueries):
             if not self._full():
                 return True
         self._count_drop(event.run_id)
-        self._wake_now()
+        if not self._wake.is_set():
+            self._wake_now()
         now = time.monotonic()
         if now - self._shed_logged >= 10.0:
             self._shed_logged = now
-            log.warning("run store %s: %d events are waiting for the writer; dropping new events (%d so far, "
-                        "counted in stats()['dropped'] and in their runs' rows)", self.path, len(self._pending),
-                        self.dropped)
+            log.warning("run store %s: %d events are not yet committed; dropping new events (%d so far, counted "
+                        "in stats()['dropped'] and in their runs' rows)", self.path,
+                        self.enqueued - self._backlog.settled, self.dropped)
         return False
 
     def _full(self) -> bool:
