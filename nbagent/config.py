@@ -313,6 +313,10 @@ class Settings:
             prof = self.profiles[self.profile]
         url = base_url or self.base_url or prof.base_url
         key = api_key or self.api_key or prof.api_key
+        from .store.redact import add_secret  # no configured key may reach the run store, caches or logs
+
+        for secret in (key, self.api_key, *(p.api_key for p in self.profiles.values())):
+            add_secret(secret)
         name = model or self.model or prof.model
         if url is None:
             if key is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -323,6 +323,9 @@ class EventBus:
         self.tap_errors = 0
         self.records: Any = None
         """The :class:`~nbagent.record.RecordIndex` that folds the runs on this bus (one per bus)."""
+        self.run_end_gates: list[Callable[[], Awaitable[None]]] = []
+        """Awaited at the end of each run on this bus, after its last event (a run store whose writer is
+        behind slows runs' ends this way, never the loop)."""
         self.result_sinks: list[Callable[[Any], None]] = []
         """Called with each run's :class:`~nbagent.agent.RunResult` after its last event (the run store keeps
         messages, output and profile this way); inline on the loop, so they must be cheap."""

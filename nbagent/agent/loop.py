@@ -371,6 +371,8 @@ class Agent:
                                   steps=usage.steps, input_tokens=t.input_tokens, output_tokens=t.output_tokens,
                                   cached_tokens=t.cached_tokens, cost=usage.known_cost,
                                   error=None if error is None else f"{type(error).__name__}: {error}"))
+        for gate in tuple(self.bus.run_end_gates):  # a run store whose writer is behind slows runs' ends
+            await gate()
         return timings
 
     async def _loop(self, messages: list[dict[str, Any]], usage: RunUsage, ctx: RunContext, state: _RunState,

@@ -104,9 +104,12 @@ def _cmd_clear(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from ..store.cli import register_configured_keys
+
     path = args.path or default_cache_path()
     if not os.path.exists(path):
         return _fail(f"no cache file at {path}")
+    register_configured_keys()  # entries written before a key was known are redacted on the way out too
     store = _open(args)
     try:
         outcome = store.call_sync("export", args.output, args.kind, args.namespace)

@@ -181,8 +181,9 @@ def clear(conn: sqlite3.Connection, kind: str | None, ns: str | None) -> int:
         return int(conn.execute(f"DELETE FROM entries{where}", params).rowcount)
 
 
-def export(conn: sqlite3.Connection, path: str, kind: str | None, ns: str | None) -> int:
-    """Write the entries as JSON lines, oldest first; how many were written."""
+def export(conn: sqlite3.Connection, path: str, kind: str | None, ns: str | None,
+           redact: Callable[[Any], Any] | None = None) -> int:
+    """Write the entries as JSON lines, oldest first, each through ``redact`` when given; how many were written."""
     where, params = _filters(kind, ns)
     n = 0
     rows = conn.execute("SELECT kind, namespace, key, value, size, created, last_used, hits, latency, tokens, "
@@ -192,6 +193,8 @@ def export(conn: sqlite3.Connection, path: str, kind: str | None, ns: str | None
             record = {"kind": k, "namespace": namespace, "key": key, "description": desc, "created": created,
                       "last_used": last_used, "hits": hits, "latency": latency, "tokens": tokens, "size": size,
                       "value": json.loads(value) if k == "response" else value}
+            if redact is not None:
+                record = redact(record)
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             n += 1
     return n

@@ -12,6 +12,12 @@ latency plus its tokens priced in seconds), times how often it was used, discoun
 The store keeps the set of keys in the file per ``(kind, namespace)`` it has looked at, so a miss usually needs
 no trip to the worker; the set is reloaded whenever another connection has written to the file since.
 
+What is written is redacted first (``redact=True``, the default): API keys, tokens and the keys of configured
+endpoints (:mod:`nbagent.store.redact`) are replaced by ``[REDACTED]`` in stored answers, tool outputs and
+descriptions, on the worker thread. Cache keys are computed from the request as sent, so they do not change;
+an answer served from the file later carries ``[REDACTED]`` where the secret was (the memory tier keeps the
+original). Exports are redacted too, which covers files written before.
+
 A file that is corrupt, unreadable or written by a newer version puts the store in the ``broken`` state; a
 file locked by another process puts it in the ``locked`` state for ``retry_after`` seconds. Either way the
 operation returns an :class:`Outcome` with a ``warning`` instead of raising, so a run never fails because of
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -94,6 +101,7 @@ class SQLiteStore:
         retry_after: float = 30.0,
         open_now: bool = True,
         index_ttl: float = 1.0,
+        redact: bool = True,
     ) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
         self.max_entries = max_entries
@@ -118,6 +126,7 @@ class SQLiteStore:
         self._seen_version: int | None = None
         self._checked_at = -float("inf")  # time.monotonic() of the worker's last look at data_version
         self.index_ttl = index_ttl
+        self.redact = redact
         if open_now:  # open (and create) the file in the background; a failure is reported by the next job
             with self._lock:
                 self._executor.submit(self._warm_up)
@@ -333,6 +342,8 @@ class SQLiteStore:
     def _op_put(self, conn: sqlite3.Connection, now: float, kind: str, ns: str, key: str, value: str,
                 created: float, latency: float, tokens: int, description: str,
                 touches: dict[tuple[str, str, str], list[float]]) -> tuple[Any, Evicted]:
+        if self.redact:
+            value, description = _redacted(kind, value), _redacted("text", description)
         with db.tx(conn):
             db.upsert(conn, kind, ns, key, value, created, latency, tokens, description)
             db.write_touches(conn, touches)
@@ -362,7 +373,7 @@ class SQLiteStore:
 
     def _op_export(self, conn: sqlite3.Connection, now: float, path: str, kind: str | None,
                    ns: str | None) -> tuple[Any, Evicted]:
-        return db.export(conn, path, kind, ns), []
+        return db.export(conn, path, kind, ns, _redactor().redact_obj if self.redact else None), []
 
     def _op_summary(self, conn: sqlite3.Connection, now: float) -> tuple[Any, Evicted]:
         self.entries, self.bytes = db.totals(conn)
@@ -381,6 +392,26 @@ class SQLiteStore:
     def _op_close(self, conn: sqlite3.Connection | None, now: float) -> tuple[Any, Evicted]:
         self._drop_connection()
         return None, []
+
+
+def _redactor() -> Any:
+    from ..store.redact import default_redactor  # imported on the worker thread, at the first write
+
+    return default_redactor()
+
+
+def _redacted(kind: str, text: str) -> str:
+    """``text`` with secrets replaced; a stored response (JSON) value by value, so it stays valid JSON."""
+    red = _redactor()
+    if not text or not red.might_contain(text):
+        return text
+    if kind == "response":
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return str(red.redact(text))
+        return json.dumps(red.redact_obj(value), separators=(",", ":"), ensure_ascii=False)
+    return str(red.redact(text))
 
 
 def _report_on_loop(fut: Future[Outcome], report: Callable[[Outcome], None]) -> None:

@@ -97,8 +97,10 @@ class ResponseCache(CacheCore):
             if entry is not None:
                 return await self._serve(cm, entry, "sqlite", key, t0, req, run_id, on_text)
             self._miss(bus, key, t0, run_id)
-            raise CacheMiss(f"replay mode: no recorded answer for {describe_request(req, model=cm.model_name)} "
-                            f"[key {key}]; record it first with mode='record' or 'read-write'", key=key)
+            from ..store.redact import redact  # the message quotes the prompt: keep keys out of it
+
+            raise CacheMiss(redact(f"replay mode: no recorded answer for {describe_request(req, model=cm.model_name)} "
+                                   f"[key {key}]; record it first with mode='record' or 'read-write'"), key=key)
         while (waiting := self._inflight.get(key)) is not None:
             try:
                 entry = await asyncio.shield(waiting)

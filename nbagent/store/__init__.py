@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..events import EventBus
-from .query import StoredRun, parse_time
 from .redact import add_secret, install_log_redaction, redact, redact_obj  # noqa: F401 - public
-from .runs import RunStore, default_path
 
 if TYPE_CHECKING:
     import pandas
+
+    from .query import StoredRun, parse_time
+    from .runs import RunStore, default_path
 
 __all__ = [
     "RunStore",
@@ -49,6 +50,21 @@ __all__ = [
     "store_disabled",
 ]
 
+_LAZY = {"RunStore": "runs", "default_path": "runs", "StoredRun": "query", "parse_time": "query"}
+
+
+def __getattr__(name: str) -> Any:
+    """The writer and the queries are imported on first use: ``nbagent.store.redact`` (which resolving an
+    endpoint imports, on the event loop) and :func:`active_store` (which every run's end asks) stay cheap."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def store_disabled() -> bool:
     """True when ``NBAGENT_STORE`` is ``0``/``off``/``false``/``no``: runs are then not kept."""
     return os.environ.get("NBAGENT_STORE", "").lower() in ("0", "off", "false", "no")
@@ -63,6 +79,8 @@ def active_store() -> RunStore | None:
 
 def default_store() -> RunStore:
     """The default runtime's store, or a store at :func:`default_path` opened for reading (not attached)."""
+    from .runs import RunStore
+
     return active_store() or RunStore()
 
 
@@ -94,6 +112,8 @@ def _store_for(path: str | Path | None) -> tuple[RunStore, bool]:
         active = active_store()
         if active is not None:
             return active, False
+    from .runs import RunStore
+
     return RunStore(path), True
 
 

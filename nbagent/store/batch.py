@@ -7,6 +7,10 @@ The writing side (:class:`BatchWriter`) encodes a run's events in a batch as one
 ``[schema id, values]`` pairs (one C-level encoder call, no per-event object built), redacts the free text,
 and commits a batch in one transaction: one ``events`` row per run and one multi-row statement per table,
 with one upsert of each run's row however many of its start, end and result the batch holds.
+
+One bad value never costs another: text SQLite cannot take (a lone surrogate, as ``os.fsdecode`` makes of
+undecodable bytes) is written with that character backslash-escaped (``\\udcff``), and a batch that still fails
+for its data is split in halves until only the records that fail are lost (and counted).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from ..events import Event
 from .codec import _SAFE_TEXT, EVENT_SQL, SCHEMA_SQL, dumps, rows_sql, run_sql
+from .escape import describe_error, escape_text, escaped
 from .redact import Redactor
 
 __all__ = ["SCHEMA", "RESULT", "BatchWriter", "Marker", "Packer", "ResultRecord", "WriteFailed", "connect",
@@ -107,13 +112,31 @@ def split(records: list[Any], size: int) -> Iterator[list[Any]]:
     yield records[start:]
 
 
-class WriteFailed(Exception):
-    """A batch could not be committed; ``lost`` counts its events per run."""
+def escape_records(records: list[Any]) -> list[Any]:
+    """Batch records (see :mod:`nbagent.store.batch`) with every text escaped by :func:`escape_text`."""
+    out: list[Any] = []
+    for rec in records:
+        if rec[0] >= 0:
+            out.append((rec[0], tuple(escaped(v) for v in rec[1])))
+        elif rec[0] == RESULT:
+            out.append((RESULT, rec[1], escaped(rec[2]), escape_text(str(rec[3])), escaped(rec[4]),
+                        {k: escaped(v) for k, v in rec[5].items()}))
+        else:
+            out.append(rec)
+    return out
 
-    def __init__(self, cause: BaseException, lost: dict[str | None, int]) -> None:
-        super().__init__(str(cause))
+
+class WriteFailed(Exception):
+    """Part or all of a batch could not be committed: ``lost`` counts the events lost per run, ``written`` the
+    events committed anyway, ``drops`` the dropped counts that could not be added to their runs."""
+
+    def __init__(self, cause: BaseException, lost: dict[str | None, int], written: int = 0,
+                 drops: dict[str, int] | None = None) -> None:
+        super().__init__(describe_error(cause))
         self.cause = cause
         self.lost = lost
+        self.written = written
+        self.drops = drops or {}
 
 
 class BatchWriter:
@@ -142,16 +165,47 @@ class BatchWriter:
 
     def write(self, conn: sqlite3.Connection, records: list[Any], drops: dict[str, int]) -> int:
         """Commit ``records`` (and add ``drops`` to the runs' dropped counts) in one transaction; returns the
-        number of events written. Raises :class:`WriteFailed` when nothing could be committed."""
+        number of events written. Raises :class:`WriteFailed` when any of them could not be committed (see the
+        module docs: bad text is escaped, and bad records cost only themselves)."""
         self.learn(records)
         try:
             if len(self._classes) < len(self._schemas):
                 _retry(lambda: self._register(conn))
+        except Exception as exc:  # noqa: BLE001 - a failing database must not stop the writer
+            raise WriteFailed(exc, count_events(records), 0, drops) from exc
+        failed: list[tuple[BaseException, list[Any], dict[str, int]]] = []
+        written = self._write_part(conn, records, drops, failed)
+        if failed:
+            lost: dict[str | None, int] = {}
+            drops_left: dict[str, int] = {}
+            for _, part, part_drops in failed:
+                for rid, n in count_events(part).items():
+                    lost[rid] = lost.get(rid, 0) + n
+                drops_left.update(part_drops)
+            raise WriteFailed(failed[0][0], lost, written, drops_left) from failed[0][0]
+        return written
+
+    def _write_part(self, conn: sqlite3.Connection, records: list[Any], drops: dict[str, int],
+                    failed: list[tuple[BaseException, list[Any], dict[str, int]]], text_escaped: bool = False) -> int:
+        """Commit ``records`` in one transaction; on an error of their data, escape their text, then split
+        them in halves; what fails alone is added to ``failed``. Returns the number of events committed."""
+        try:
             rows, runs, artifacts, n_events = self._rows(records)
             _retry(lambda: self._commit(conn, rows, runs, artifacts, drops))
-        except Exception as exc:  # noqa: BLE001 - bad data or a failing database must not stop the writer
-            raise WriteFailed(exc, count_events(records)) from exc
-        return n_events
+            return n_events
+        except sqlite3.OperationalError as exc:  # the database itself (locked, full, I/O): no part would go
+            failed.append((exc, records, drops))
+            return 0
+        except Exception as exc:  # noqa: BLE001 - bad data must cost only the records that carry it
+            if not text_escaped and isinstance(exc, UnicodeError):
+                return self._write_part(conn, escape_records(records), drops, failed, text_escaped=True)
+            body = [i for i, rec in enumerate(records) if rec[0] != SCHEMA]
+            if len(body) <= 1:
+                failed.append((exc, records, drops))
+                return 0
+            cut = body[len(body) // 2]
+            return (self._write_part(conn, records[:cut], drops, failed, text_escaped)
+                    + self._write_part(conn, records[cut:], {}, failed, text_escaped))
 
     def _register(self, conn: sqlite3.Connection) -> None:
         """Give every class learnt its ``event_schemas`` id (added once per database, in its own transaction)."""
@@ -205,7 +259,7 @@ class BatchWriter:
             encoded.append((run_id, output, dumps(timings), dumps(messages)))
             texts.extend(encoded[-1][1:])
             for name, value in arts.items():
-                artifacts.append((run_id, name, value if isinstance(value, str) else self.dumps(value)))
+                artifacts.append((run_id, name, self.text(value) if isinstance(value, str) else self.dumps(value)))
         red = self.redactor
         if red is not None and texts and red.might_contain("\n".join(texts)):
             # seldom: a secret, or what looks like one; redact each free-text value as it is written
@@ -263,6 +317,11 @@ class BatchWriter:
             _, run_id, messages, output, timings, _ = rec
             encoded[k] = (run_id, red.redact(output), self.dumps(timings), self.dumps(messages))
         return [(role, redacted.get(id(values), values)) for role, values in roles]
+
+    def text(self, value: str) -> str:
+        """``value`` redacted when a redactor is set."""
+        red = self.redactor
+        return value if red is None or not red.might_contain(value) else red.redact(value)
 
     def dumps(self, value: Any) -> str:
         """JSON of any value, redacted when a redactor is set."""

@@ -27,9 +27,24 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_cmd_history)
 
 
+def register_configured_keys() -> None:
+    """Make the redactor know the API keys of the settings (environment, config file profiles), so output of
+    rows stored before a key was known is redacted too."""
+    from ..config import Settings
+    from .redact import add_secret
+
+    try:
+        settings = Settings.load()
+    except Exception:  # noqa: BLE001 - a broken config file must not stop reading the history
+        return
+    for key in (settings.api_key, *(p.api_key for p in settings.profiles.values())):
+        add_secret(key)
+
+
 def _cmd_history(args: argparse.Namespace) -> int:
     from . import RunStore
 
+    register_configured_keys()
     store = RunStore(args.db)
     try:
         if args.run_id:
@@ -46,6 +61,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
         return 2
     finally:
         store.close()
+    rows = store.redacted(rows)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -71,9 +87,10 @@ def _show(store: Any, args: argparse.Namespace) -> int:
         return 1
     if args.json:
         events = store.events(run.run_id) if args.events else None
-        print(json.dumps({"run": run.info, "messages": run.messages if args.messages else None,
-                          "events": events, "breakdown": run.breakdown()}, indent=2, default=str))
+        print(json.dumps(store.redacted({"run": run.info, "messages": run.messages if args.messages else None,
+                                         "events": events, "breakdown": run.breakdown()}), indent=2, default=str))
         return 0
+    run.info, run.messages = store.redacted(run.info), store.redacted(run.messages)
     print(run.summary())
     b = run.breakdown()
     print("time: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in b.items()))
@@ -83,7 +100,7 @@ def _show(store: Any, args: argparse.Namespace) -> int:
         print(f"output: {run.output[:500]}")
     if args.events:
         t0 = run.info.get("started") or 0.0
-        for ev in store.events(run.run_id):
+        for ev in store.redacted(store.events(run.run_id)):
             fields = {k: v for k, v in ev.items() if k not in ("kind", "run_id", "ts")}
             print(f"  +{ev['ts'] - t0:8.3f}s {ev['kind']:<16} {json.dumps(fields, default=str)[:150]}")
     if args.messages:

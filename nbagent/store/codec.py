@@ -23,10 +23,9 @@ __all__ = ["EVENT_SQL", "SCHEMA_SQL", "dumps", "event_class", "event_from_dict",
 
 # string fields that never carry user text: identifiers, enums, names
 _SAFE_TEXT = frozenset({
-    "run_id", "request_id", "call_id", "model", "name", "status", "stop_reason", "cache", "tier", "key", "reason",
-    "usage_source", "finish_reason", "error_type", "limit", "sandbox_id", "backend", "image", "lang", "budget",
-    "metric", "stat",
-})
+    "run_id", "request_id", "call_id", "model", "name", "status", "cache", "tier", "key", "usage_source",
+    "finish_reason", "error_type", "limit", "sandbox_id", "backend", "image", "lang", "budget", "metric", "stat",
+})  # not "stop_reason" nor "reason": an error's stop reason quotes its message, a policy's reason its rule
 # modules whose events may be in a store; imported on demand when an unknown kind is read
 _EVENT_MODULES = ("nbagent.sandbox.events", "nbagent.metrics.budgets", "nbagent.policy")
 

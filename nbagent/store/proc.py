@@ -6,6 +6,9 @@ the GIL and come out of the event loop's time. The store's writer thread still t
 it packs them into tuples (:mod:`nbagent.store.batch`), pickles them and sends them over a socket. The child
 encodes, redacts and commits them in transactions of at most ``batch_size`` events and acknowledges each batch.
 
+* Commits: the child commits each hand-over of the parent (what the writer thread took off the queue at one
+  wake-up, sent as one or more batches, the last marked ``commit_now``) in one transaction and acknowledges it
+  at once: the acknowledgements tell the store how far behind its writer is (:mod:`nbagent.store.backpressure`).
 * Flushes: a flush marker is released when the child has acknowledged every batch sent before it.
 * Counting: the parent counts written events from the acknowledgements; events of a batch the child could
   not commit, or that were in flight when the child died, are counted as dropped (a batch committed just
@@ -46,10 +49,11 @@ log = logging.getLogger("nbagent.store")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _POLL = 1.0  # seconds between the child's checks that its parent is still there
-_ACK_EVERY = 1.0  # the child acknowledges at least this often (at once when a flush waits)
+_ACK_EVERY = 1.0  # the child acknowledges at least this often (at once after a hand-over or a flush)
 _MERGE = 20  # the child commits up to this many batches' worth in one transaction...
 _GATHER = 0.1  # ...arriving within this many seconds (at most flush_interval) of the first
-_NICE = 10  # the child is background work: under contention the client and its server go first
+# the child runs at its parent's priority: runs wait for it once it falls behind (the store's durability bound),
+# so a child starved by a lower priority would slow the runs it was meant to spare
 
 
 class WriterProcess:
@@ -57,9 +61,11 @@ class WriterProcess:
 
     def __init__(self, *, path: Path, synchronous: str, batch_size: int, flush_interval: float,
                  redactor: Redactor | None, pid: int, host: str, on_written: Callable[[int, int], None],
-                 on_lost: Callable[[dict[str | None, int], dict[str, int], str], None]) -> None:
+                 on_lost: Callable[[dict[str | None, int], dict[str, int], str], None],
+                 on_settled: Callable[[int], None] = lambda n: None) -> None:
         self.on_written = on_written
         self.on_lost = on_lost
+        self.on_settled = on_settled
         self.redactor = redactor
         self.ready = threading.Event()
         self.dead = False
@@ -69,7 +75,7 @@ class WriterProcess:
         # batches sent and not yet acknowledged, pickled: bytes are not tracked by the garbage collector, where
         # the records, held for up to a second, would be promoted to its oldest generation and make every full
         # collection of this process longer; they are read back only when the child dies
-        self._inflight: dict[int, tuple[bytes, dict[str, int], list[Any]]] = {}
+        self._inflight: dict[int, tuple[bytes, dict[str, int], list[Any], int]] = {}
         self._secrets: tuple[str, ...] | None = None
         parent_end, child_end = socket.socketpair()
         try:
@@ -98,9 +104,12 @@ class WriterProcess:
         except (OSError, ValueError):
             return False
 
-    def send(self, records: list[Any], drops: dict[str, int], markers: list[Any]) -> bool:
-        """Hand over a batch; its markers fire once it is committed. False when the child is already gone
-        (the caller writes the batch itself); once accepted, a batch that does not make it is counted lost."""
+    def send(self, records: list[Any], drops: dict[str, int], markers: list[Any], n_events: int = 0, *,
+             commit_now: bool = True) -> bool:
+        """Hand over a batch of ``n_events`` events; its markers fire once it is committed. ``commit_now``: the
+        child commits it (with what it gathered before) without waiting for more. False when the child is
+        already gone (the caller writes the batch itself); once accepted, a batch that does not make it is
+        counted lost."""
         with self._lock:
             if self.dead:
                 return False
@@ -109,11 +118,12 @@ class WriterProcess:
             secrets = None
             if self.redactor is not None and self.redactor.secrets is not self._secrets:
                 secrets = self._secrets = self.redactor.secrets
+            now = commit_now or bool(markers)
             try:
-                data = pickle.dumps(("batch", seq, records, drops, secrets, bool(markers)), _PROTOCOL)
+                data = pickle.dumps(("batch", seq, records, drops, secrets, now), _PROTOCOL)
             except Exception:  # noqa: BLE001 - a value pickle cannot take: send what JSON keeps of it
-                data = pickle.dumps(("batch", seq, _plain(records), drops, secrets, bool(markers)), _PROTOCOL)
-            self._inflight[seq] = (data, drops, markers)
+                data = pickle.dumps(("batch", seq, _plain(records), drops, secrets, now), _PROTOCOL)
+            self._inflight[seq] = (data, drops, markers, n_events)
         try:
             self._conn.send_bytes(data)
         except (OSError, ValueError):
@@ -141,6 +151,7 @@ class WriterProcess:
                 self.on_written(written, commits)
                 if lost or drops_back:
                     self.on_lost(lost, drops_back, error)
+                self.on_settled(sum(entry[3] for entry in done))
                 for entry in done:
                     for marker in entry[2]:
                         marker.fire()
@@ -155,8 +166,9 @@ class WriterProcess:
         if reason:
             log.error("run store: %s (%d batches in flight counted as dropped); writing in-process from now on",
                       reason, len(inflight))
-        for data, drops, markers in inflight.values():
+        for data, drops, markers, n_events in inflight.values():
             self.on_lost(count_events(pickle.loads(data)[2]), drops, reason or "closed")
+            self.on_settled(n_events)
             for marker in markers:
                 marker.fire()
         self.ready.set()  # nobody waits for a child that will never be ready
@@ -199,10 +211,6 @@ def _plain(records: list[Any]) -> list[Any]:
 def main() -> None:
     """Entry point of the writer process: ``python -c '...main()' <socket fd>``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        os.nice(_NICE)
-    except OSError:
-        pass
     conn = Connection(int(sys.argv[1]))
     parent = os.getppid()
     _, path, synchronous, batch_size, interval, pid, host, redact, secrets = pickle.loads(conn.recv_bytes())
@@ -301,9 +309,9 @@ def _write(writer: BatchWriter, db: sqlite3.Connection, batch_size: int, records
             acks.written += writer.write(db, chunk, drops if i == 0 else {})
             acks.commits += 1
         except WriteFailed as exc:
-            acks.error = repr(exc.cause)
+            acks.written += exc.written
+            acks.error = str(exc)
             for rid, n in exc.lost.items():
                 acks.lost[rid] = acks.lost.get(rid, 0) + n
-            if i == 0:
-                for rid, n in drops.items():
-                    acks.drops_back[rid] = acks.drops_back.get(rid, 0) + n
+            for rid, n in exc.drops.items():
+                acks.drops_back[rid] = acks.drops_back.get(rid, 0) + n

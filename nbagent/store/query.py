@@ -164,9 +164,18 @@ class RunQueries:
     """The read side of :class:`~nbagent.store.RunStore` (mixed in; needs ``path`` and ``_before_read``)."""
 
     path: Path
+    redactor: Any = None  # a Redactor: exports pass through it (what was stored is redacted already)
 
     def _before_read(self, flush: bool) -> None:  # pragma: no cover - overridden
         pass
+
+    def redacted(self, value: Any) -> Any:
+        """``value`` (JSON-like) with secrets known now replaced: for exports of rows written before a key was
+        known, or by an older version."""
+        red = self.redactor
+        if red is None or not red.might_contain(json.dumps(value, default=str)):
+            return value
+        return red.redact_obj(value)
 
     @contextmanager
     def _read(self, flush: bool = True) -> Iterator[sqlite3.Connection]:
@@ -333,17 +342,24 @@ class RunQueries:
 
     def _write_jsonl(self, fh: IO[str], rows: list[dict[str, Any]], events: bool, messages: bool) -> int:
         n = 0
+        red = self.redactor
+
+        def write(record: dict[str, Any]) -> None:
+            line = json.dumps(record, default=str)
+            if red is not None and red.might_contain(line):
+                line = json.dumps(red.redact_obj(record), default=str)
+            fh.write(line + "\n")
+
         for row in rows:
-            fh.write(json.dumps({"record": "run", **row}, default=str) + "\n")
+            write({"record": "run", **row})
             n += 1
             if events:
                 for ev in self.events(row["run_id"], flush=False):
-                    fh.write(json.dumps({"record": "event", **ev}, default=str) + "\n")
+                    write({"record": "event", **ev})
                     n += 1
             if messages:
                 for i, msg in enumerate(self.messages(row["run_id"], flush=False)):
-                    fh.write(json.dumps({"record": "message", "run_id": row["run_id"], "idx": i, **msg},
-                                        default=str) + "\n")
+                    write({"record": "message", "run_id": row["run_id"], "idx": i, **msg})
                     n += 1
         return n
 

@@ -25,10 +25,18 @@ How it stays off the run's back:
   the store takes more than ``AUTO_PROCESS_RATE`` events per second on a machine with more than one core.
   The thread's encoding and inserts hold the GIL, so in a CPU-bound client they come out of the event loop's
   time; the process does them on another core. A custom redactor (a subclass) keeps the thread.
-* Back-pressure: when ``queue_size`` events are waiting (the disk cannot keep up), ``on_full="wait"`` blocks
-  the emitter until the writer makes room (counted in ``stats()["waits"]`` and ``["wait_seconds"]``) for at
-  most ``max_wait`` seconds; after that, or with ``on_full="drop"``, the event is dropped and counted, in
-  ``stats()["dropped"]`` and in the ``dropped`` column of its run. Nothing is lost without a count.
+* Durability: a finished run is committed within about ``durable_within`` seconds (0.25 s) of its end,
+  whatever the load, and at most ``max_uncommitted_runs`` runs that have ended are ever uncommitted. The
+  tap never waits; instead each run's end awaits :meth:`admit`, which returns at once unless the writer is
+  behind (the oldest uncommitted finished run ended more than ``durable_within / 2`` ago, or more than
+  ``max_uncommitted_runs`` finished runs or ``queue_size / 2`` events are uncommitted) and then waits until
+  it no longer is, or the run's own events are committed (at most ``max_wait`` seconds). See
+  :mod:`nbagent.store.backpressure`.
+* A full queue: at ``queue_size`` uncommitted events (queued, or handed to the writer process and not yet
+  committed), an event emitted on an event loop is dropped and counted
+  (``stats()["dropped"]``, the ``dropped`` column of its run, and a warning), never waited for; a plain
+  thread (a script, a worker thread) with ``on_full="wait"`` waits for room for at most ``max_wait``
+  seconds (``stats()["waits"]``, ``["wait_seconds"]``). Nothing is lost without a count.
 * Flushes: at the end of each run (the writer is woken at once and waits ``end_grace``, 10 ms, so that runs
   ending together share a commit), on :meth:`flush` / :meth:`aflush`, on :meth:`close`, and at interpreter
   exit (which is also how a Jupyter kernel shuts down).
@@ -52,6 +60,7 @@ from typing import Any
 
 from ..config import user_dir
 from ..events import Event, EventBus, RunFinished, RunStarted
+from .backpressure import Backlog
 from .batch import BatchWriter, Packer, WriteFailed, connect
 from .batch import Marker as _Marker
 from .batch import ResultRecord as _Result
@@ -92,11 +101,17 @@ class RunStore(RunQueries):
         redactor: Redactor | None = None,
         redact: bool = True,
         writer: str | None = None,
+        durable_within: float | None = 0.25,
+        max_uncommitted_runs: int = 1000,
     ) -> None:
         if on_full not in ("wait", "drop"):
             raise ValueError("on_full must be 'wait' or 'drop'")
         if batch_size < 1 or queue_size < 1 or flush_interval <= 0:
             raise ValueError("batch_size and queue_size must be >= 1 and flush_interval > 0")
+        if max_uncommitted_runs < 1:
+            raise ValueError("max_uncommitted_runs must be >= 1")
+        if durable_within is not None and durable_within <= 0:
+            raise ValueError("durable_within must be positive seconds (or None: runs never wait for the writer)")
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
         writer = (writer or os.environ.get("NBAGENT_STORE_WRITER") or "auto").lower()
@@ -135,6 +150,11 @@ class RunStore(RunQueries):
         self._proc: WriterProcess | None = None  # the writer process, once started
         self._via_proc = False  # batches go to the writer process (once it is ready); see _set_via_proc
         self._wake_at, self._wake_on_end = batch_size, True
+        self._interval = flush_interval  # the writer thread's longest sleep (shorter once the process writes)
+        self.durable_within = durable_within
+        self._backlog = Backlog(durable_within=durable_within, max_runs=max_uncommitted_runs,
+                                max_events=max(queue_size // 2, 1), max_wait=max_wait, wake=self._wake_now)
+        self._shed_logged = 0.0  # time.monotonic() of the last "queue full" warning
         self._announce = False
         self._rate = (time.monotonic(), 0)  # when and at what count "auto" last measured the event rate
         # counters (written by one thread each; read without locks)
@@ -156,38 +176,55 @@ class RunStore(RunQueries):
         """Keep every event of ``bus`` and the messages of its runs. Returns a function that detaches."""
         remove_tap = bus.tap(self.record)
         bus.result_sinks.append(self.save_result)
+        bus.run_end_gates.append(self.admit)
 
         def detach() -> None:
             remove_tap()
             if self.save_result in bus.result_sinks:
                 bus.result_sinks.remove(self.save_result)
+            if self.admit in bus.run_end_gates:
+                bus.run_end_gates.remove(self.admit)
 
         self._detach.append(detach)
         return detach
 
     def record(self, event: Event) -> None:
-        """Queue one event (the bus tap). Never does I/O; blocks only when the queue is full (see above)."""
+        """Queue one event (the bus tap). Never does I/O and never waits on an event loop (see above)."""
         if not self._accepting:
             self._count_drop(event.run_id)
             return
         pending = self._pending
         n = len(pending)
-        if n >= self.queue_size and not self._make_room(event):
+        if self.enqueued - self._backlog.settled >= self.queue_size and not self._make_room(event):
             return
         pending.append(event)
         self.enqueued += 1
+        if n >= self.max_pending:
+            self.max_pending = n + 1
         cls = type(event)
         if cls is RunStarted:
             seen = self._runs_seen
             seen[event.run_id] = None  # type: ignore[index]
             if len(seen) > 100_000:  # runs whose result never came (events from elsewhere): forget the oldest
                 del seen[next(iter(seen))]
+        elif cls is RunFinished:
+            self._backlog.ends.append((self.enqueued, time.monotonic()))
         if n + 1 >= self._wake_at or (cls is RunFinished and self._wake_on_end):
             if not self._wake.is_set():
                 self._wake.set()
 
+    async def admit(self) -> None:
+        """Await at the end of a run (after its ``RunFinished``): returns at once unless the writer is behind,
+        then waits until it no longer is, or the run's events are committed (at most ``max_wait`` seconds).
+        Never blocks the loop."""
+        await self._backlog.admit(self.enqueued)
+
+    def _wake_now(self) -> None:
+        self._flush_now = True
+        self._wake.set()
+
     def _make_room(self, event: Event) -> bool:
-        if self.on_full == "wait" and not self._closed and self._thread.is_alive():
+        if self.on_full == "wait" and not self._closed and self._thread.is_alive() and not _on_event_loop():
             t0 = time.perf_counter()
             deadline = t0 + self.max_wait
             self.waits += 1
@@ -196,7 +233,7 @@ class RunStore(RunQueries):
             with self._room:
                 self._waiters += 1
                 try:
-                    while len(self._pending) >= self.queue_size:
+                    while self._full():
                         left = deadline - time.perf_counter()
                         if left <= 0:
                             break
@@ -204,10 +241,22 @@ class RunStore(RunQueries):
                 finally:
                     self._waiters -= 1
             self.wait_seconds += time.perf_counter() - t0
-            if len(self._pending) < self.queue_size:
+            if not self._full():
                 return True
         self._count_drop(event.run_id)
+        if not self._wake.is_set():
+            self._wake_now()
+        now = time.monotonic()
+        if now - self._shed_logged >= 10.0:
+            self._shed_logged = now
+            log.warning("run store %s: %d events are not yet committed; dropping new events (%d so far, counted "
+                        "in stats()['dropped'] and in their runs' rows)", self.path,
+                        self.enqueued - self._backlog.settled, self.dropped)
         return False
+
+    def _full(self) -> bool:
+        """``queue_size`` events are uncommitted (in the queue, or handed to the writer process)."""
+        return self.enqueued - self._backlog.settled >= self.queue_size and self._accepting
 
     def _count_drop(self, run_id: str | None, n: int = 1) -> None:
         with self._drop_lock:
@@ -277,6 +326,7 @@ class RunStore(RunQueries):
         self._wake.set()
         self._thread.join(timeout)
         self._closed = True
+        self._backlog.close()
         if not self._thread.is_alive():
             self._fail_pending()  # anything that slipped in as the writer stopped
         _open_stores.discard(self)
@@ -288,11 +338,21 @@ class RunStore(RunQueries):
         self.close()
 
     def stats(self) -> dict[str, Any]:
-        """Counters: events queued, written, dropped; commits; back-pressure waits; queue length; errors."""
+        """Counters: events queued, written, dropped; commits; waits; queue length and lag; errors.
+
+        ``pending`` / ``max_pending``: events in this process's queue now / at most; ``uncommitted``: events
+        queued and not yet committed (nor counted as dropped), including those handed to the writer process;
+        ``lag`` / ``max_lag``: seconds since the oldest uncommitted finished run ended, now / at most;
+        ``admit_waits``, ``admit_wait_seconds``, ``admit_timeouts``: runs' ends that waited for the writer.
+        """
+        bl = self._backlog
         return {
             "path": str(self.path), "enqueued": self.enqueued, "written": self.written, "commits": self.commits,
             "dropped": self.dropped, "waits": self.waits, "wait_seconds": self.wait_seconds,
             "pending": len(self._pending), "max_pending": self.max_pending, "write_errors": self.write_errors,
+            "uncommitted": self.enqueued - bl.settled, "lag": bl.lag(), "max_lag": bl.max_lag_seen,
+            "durable_within": self.durable_within, "admit_waits": bl.waits, "admit_wait_seconds": bl.wait_seconds,
+            "admit_timeouts": bl.timeouts,
             "writer_alive": self._thread.is_alive(), "error": None if self._error is None else repr(self._error),
             "writer": "process" if self._via_proc else "thread",
             "writer_pid": self._proc.pid if self._via_proc and self._proc is not None else None,
@@ -319,7 +379,7 @@ class RunStore(RunQueries):
             self._proc.ready.wait(30.0)  # until then events wait in the queue
         try:
             while True:
-                woke = self._wake.wait(self.flush_interval)
+                woke = self._wake.wait(self._interval)
                 self._wake.clear()
                 if woke and not self._flush_now and not self._closing and len(self._pending) < self.batch_size:
                     # woken by a run's end: let the runs ending around it join the same commit
@@ -339,7 +399,8 @@ class RunStore(RunQueries):
         try:
             self._proc = WriterProcess(path=self.path, synchronous=self.synchronous, batch_size=self.batch_size,
                                        flush_interval=self.flush_interval, redactor=self.redactor, pid=self._pid,
-                                       host=self._host, on_written=self._acked, on_lost=self._lost)
+                                       host=self._host, on_written=self._acked, on_lost=self._lost,
+                                       on_settled=self._backlog.settle)
             return True
         except Exception as exc:  # noqa: BLE001 - no child process: keep writing in this thread
             log.warning("run store %s: no writer process (%s); writing in-process", self.path, exc)
@@ -371,23 +432,30 @@ class RunStore(RunQueries):
         """Send batches to the writer process or not, and wake the writer thread to suit.
 
         The thread is woken at ``batch_size`` events and at each run's end; with the process, which commits
-        what arrives within 0.1 s together anyway, only by the clock or a big queue (each wake-up takes the
-        GIL from the event loop).
+        each hand-over in one transaction, only by the clock (every ``durable_within / 5`` seconds at most),
+        a big queue or a run waiting in :meth:`admit` (each wake-up takes the GIL from the event loop).
         """
         self._via_proc = on
         self._wake_on_end = not on
         big_queue = max(self.batch_size, min(20 * self.batch_size, self.queue_size // 4))
         self._wake_at = big_queue if on else self.batch_size
+        self._interval = self.flush_interval
+        if on and self.durable_within is not None:
+            self._interval = min(self.flush_interval, self.durable_within / 5)
 
     def _fail_pending(self) -> None:
         """Count what can no longer be written, and release anyone waiting."""
         self._accepting = False
+        n = 0
         while self._pending:
             item = self._pending.popleft()
             if isinstance(item, Event):
                 self._count_drop(item.run_id)
+                n += 1
             elif isinstance(item, _Marker):
                 item.fire()
+        self._backlog.settle(n)
+        self._backlog.close()
         with self._room:
             self._room.notify_all()
 
@@ -419,9 +487,6 @@ class RunStore(RunQueries):
                     pack(item, records)
                     events += 1
                     rows += 1
-            if self._waiters:
-                with self._room:
-                    self._room.notify_all()
             with self._drop_lock:
                 drops, self._run_drops = self._run_drops, {}
             proc = self._proc
@@ -429,10 +494,15 @@ class RunStore(RunQueries):
                 if self._announce:
                     records[:0] = packer.schemas()
                     self._announce = False
-                if proc.send(records, drops, markers):
+                # the last hand-over of a drain is committed at once (not gathered with later ones)
+                if proc.send(records, drops, markers, events, commit_now=bool(markers) or not pending):
                     continue
                 self._choose_writer()  # the process died under us: this batch and the rest are written here
             self._write_here(records, drops, events)
+            self._backlog.settle(events)
+            if self._waiters:
+                with self._room:
+                    self._room.notify_all()
             for marker in markers:
                 marker.fire()
 
@@ -444,7 +514,8 @@ class RunStore(RunQueries):
             self.written += self._local.write(self._conn, records, drops)
             self.commits += 1
         except WriteFailed as exc:
-            self._lost(exc.lost, drops, repr(exc.cause))
+            self.written += exc.written
+            self._lost(exc.lost, exc.drops, str(exc))
 
     def _acked(self, written: int, commits: int) -> None:
         self.written += written
@@ -468,6 +539,15 @@ class RunStore(RunQueries):
             raise self._error
         if flush and self._thread.is_alive():
             self.flush()  # also covers the batch the writer has taken off the queue but not yet committed
+
+
+def _on_event_loop() -> bool:
+    """Whether this thread runs an event loop (which must never wait on the store)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 _open_stores: weakref.WeakSet[RunStore] = weakref.WeakSet()
