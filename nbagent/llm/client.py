@@ -307,7 +307,7 @@ class LLMClient:
         phase = "first_token"
         skipped: list[str] = []  # lines that are not ``data:`` events (a JSON answer to a stream request...)
 
-        def nextDeadline() -> float:
+        def next_deadline() -> float:
             nonlocal phase
             gap = h.ttft_timeout if acc.first_at is None else h.idle_timeout
             phase = "first_token" if acc.first_at is None else "idle"
@@ -319,7 +319,7 @@ class LLMClient:
 
         bus = self.bus
         try:
-            async with Deadline(nextDeadline()) as dl:
+            async with Deadline(next_deadline()) as dl:
                 resp = await sdk.post("/chat/completions", body=body, cast_to=httpx2.Response, stream=True,
                                       options={"headers": _STREAM})
                 http = getattr(resp, "http_response", resp)
@@ -345,7 +345,7 @@ class LLMClient:
                                 replaying = delivery.replaying
                             if delta_text:
                                 self._deliver(delta_text, on_text, delivery, run_id, request_id)
-                        dl.reschedule(nextDeadline())
+                        dl.reschedule(next_deadline())
                 finally:
                     await http.aclose()
         except TimeoutError:

@@ -70,30 +70,34 @@ def parse_usage(raw: Any) -> tuple[TokenUsage, str]:
         return TokenUsage(), "local"
     if not isinstance(raw, dict):
         raise MalformedResponse(f"malformed answer: usage is {_shape(raw)}, not an object")
-    details = raw.get("prompt_tokens_details") or {}
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    details = raw.get("prompt_tokens_details")
+    if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0 and not details:
+        return TokenUsage(prompt, completion), "server"  # the usual shape, checked at once
+    details = details or {}
     cached = _count(details.get("cached_tokens"), "usage.prompt_tokens_details.cached_tokens") \
         if isinstance(details, dict) else 0
-    return TokenUsage(_count(raw.get("prompt_tokens"), "usage.prompt_tokens"),
-                      _count(raw.get("completion_tokens"), "usage.completion_tokens"), cached), "server"
+    return TokenUsage(_count(prompt, "usage.prompt_tokens"), _count(completion, "usage.completion_tokens"),
+                      cached), "server"
 
 
 def _tool_calls(raw: Any, where: str) -> list[ToolCall]:
     if not isinstance(raw, list):
         raise MalformedResponse(f"malformed answer: {where} is {_shape(raw)}, not a list")
     calls: list[ToolCall] = []
-    for i, tc in enumerate(raw):
-        fn = tc.get("function") if isinstance(tc, dict) else None
-        fn = {} if fn is None else fn
-        if not isinstance(tc, dict) or not isinstance(fn, dict):
-            bad = tc if not isinstance(tc, dict) else fn
-            raise MalformedResponse(f"malformed answer: {where}[{i}] has {_shape(bad)} where an object belongs")
-        name = fn.get("name") or ""
-        if not isinstance(name, str):
-            raise MalformedResponse(f"malformed answer: {where}[{i}].function.name is {_shape(name)}")
-        args = fn.get("arguments")
-        if not isinstance(args, str):  # some servers send an object instead of a JSON string
+    for tc in raw:
+        try:
+            fn = tc.get("function") or {}
+            name = fn.get("name") or ""
+            args = fn.get("arguments")
+        except AttributeError:
+            raise MalformedResponse(f"malformed answer: {where}[{len(calls)}] is not an object with a function "
+                                    f"object: {str(tc)[:200]}") from None
+        if type(name) is not str:
+            raise MalformedResponse(f"malformed answer: {where}[{len(calls)}].function.name is {_shape(name)}")
+        if type(args) is not str:  # some servers send an object instead of a JSON string
             args = json.dumps(args if args is not None else {})
-        calls.append(ToolCall(id=str(tc.get("id") or f"call_{len(calls)}"), name=name, arguments=args))
+        calls.append(ToolCall(id=tc.get("id") or f"call_{len(calls)}", name=name, arguments=args))
     return calls
 
 
