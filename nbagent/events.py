@@ -136,6 +136,7 @@ class LLMTextDelta(Event):
     kind: ClassVar[str] = "llm_text_delta"
     request_id: str = ""
     text: str = ""
+    restart: bool = False  # True: ``text`` replaces all text delivered before for this request (a retried stream)
 
 
 @dataclass(**_frozen)  # type: ignore[call-overload]
@@ -164,6 +165,7 @@ class LLMRetry(Event):
     wait: float = 0.0  # seconds slept before the next attempt
     reason: str = ""  # e.g. "429", "503", "connection", "timeout:read"
     retry_after: float | None = None
+    restarted_stream: bool = False  # the failed attempt had delivered text: the stream starts over
 
 
 @dataclass(**_frozen)  # type: ignore[call-overload]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from ..events import CacheEvicted, CacheStored, CacheWarning, EventBus, default_bus
+from ..llm.text import encodable
 from ..llm.types import ModelResponse
 from .memory import Entry, MemoryTier, encode_response
 from .sqlite import EvictionPolicy, Outcome, SQLiteStore
@@ -131,8 +132,9 @@ class CacheCore:
             self._pending_warning(store, bus, run_id)
         elif store is not None:
             tier = "sqlite"
-            store.put_nowait(self.kind, self.namespace, entry.key, text, latency=entry.latency, tokens=entry.tokens,
-                             created=entry.created, description=description,
+            # SQLite stores UTF-8: a lone surrogate (an undecodable file name in a tool's output) is escaped
+            store.put_nowait(self.kind, self.namespace, entry.key, encodable(text), latency=entry.latency,
+                             tokens=entry.tokens, created=entry.created, description=encodable(description),
                              report=lambda o: self._handle(o, bus, run_id))
         self.tally.stores += 1
         bus.emit(CacheStored(run_id=run_id, cache=self.kind, tier=tier, key=entry.key))

@@ -9,6 +9,10 @@ URL, the messages, the tools, ``tool_choice`` (only when tools are sent, as on t
 parameter (``temperature``, ``max_tokens``, ``seed``, ``response_format``...). The ``stream`` flag and
 ``stream_options`` are left out: a streamed and a non-streamed request ask for the same answer, and a stored
 entry serves both (streams are stored with their chunks, see :mod:`nbagent.cache.tiered`).
+
+Text UTF-8 cannot encode (lone surrogates, as ``os.fsdecode`` makes of undecodable file names) still gets a
+key: such a text is digested with its surrogates kept as they are (``surrogatepass``), so distinct texts keep
+distinct keys; descriptions are escaped for humans.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..llm.text import encodable
 from ..llm.types import ModelRequest
 
 __all__ = ["KEY_VERSION", "canonical_json", "describe_request", "digest", "request_key", "tool_key"]
@@ -80,8 +85,12 @@ def canonical_json(obj: Any) -> str:
 
 
 def digest(text: str) -> str:
-    """The 32-hex-character BLAKE2b digest of ``text``."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    """The 32-hex-character BLAKE2b digest of ``text`` (lone surrogates included, as they are)."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def request_key(req: ModelRequest, *, model: str | None = None, base_url: str | None = None) -> str:
@@ -122,4 +131,4 @@ def describe_request(req: ModelRequest, *, model: str | None = None, width: int 
     text = " ".join(text.split())
     if len(text) > width:
         text = text[: width - 1] + "\u2026"
-    return f"{name}: {role} message {text!r} ({len(req.messages)} messages)"
+    return encodable(f"{name}: {role} message {text!r} ({len(req.messages)} messages)")

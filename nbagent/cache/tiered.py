@@ -3,7 +3,10 @@
 ``Agent(..., cache=ResponseCache())`` wraps the agent's model in a :class:`CachedModel`. A request is looked up
 by its canonical key (:func:`nbagent.cache.keys.request_key`) in the memory tier, then the SQLite tier; on a miss
 the wrapped model is called once however many identical requests are waiting (single-flight: the others await
-the same answer and, if it fails, get the same error; nothing is stored). Streams are stored with their chunks
+the same answer and, if the server's answer is an error, get the same error; nothing is stored). A failure that
+belongs to the caller who made the call (the leader) is not handed on: when the leader is cancelled, when its own
+``on_text`` raises (or anything else that is not a model error), or when it timed out under timeouts other than
+a waiting caller's, one waiting caller makes the call again for the others. Streams are stored with their chunks
 and served back as streams (``on_text`` gets each stored chunk). A hit returns a copy of the stored response
 with ``cached=True`` and ``latency`` set to the lookup time, and emits :class:`~nbagent.events.CacheHit` and an
 :class:`~nbagent.events.LLMResponse` with ``cached=True`` and no tokens.
@@ -21,9 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ..errors import CacheMiss
+from ..errors import CacheMiss, LLMError, LLMTimeout
 from ..events import CacheHit, EventBus, LLMResponse, LLMTextDelta, default_bus
 from ..events import CacheMiss as CacheMissEvent
+from ..llm.text import json_encodable
 from ..llm.types import Model, ModelRequest, ModelResponse, TextCallback, TokenUsage, ToolCall
 from .base import MEMORY_ONLY, MODES, CacheCore, CacheMode
 from .keys import describe_request, request_key
@@ -35,7 +39,43 @@ __all__ = ["MODES", "CacheMode", "CachedModel", "ResponseCache"]
 
 
 class _LeaderGone(Exception):
-    """The request the others were waiting for was cancelled: one of them takes over."""
+    """The call the others were waiting for failed for a reason of the leader's own: one of them takes over.
+
+    ``error`` is the leader's error (None when it was cancelled) and ``timeouts`` the leader's timeouts: a
+    timeout is handed on to the waiters whose timeouts are the same, since they would time out too.
+    """
+
+    def __init__(self, error: BaseException | None = None, timeouts: object = None) -> None:
+        super().__init__("the leader of a single-flight call failed on its own")
+        self.error = error
+        self.timeouts = timeouts
+
+    def shared_with(self, cm: CachedModel) -> BaseException | None:
+        """The leader's timeout when ``cm`` runs under the same timeouts (it would time out too), else None."""
+        if self.timeouts is not None and self.timeouts == _timeouts(cm):
+            return self.error
+        return None
+
+
+def _own_failure(exc: BaseException, cm: CachedModel) -> BaseException:
+    """What waiters get when the leader (calling through ``cm``) failed with ``exc``."""
+    if isinstance(exc, asyncio.CancelledError):
+        return _LeaderGone()
+    if not isinstance(exc, LLMError):  # the leader's on_text raised, or something else of its own
+        return _LeaderGone(exc)
+    if isinstance(exc, LLMTimeout) or isinstance(exc.__cause__, LLMTimeout):
+        return _LeaderGone(exc, _timeouts(cm))
+    return exc  # the server's answer: the same for everyone
+
+
+def _timeouts(cm: CachedModel) -> object:
+    """The timeouts ``cm``'s calls run under: its client's HTTP and retry settings, else the model itself."""
+    settings = getattr(getattr(cm.inner, "client", None), "settings", None)
+    http, retry = getattr(settings, "http", None), getattr(settings, "retry", None)
+    if http is None or retry is None:
+        return cm.inner
+    return (http.connect_timeout, http.read_timeout, http.write_timeout, http.pool_timeout, http.request_timeout,
+            http.ttft_timeout, http.idle_timeout, retry.max_attempts)
 
 
 class ResponseCache(CacheCore):
@@ -104,9 +144,13 @@ class ResponseCache(CacheCore):
         while (waiting := self._inflight.get(key)) is not None:
             try:
                 entry = await asyncio.shield(waiting)
-            except _LeaderGone:
-                continue
-            return await self._serve(cm, entry, "inflight", key, t0, req, run_id, on_text)
+            except _LeaderGone as gone:
+                shared = gone.shared_with(cm)
+                if shared is None:
+                    continue  # one of the waiters makes the call again
+            else:
+                return await self._serve(cm, entry, "inflight", key, t0, req, run_id, on_text)
+            raise shared
         fut: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
@@ -118,7 +162,7 @@ class ResponseCache(CacheCore):
             resp = await self._call(cm, req, key, run_id, on_text, fut)
         except BaseException as exc:
             if not fut.done():
-                fut.set_exception(_LeaderGone() if isinstance(exc, asyncio.CancelledError) else exc)
+                fut.set_exception(_own_failure(exc, cm))
                 fut.exception()  # retrieved: no "never retrieved" log when nobody was waiting
             raise
         finally:
@@ -138,7 +182,8 @@ class ResponseCache(CacheCore):
         latency = resp.latency or (time.perf_counter() - t0)
         stored = _copy(resp, cached=False)
         entry = Entry(key, stored, self.clock(), latency, resp.usage.total_tokens)
-        self._put(entry, encode_response(stored), describe_request(req, model=cm.model_name), cm.bus, run_id)
+        self._put(entry, json_encodable(encode_response(stored)), describe_request(req, model=cm.model_name), cm.bus,
+                  run_id)
         if fut is not None:
             fut.set_result(entry)
         return resp

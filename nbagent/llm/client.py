@@ -1,39 +1,33 @@
 """The pooled OpenAI-compatible client: one ``AsyncOpenAI`` per endpoint over one shared HTTP pool.
 
 Requests go through the ``openai`` SDK (its own retries off) and the raw response is read directly, so
-no pydantic model is built per call. Streams are read as server-sent events with a time-to-first-token
-and an idle-gap watchdog. Every attempt, retry, first token and response is an event on the bus.
+no pydantic model is built per call (:mod:`nbagent.llm.wire` reads and checks it). Streams are read as
+server-sent events with a time-to-first-token and an idle-gap watchdog. Every attempt, retry, first token
+and response is an event on the bus.
+
+Text is delivered once: when a stream breaks and is retried, the retry is marked
+(``LLMRetry.restarted_stream``) and the new attempt's text is delivered only beyond what was already
+delivered; if the new attempt says something else, ``on_text`` gets a :class:`~nbagent.llm.types.TextRestart`
+and the bus an ``LLMTextDelta(restart=True)`` carrying the new text so far, which replaces the old.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import itertools
 import json
 import random
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx2
 import openai
 from openai._constants import RAW_RESPONSE_HEADER
 
 from ..config import Endpoint, Settings
-from ..errors import (
-    AuthenticationError,
-    BadRequest,
-    ContextLengthExceeded,
-    LLMConnectionError,
-    LLMError,
-    LLMTimeout,
-    MalformedResponse,
-    RateLimited,
-    RetryBudgetExhausted,
-    ServerError,
-)
+from ..errors import LLMConnectionError, LLMError, LLMTimeout, MalformedResponse, RetryBudgetExhausted
 from ..events import (
     EventBus,
     LLMFirstToken,
@@ -46,15 +40,17 @@ from ..events import (
     default_bus,
 )
 from .retry import RetryPolicy, retry_reason
+from .stream import HAS_TIMEOUT_CM, Deadline, Delivery
+from .text import escape_unencodable
 from .tokens import TokenCounter, check_fits
-from .types import ModelRequest, ModelResponse, TextCallback, TokenUsage, ToolCall
-from .usage import cost_of
+from .types import ModelRequest, ModelResponse, TextCallback, TextRestart, TokenUsage
+from .usage import check_number, cost_of
+from .wire import map_error, parse_completion
 
 __all__ = ["EndpointModel", "LLMClient"]
 
 _RAW = {RAW_RESPONSE_HEADER: "raw"}
 _STREAM = {RAW_RESPONSE_HEADER: "stream"}
-_HAS_TIMEOUT_CM = sys.version_info >= (3, 11)
 
 
 class LLMClient:
@@ -75,6 +71,7 @@ class LLMClient:
         counter: TokenCounter | None = None,
     ) -> None:
         self.settings = settings or Settings.load()
+        _check_settings(self.settings)
         self.bus = bus or default_bus()
         self.retry = RetryPolicy(self.settings.retry, rng=rng)
         self.counter = counter or TokenCounter()
@@ -123,12 +120,15 @@ class LLMClient:
         key = (endpoint.base_url, endpoint.api_key)
         sdk = self._sdk.get(key)
         if sdk is None:
+            # a query in the base URL (``...?api-version=...``) goes on every request, after the path
+            parts = urlsplit(endpoint.base_url)
             sdk = openai.AsyncOpenAI(
-                base_url=endpoint.base_url,
+                base_url=urlunsplit(parts._replace(query="", fragment="")) if parts.query else endpoint.base_url,
                 api_key=endpoint.api_key,
                 max_retries=0,
                 timeout=self._timeout(),
                 http_client=self._http,
+                default_query=dict(parse_qsl(parts.query)) if parts.query else None,
             )
             self._sdk[key] = sdk
         return sdk
@@ -187,12 +187,13 @@ class LLMClient:
         bus = self.bus
         started = time.perf_counter()
         self.retry.budget.deposit()
+        delivery = Delivery() if req.stream else None
         attempt = 1
         while True:
             bus.emit(LLMRequestStarted(run_id=run_id, request_id=request_id, model=req.model, attempt=attempt,
                                        stream=req.stream, input_tokens_local=local_prompt))
             try:
-                resp = await self._attempt(req, endpoint, run_id, request_id, on_text, started)
+                resp = await self._attempt(req, endpoint, run_id, request_id, on_text, delivery)
                 break
             except LLMError as exc:
                 wait = self.retry.wait_before_retry(attempt, exc)
@@ -205,9 +206,13 @@ class LLMClient:
                     self._failed(run_id, request_id, attempt, exc, started)
                     raise
                 bus.emit(LLMRetry(run_id=run_id, request_id=request_id, attempt=attempt, wait=wait,
-                                  reason=retry_reason(exc), retry_after=getattr(exc, "retry_after", None)))
+                                  reason=retry_reason(exc), retry_after=getattr(exc, "retry_after", None),
+                                  restarted_stream=delivery is not None and bool(delivery.delivered())))
                 await self._sleep(wait)
                 attempt += 1
+            except Exception as exc:  # the caller's on_text raised: its error, never retried
+                self._failed(run_id, request_id, attempt, exc, started)
+                raise
         resp.latency = time.perf_counter() - started
         resp.attempts = attempt
         self._account(resp, req, endpoint, local_prompt, run_id, request_id)
@@ -237,35 +242,44 @@ class LLMClient:
             finish_reason=resp.finish_reason, tool_calls=len(resp.tool_calls), cost=cost))
 
     async def _attempt(self, req: ModelRequest, endpoint: Endpoint, run_id: str | None, request_id: str,
-                       on_text: TextCallback | None, started: float) -> ModelResponse:
+                       on_text: TextCallback | None, delivery: Delivery | None) -> ModelResponse:
         sdk = self.sdk(endpoint)
         body = req.body()
         if not body.get("model"):
             body["model"] = endpoint.model
+        if delivery is not None:
+            body["stream"] = True
+            body.setdefault("stream_options", {"include_usage": True})
         self.in_flight += 1
         if self.in_flight > self.peak_in_flight:
             self.peak_in_flight = self.in_flight
         if self.in_flight > self.settings.http.max_connections:
             self.pool_waits += 1
         try:
-            if req.stream:
-                body["stream"] = True
-                body.setdefault("stream_options", {"include_usage": True})
-                return await self._stream(sdk, body, run_id, request_id, on_text)
-            return await self._complete(sdk, body)
+            try:
+                if delivery is not None:
+                    return await self._stream(sdk, body, run_id, request_id, on_text, delivery)
+                return await self._complete(sdk, body)
+            except UnicodeEncodeError:  # a lone surrogate (a tool's undecodable file name...): escape it, once
+                body = escape_unencodable(body)
+                if delivery is not None:
+                    return await self._stream(sdk, body, run_id, request_id, on_text, delivery)
+                return await self._complete(sdk, body)
         except LLMError:
             raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - everything the SDK or transport raises is mapped here
-            raise _map_error(exc) from exc
+            if delivery is not None and delivery.callback_error is exc:
+                raise
+            raise map_error(exc) from exc
         finally:
             self.in_flight -= 1
 
     async def _complete(self, sdk: openai.AsyncOpenAI, body: dict[str, Any]) -> ModelResponse:
         limit = self.settings.http.request_timeout
         try:
-            if _HAS_TIMEOUT_CM:
+            if HAS_TIMEOUT_CM:
                 async with asyncio.timeout(limit):
                     raw = await sdk.post("/chat/completions", body=body, cast_to=httpx2.Response,
                                          options={"headers": _RAW})
@@ -280,16 +294,18 @@ class LLMClient:
             data = json.loads(content)
         except ValueError:
             raise MalformedResponse(f"server answered with non-JSON: {content[:200]!r}") from None
-        return _parse_completion(data)
+        return parse_completion(data)
 
     async def _stream(self, sdk: openai.AsyncOpenAI, body: dict[str, Any], run_id: str | None, request_id: str,
-                      on_text: TextCallback | None) -> ModelResponse:
+                      on_text: TextCallback | None, delivery: Delivery) -> ModelResponse:
         h = self.settings.http
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         request_deadline = t0 + h.request_timeout
-        acc = _StreamAccumulator()
+        acc = delivery.start()
+        replaying = delivery.replaying
         phase = "first_token"
+        skipped: list[str] = []  # lines that are not ``data:`` events (a JSON answer to a stream request...)
 
         def next_deadline() -> float:
             nonlocal phase
@@ -303,7 +319,7 @@ class LLMClient:
 
         bus = self.bus
         try:
-            async with _deadline(next_deadline()) as dl:
+            async with Deadline(next_deadline()) as dl:
                 resp = await sdk.post("/chat/completions", body=body, cast_to=httpx2.Response, stream=True,
                                       options={"headers": _STREAM})
                 http = getattr(resp, "http_response", resp)
@@ -312,6 +328,8 @@ class LLMClient:
                         if not line or line[0] == ":":
                             continue
                         if not line.startswith("data:"):
+                            if len(skipped) < 3:
+                                skipped.append(line[:200])
                             continue
                         data = line[5:].strip()
                         if data == "[DONE]":
@@ -322,9 +340,11 @@ class LLMClient:
                             acc.ttft = acc.first_at - t0
                             bus.emit(LLMFirstToken(run_id=run_id, request_id=request_id, ttft=acc.ttft))
                         if delta_text:
-                            if on_text is not None:
-                                on_text(delta_text)
-                            bus.emit(LLMTextDelta(run_id=run_id, request_id=request_id, text=delta_text))
+                            if replaying:  # a retry: deliver only what goes beyond the text delivered before
+                                delta_text = delivery.beyond(delta_text)
+                                replaying = delivery.replaying
+                            if delta_text:
+                                self._deliver(delta_text, on_text, delivery, run_id, request_id)
                         dl.reschedule(next_deadline())
                 finally:
                     await http.aclose()
@@ -334,218 +354,40 @@ class LLMClient:
                     "request": f"stream did not finish within the request timeout ({h.request_timeout:g} s)"}[phase]
             raise LLMTimeout(what, phase=phase) from None
         if not acc.done and acc.finish_reason is None:
+            if not acc.events:
+                kind = http.headers.get("content-type") or "none"
+                raise MalformedResponse(f"the server answered a stream request without server-sent events "
+                                        f"(HTTP {http.status_code}, content-type {kind}): "
+                                        f"{' '.join(skipped)[:200]!r}")
             raise LLMConnectionError("stream ended before the server finished its answer")
+        if replaying and delivery.behind():  # the new answer is shorter than what was delivered
+            self._deliver(TextRestart("".join(acc.chunks)), on_text, delivery, run_id, request_id)
         return acc.response()
 
-
-class _StreamAccumulator:
-    """Builds one response out of ``chat.completion.chunk`` payloads."""
-
-    __slots__ = ("chunks", "tool_calls", "finish_reason", "usage", "model", "first_at", "ttft", "done")
-
-    def __init__(self) -> None:
-        self.chunks: list[str] = []
-        self.tool_calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
-        self.finish_reason: str | None = None
-        self.usage: dict[str, Any] | None = None
-        self.model = ""
-        self.first_at: float | None = None
-        self.ttft: float | None = None
-        self.done = False
-
-    def feed(self, data: str) -> str:
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            raise MalformedResponse(f"stream chunk is not JSON: {data[:200]!r}") from None
-        if "error" in chunk:
-            err = chunk["error"] or {}
-            raise _error_from_body(err if isinstance(err, dict) else {"message": str(err)}, None, None)
-        self.model = chunk.get("model") or self.model
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        text = ""
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            piece = delta.get("content")
-            if piece:
-                text += piece
-            for tc in delta.get("tool_calls") or ():
-                slot = self.tool_calls.setdefault(tc.get("index", 0), ["", "", ""])
-                if tc.get("id"):
-                    slot[0] = tc["id"]
-                fn = tc.get("function") or {}
-                name = fn.get("name")
-                if name and name != slot[1]:  # llama.cpp repeats the whole name in every chunk; OpenAI sends it once
-                    slot[1] += name
-                if fn.get("arguments"):
-                    slot[2] += fn["arguments"]
-            if (piece or delta.get("tool_calls")) and self.first_at is None:
-                self.first_at = asyncio.get_running_loop().time()
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-        if text:
-            self.chunks.append(text)
-        return text
-
-    def response(self) -> ModelResponse:
-        calls = [ToolCall(id=v[0] or f"call_{i}", name=v[1], arguments=v[2])
-                 for i, v in sorted(self.tool_calls.items())]
-        usage, source = _usage(self.usage)
-        return ModelResponse(text="".join(self.chunks), tool_calls=calls, finish_reason=self.finish_reason,
-                             usage=usage, usage_source=source, model=self.model, ttft=self.ttft,
-                             chunks=list(self.chunks))
+    def _deliver(self, text: str, on_text: TextCallback | None, delivery: Delivery, run_id: str | None,
+                 request_id: str) -> None:
+        if on_text is not None:
+            try:
+                on_text(text)
+            except Exception as exc:
+                delivery.callback_error = exc  # the caller's error: raised as it is, never retried
+                raise
+        self.bus.emit(LLMTextDelta(run_id=run_id, request_id=request_id, text=text,
+                                   restart=type(text) is TextRestart))
 
 
-class _deadline:
-    """``asyncio.timeout`` with ``reschedule`` on 3.11+; a watchdog task on 3.10."""
-
-    def __init__(self, when: float) -> None:
-        self._when = when
-        self._cm: Any = None
-
-    async def __aenter__(self) -> _deadline:
-        if _HAS_TIMEOUT_CM:
-            self._cm = asyncio.timeout_at(self._when)
-            await self._cm.__aenter__()
-        else:  # pragma: no cover - Python 3.10
-            self._task = asyncio.current_task()
-            self._fired = False
-            self._handle = asyncio.get_running_loop().call_at(self._when, self._fire)
-        return self
-
-    def _fire(self) -> None:  # pragma: no cover - Python 3.10
-        self._fired = True
-        assert self._task is not None
-        self._task.cancel()
-
-    def reschedule(self, when: float) -> None:
-        if self._cm is not None:
-            self._cm.reschedule(when)
-        else:  # pragma: no cover - Python 3.10
-            self._handle.cancel()
-            self._handle = asyncio.get_running_loop().call_at(when, self._fire)
-
-    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool | None:
-        if self._cm is not None:
-            return await self._cm.__aexit__(et, exc, tb)  # type: ignore[no-any-return]
-        self._handle.cancel()  # pragma: no cover - Python 3.10
-        if self._fired and et is asyncio.CancelledError:  # pragma: no cover
-            raise TimeoutError
-        return None  # pragma: no cover
-
-
-def _usage(raw: dict[str, Any] | None) -> tuple[TokenUsage, str]:
-    if not raw:
-        return TokenUsage(), "local"
-    details = raw.get("prompt_tokens_details") or {}
-    return TokenUsage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
-                      int(details.get("cached_tokens") or 0)), "server"
-
-
-def _parse_completion(data: Any) -> ModelResponse:
-    if not isinstance(data, dict):
-        raise MalformedResponse(f"expected a JSON object, got {type(data).__name__}")
-    if "error" in data and not data.get("choices"):
-        err = data["error"]
-        raise _error_from_body(err if isinstance(err, dict) else {"message": str(err)}, None, None)
-    try:
-        choice = data["choices"][0]
-        msg = choice["message"]
-    except (KeyError, IndexError, TypeError):
-        raise MalformedResponse(f"no choices in the answer: {str(data)[:200]}") from None
-    calls: list[ToolCall] = []
-    for tc in msg.get("tool_calls") or ():
-        fn = tc.get("function") or {}
-        args = fn.get("arguments")
-        if not isinstance(args, str):  # some servers send an object instead of a JSON string
-            args = json.dumps(args if args is not None else {})
-        calls.append(ToolCall(id=tc.get("id") or f"call_{len(calls)}", name=fn.get("name") or "", arguments=args))
-    usage, source = _usage(data.get("usage"))
-    return ModelResponse(text=msg.get("content") or "", tool_calls=calls, finish_reason=choice.get("finish_reason"),
-                         usage=usage, usage_source=source, model=data.get("model") or "")
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
-
-
-def _error_from_body(err: dict[str, Any], status: int | None, headers: Any) -> LLMError:
-    message = str(err.get("message") or err)
-    code = str(err.get("code") or "")
-    text = f"{status} {message}" if status else message
-    if code == "context_length_exceeded" or "maximum context length" in message or "context length" in message:
-        return ContextLengthExceeded(f"the server says the prompt is too long: {message}", status_code=status)
-    if status in (401, 403):
-        return AuthenticationError(f"authentication failed ({status}): {message}; check the API key",
-                                   status_code=status)
-    if status == 429:
-        return RateLimited(f"rate limited: {message}", retry_after=_retry_after(headers))
-    if status is not None and (status >= 500 or status in (408, 409)):
-        return ServerError(f"server error {text}", status_code=status, retry_after=_retry_after(headers))
-    if status == 404:
-        return BadRequest(f"not found (404): {message}; check the base URL and model name", status_code=status)
-    if status is None:
-        return ServerError(f"the server reported an error mid-stream: {message}")
-    return BadRequest(f"request rejected ({status}): {message}", status_code=status)
-
-
-def _map_error(exc: BaseException) -> LLMError:
-    if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        err = body.get("error", body) if isinstance(body, dict) else {}
-        if not isinstance(err, dict) or not err:
-            err = {"message": exc.message}
-        return _error_from_body(err, exc.status_code, exc.response.headers)
-    if isinstance(exc, openai.APITimeoutError):
-        # the aiohttp transport reports refused and dropped connections as connect timeouts: read the chain
-        names = [type(e).__name__ for e in _chain(exc)]
-        dropped = ("ClientConnectorError", "ConnectionRefusedError", "ServerDisconnectedError", "ClientOSError",
-                   "ClientPayloadError", "ConnectionResetError", "ConnectError", "ReadError", "RemoteProtocolError")
-        root = _chain(exc)[-1]
-        if any(n in dropped for n in names):
-            return LLMConnectionError(f"cannot reach the model server or the connection dropped: "
-                                      f"{type(root).__name__}: {root}")
-        joined = " ".join(names)
-        phase = "pool" if "Pool" in joined else "connect" if "ConnectTimeout" in names[1:2] and \
-            "SocketTimeoutError" not in joined and "ServerTimeoutError" not in joined else "read"
-        return LLMTimeout(f"{phase} timeout talking to the model server", phase=phase)
-    if isinstance(exc, openai.APIConnectionError):
-        root = exc.__cause__ or exc
-        return LLMConnectionError(f"cannot reach the model server: {type(root).__name__}: {root}")
-    if isinstance(exc, (httpx2.TimeoutException,)):
-        return LLMTimeout(f"timeout talking to the model server: {exc}", phase="read")
-    if isinstance(exc, (httpx2.TransportError, OSError, ConnectionError)):
-        return LLMConnectionError(f"connection to the model server failed: {type(exc).__name__}: {exc}")
-    if isinstance(exc, TimeoutError):
-        return LLMTimeout("timed out talking to the model server", phase="read")
-    return LLMError(f"unexpected error talking to the model server: {type(exc).__name__}: {exc}")
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception and its causes, outermost first."""
-    out: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in out and len(out) < 10:
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
+def _check_settings(settings: Settings) -> None:
+    """Refuse timeouts and retry settings the client cannot honour (NaN, infinite, negative) by name."""
+    h, r = settings.http, settings.retry
+    for name in ("connect_timeout", "read_timeout", "write_timeout", "pool_timeout", "request_timeout",
+                 "ttft_timeout", "idle_timeout"):
+        check_number(f"http.{name}", getattr(h, name), positive=True)
+    check_number("http.keepalive_expiry", h.keepalive_expiry)
+    for name in ("max_connections", "max_keepalive_connections"):
+        check_number(f"http.{name}", getattr(h, name), positive=True)
+    check_number("retry.max_attempts", r.max_attempts, positive=True)
+    for name in ("base_delay", "max_delay", "max_retry_after", "budget_ratio", "budget_min"):
+        check_number(f"retry.{name}", getattr(r, name))
 
 
 class EndpointModel:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from ..config import RetrySettings
 from ..errors import LLMTimeout, RateLimited, ServerError, TransientLLMError
+from .usage import check_number
 
 __all__ = ["RetryBudget", "RetryPolicy", "retry_reason"]
 
@@ -23,6 +24,8 @@ class RetryBudget:
     """Token bucket of retries: ``deposit()`` per request, ``withdraw()`` per retry."""
 
     def __init__(self, ratio: float = 0.2, reserve: float = 10.0) -> None:
+        check_number("retry budget ratio", ratio)
+        check_number("retry budget reserve", reserve)
         self.ratio = ratio
         self.capacity = reserve + 100 * ratio  # earned retries do not pile up without bound
         self.balance = reserve

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Model", "ModelRequest", "ModelResponse", "TextCallback", "TokenUsage", "ToolCall"]
+__all__ = ["Model", "ModelRequest", "ModelResponse", "TextCallback", "TextRestart", "TokenUsage", "ToolCall"]
 
 
 @dataclass(slots=True)
@@ -94,6 +94,19 @@ class ModelResponse:
 
 
 TextCallback = Any  # Callable[[str], None]; kept loose so sync and async callers can both pass one
+
+
+class TextRestart(str):
+    """What ``on_text`` receives, instead of a plain delta, when a stream was retried and the new attempt did
+    not repeat the text already delivered: the new attempt's whole text so far, which *replaces* everything
+    delivered before for this request (a display clears what it showed, then shows this).
+
+    Text is delivered once: when the retried stream repeats what was already delivered, only the text beyond
+    it is delivered, as plain ``str`` deltas. A ``TextRestart`` is a ``str``, so callbacks that only append
+    or print keep working.
+    """
+
+    __slots__ = ()
 
 
 class Model(Protocol):

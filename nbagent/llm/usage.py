@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import LimitSettings, Price
 from ..errors import UsageLimitExceeded
 from .types import TokenUsage
 
-__all__ = ["RunUsage", "UsageLimits", "cost_of"]
+__all__ = ["RunUsage", "UsageLimits", "check_number", "cost_of"]
 
 
 def cost_of(usage: TokenUsage, price: Price | None) -> float | None:
@@ -22,9 +24,23 @@ def cost_of(usage: TokenUsage, price: Price | None) -> float | None:
     return (uncached * price.input + usage.cached_tokens * cached_price + usage.output_tokens * price.output) / 1e6
 
 
+def check_number(name: str, value: Any, *, positive: bool = False, optional: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a finite number ``>= 0`` (``> 0`` when
+    ``positive``; ``None`` allowed when ``optional``). NaN passes every ``<`` test, so it is refused by name.
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        extra = " (or None for no limit)" if optional else ""
+        raise ValueError(f"{name} must be a finite number {bound}{extra}, got {value!r}")
+
+
 @dataclass
 class UsageLimits:
-    """Ceilings for one run; ``None`` means no limit."""
+    """Ceilings for one run; ``None`` means no limit. Each must be a finite number ``>= 0`` (else ValueError)."""
 
     max_steps: int | None = 20
     max_requests: int | None = None
@@ -32,6 +48,10 @@ class UsageLimits:
     max_output_tokens: int | None = None
     max_cost: float | None = None
     max_wall_time: float | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:  # checks the constructor's arguments too
+        check_number(name, value, optional=True)
+        super().__setattr__(name, value)
 
     @classmethod
     def from_settings(cls, s: LimitSettings) -> UsageLimits:

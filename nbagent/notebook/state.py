@@ -158,7 +158,7 @@ class RunState:
             self.record.apply(ev)
         kind = ev.kind
         if kind == "llm_text_delta":
-            if self._fresh_text:
+            if self._fresh_text or getattr(ev, "restart", False):  # a new answer, or a retried one restarting
                 self.text, self._fresh_text = "", False
             text = ev.text  # type: ignore[attr-defined]
             self.streamed_chars += len(text)

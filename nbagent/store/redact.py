@@ -9,8 +9,9 @@ Three layers, cheapest first:
 
 Each match is replaced by ``[REDACTED]``. :func:`redact` works on strings, :func:`redact_obj` on JSON-like
 values (dict keys that name a secret have their whole value replaced), and :func:`install_log_redaction`
-makes every log record of the ``nbagent``, ``openai``, ``httpx`` and ``aiohttp`` loggers pass through
-:func:`redact` before any handler sees it.
+makes every log record of the loggers the client's stack uses (``nbagent``, ``openai``, ``httpx``/``httpx2``,
+``httpcore``/``httpcore2``, ``aiohttp``, ``asyncio`` and the root logger's own) pass through :func:`redact`
+before a handler writes it, with a :class:`RedactingFilter` on those loggers and on the handlers.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import os
 import re
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
     "REDACTED",
+    "RedactingFilter",
     "Redactor",
     "add_secret",
     "default_redactor",
@@ -149,45 +151,81 @@ def redact_obj(value: Any) -> Any:
 
 # --- logs -----------------------------------------------------------------------------------------
 
-_LOGGERS = ("nbagent", "openai", "httpx", "httpcore", "aiohttp")
-_installed: tuple[Callable[..., logging.LogRecord], Callable[..., logging.LogRecord]] | None = None
+# the loggers the client's stack really logs on (the SDK's HTTP layer is httpx2/httpcore2; a key in a base
+# URL's query string appears in httpx2's INFO "HTTP Request" line), the event loop's, and the root logger's own
+_LOGGERS = ("nbagent", "openai", "httpx", "httpx2", "httpcore", "httpcore2", "aiohttp", "asyncio", "root")
+_REDACTED_MARK = "_nbagent_redacted"
+
+
+class RedactingFilter(logging.Filter):
+    """A log filter that redacts the message (arguments merged in) and traceback of the records of the
+    loggers named in ``prefixes`` and their children, in place, before any handler formats them; it never
+    drops a record. Records of other loggers pass untouched.
+    """
+
+    def __init__(self, prefixes: Iterable[str] = _LOGGERS) -> None:
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def covers(self, name: str) -> bool:
+        return name in self.prefixes or name.partition(".")[0] in self.prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, _REDACTED_MARK, False) or not self.covers(record.name):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken format string is the handler's problem, not ours
+            return True
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = redact(text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        setattr(record, _REDACTED_MARK, True)
+        return True
+
+
+_installed: tuple[RedactingFilter, list[logging.Filterer]] | None = None
 _install_lock = threading.Lock()
 
 
 def install_log_redaction(prefixes: Iterable[str] = _LOGGERS) -> None:
-    """Redact the message (arguments merged in) and traceback of every log record from these loggers and
-    their children. Works through the log record factory, so it covers loggers created later too. Idempotent.
+    """Redact every log record of these loggers (and their children) before it is written. Idempotent.
+
+    A :class:`RedactingFilter` goes on the named loggers and their children that exist now (so a record is
+    redacted where it is made, whatever handler gets it later), on their handlers, on the root logger's
+    handlers and on ``logging.lastResort`` (so records of children created later are redacted on their way
+    out). The log record factory and other loggers are left alone.
     """
     global _installed
     with _install_lock:
         if _installed is not None:
             return
-        names = tuple(prefixes)
-        previous = logging.getLogRecordFactory()
-
-        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-            record = previous(*args, **kwargs)
-            name = record.name
-            if name.startswith(names) and (name in names or name.partition(".")[0] in names):
-                try:
-                    message = record.getMessage()
-                except Exception:  # noqa: BLE001 - a broken format string is the handler's problem, not ours
-                    return record
-                record.msg = redact(message)
-                record.args = None
-                if record.exc_info and not record.exc_text:
-                    text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-                    record.exc_text = redact(text)
-            return record
-
-        logging.setLogRecordFactory(factory)
-        _installed = (factory, previous)
+        flt = RedactingFilter(prefixes)
+        targets: list[logging.Filterer] = []
+        manager = logging.Logger.manager
+        names = [n for n in list(manager.loggerDict) if flt.covers(n)]
+        loggers = [logging.getLogger(n) for n in names if n != "root"]
+        for logger in [logging.getLogger(), *loggers]:
+            targets.append(logger)
+            targets.extend(logger.handlers)
+        if logging.lastResort is not None:
+            targets.append(logging.lastResort)
+        unique = list({id(t): t for t in targets}.values())
+        for target in unique:
+            target.addFilter(flt)
+        _installed = (flt, unique)
 
 
 def uninstall_log_redaction() -> None:
-    """Undo :func:`install_log_redaction` (when no other factory was installed on top of it since)."""
+    """Undo :func:`install_log_redaction`."""
     global _installed
     with _install_lock:
-        if _installed is not None and logging.getLogRecordFactory() is _installed[0]:
-            logging.setLogRecordFactory(_installed[1])
+        if _installed is not None:
+            flt, targets = _installed
+            for target in targets:
+                target.removeFilter(flt)
             _installed = None

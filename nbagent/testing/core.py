@@ -276,6 +276,13 @@ class SimCore:
         if kind == "garbage":
             assert fault is not None
             return await self._garbage(request, fault, config, stream)
+        if kind == "raw":
+            assert fault is not None
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            raw = web.Response(body=fault.body.encode(), status=fault.status or 200)
+            raw.content_type = fault.content_type
+            return raw
 
         scripted = False
         try:

@@ -19,6 +19,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "stall",
     "invalid_json_args",
     "garbage",
+    "raw",
 )
 
 #: Fault kinds answered with an HTTP error status and an OpenAI-style error body:
@@ -56,6 +57,8 @@ class Fault:
       before the rest; a non-stream request waits ``delay`` seconds more before answering.
     * ``"invalid_json_args"``: the reply is a tool call whose ``arguments`` string is not valid JSON.
     * ``"garbage"``: a 200 response whose body is not JSON (for a stream, an SSE event whose data is not JSON).
+    * ``"raw"``: exactly ``body`` (text, UTF-8) with ``content_type`` and ``status`` (default 200), for a stream
+      request too: malformed answers (``{"choices": [{"message": null}]}``), an empty 200, JSON to a stream...
 
     For the error kinds ``delay`` is waited before the error is sent.
     """
@@ -64,16 +67,19 @@ class Fault:
     retry_after: float | None = None
     delay: float = 0.0
     status: int | None = None
+    body: str = ""
+    content_type: str = "application/json"
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {', '.join(FAULT_KINDS)}")
-        if self.delay < 0:
-            raise ValueError("delay must be >= 0")
+        if not self.delay >= 0:  # NaN too
+            raise ValueError(f"delay must be a number >= 0, got {self.delay!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable form, the inverse of :meth:`from_dict`."""
-        return {"kind": self.kind, "retry_after": self.retry_after, "delay": self.delay, "status": self.status}
+        return {"kind": self.kind, "retry_after": self.retry_after, "delay": self.delay, "status": self.status,
+                "body": self.body, "content_type": self.content_type}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | str) -> Fault:
@@ -85,6 +91,8 @@ class Fault:
             retry_after=data.get("retry_after"),
             delay=float(data.get("delay") or 0.0),
             status=data.get("status"),
+            body=str(data.get("body") or ""),
+            content_type=str(data.get("content_type") or "application/json"),
         )
 
 
