@@ -195,6 +195,7 @@ class Settings:
     context_windows: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CONTEXT_WINDOWS))
     sandbox: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)  # [policy] table: see nbagent.policy.Policy.from_settings
+    cache: dict[str, Any] = field(default_factory=dict)  # [cache] table: tiers, tier_options (nbagent.cache)
     home: Path = field(default_factory=user_dir)
     config_path: Path | None = None
 
@@ -242,6 +243,8 @@ class Settings:
                 self.sandbox.update(_table(value, "[sandbox]"))
             elif key == "policy":
                 self.policy.update(_table(value, "[policy]"))
+            elif key == "cache":
+                self.cache.update(_table(value, "[cache]"))
             elif key in {"profile", "model", "base_url", "api_key", "context_window", "stream", "count_tokens",
                          "embedded"}:
                 setattr(self, key, _coerce(value, type(getattr(self, key)) if getattr(self, key) is not None
@@ -284,6 +287,7 @@ class Settings:
             prices=dict(self.prices),
             sandbox=dict(self.sandbox),
             policy=dict(self.policy),
+            cache=dict(self.cache),
         )
         for key, value in overrides.items():
             if value is None:

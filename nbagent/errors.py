@@ -22,7 +22,7 @@
     ├── SandboxError                a sandbox could not be created or used
     │   ├── LeaseTimeout            no sandbox became free in time
     │   └── SandboxTimeout          a command ran past its timeout and was killed
-    └── CacheMiss                   replay mode and the request was never recorded
+    └── ReplayMiss                  replay mode and the request was never recorded
 
 Bad arguments to the ``%%agent`` magic are IPython ``UsageError``s, raised by the notebook layer.
 """
@@ -32,7 +32,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "BadRequest",
-    "CacheMiss",
+    "ReplayMiss",
     "ConfigError",
     "ContextLengthExceeded",
     "ContextWindowExceeded",
@@ -162,9 +162,20 @@ class SandboxTimeout(SandboxError):
     """A command in a sandbox ran past its timeout and was killed."""
 
 
-class CacheMiss(NbAgentError):
+class ReplayMiss(NbAgentError):
     """Replay mode: the request was never recorded, so it cannot be answered. ``key`` is its cache key."""
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+def __getattr__(name: str) -> type[NbAgentError]:
+    """``errors.CacheMiss``: the old name of :class:`ReplayMiss` (one release; ``events.CacheMiss`` is the event)."""
+    if name == "CacheMiss":
+        import warnings
+
+        warnings.warn("nbagent.errors.CacheMiss is now nbagent.errors.ReplayMiss (events.CacheMiss is the event)",
+                      DeprecationWarning, stacklevel=2)
+        return ReplayMiss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

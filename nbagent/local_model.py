@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .config import Endpoint
 from .errors import ConfigError
@@ -160,30 +161,47 @@ class LocalModelServer:
         self.stop()
 
 
-_server: LocalModelServer | None = None
-_lock = threading.Lock()
-_announced = False
+class EmbeddedModel:
+    """The embedded model server of one runtime (a part of it, ``runtime.part("local_model", ...)``): started
+    on first use, stopped when the runtime closes (or at exit)."""
+
+    def __init__(self) -> None:
+        self._server: LocalModelServer | None = None
+        self._lock = threading.Lock()
+
+    def ensure(self) -> LocalModelServer:
+        """The server, started if it is not running (blocking; call off the event loop)."""
+        with self._lock:
+            if self._server is None or not self._server.running:
+                first = self._server is None
+                self._server = LocalModelServer().start()
+                atexit.register(self.close)
+                if first:
+                    print(f"nbagent: no model endpoint configured; using the embedded {MODEL_ALIAS} model "
+                          f"(llama.cpp) at {self._server.url}. Set OPENAI_BASE_URL or NBAGENT_BASE_URL to use "
+                          f"another.", file=sys.stderr)
+            return self._server
+
+    def close(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                self._server.stop()
+                self._server = None
 
 
-def ensure_server() -> LocalModelServer:
-    """The process-wide embedded model server, started on first use (blocking; call off the event loop)."""
-    global _server, _announced
-    with _lock:
-        if _server is None or not _server.running:
-            _server = LocalModelServer().start()
-            atexit.register(stop_server)
-            if not _announced:
-                _announced = True
-                print(f"nbagent: no model endpoint configured; using the embedded {MODEL_ALIAS} model "
-                      f"(llama.cpp) at {_server.url}. Set OPENAI_BASE_URL or NBAGENT_BASE_URL to use another.",
-                      file=sys.stderr)
-        return _server
+def ensure_server(runtime: Any = None) -> LocalModelServer:
+    """The embedded model server of ``runtime`` (default: the default runtime), started on first use
+    (blocking; call off the event loop)."""
+    from .runtime import runtime as default_runtime
+
+    rt = runtime if runtime is not None else default_runtime()
+    return rt.part("local_model", lambda _rt: EmbeddedModel()).ensure()  # type: ignore[no-any-return]
 
 
-def stop_server() -> None:
-    """Stop the process-wide embedded model server if it runs."""
-    global _server
-    with _lock:
-        if _server is not None:
-            _server.stop()
-            _server = None
+def stop_server(runtime: Any = None) -> None:
+    """Stop the embedded model server of ``runtime`` (default: the default runtime) if it runs."""
+    from .runtime import runtime as default_runtime
+
+    part = (runtime if runtime is not None else default_runtime()).part_if_started("local_model")
+    if part is not None:
+        part.close()

@@ -277,6 +277,8 @@ def _llm_retry(r: RunRecord, e: Any) -> None:
     attempt = r.close_span("a" + e.request_id, e.ts, "error")
     if attempt is not None:
         attempt.attrs["reason"] = e.reason
+        if not attempt.children:  # the time waited for an answer that never came
+            attempt.add("wait", "no answer", attempt.start, e.ts)
     model = r._open.get("m" + e.request_id)
     if model is not None:
         model.add("backoff", f"retry after {e.reason}", e.ts, e.ts + e.wait, reason=e.reason,
@@ -315,7 +317,9 @@ def _llm_response(r: RunRecord, e: Any) -> None:
 
 def _llm_failed(r: RunRecord, e: Any) -> None:
     r.llm_errors += 1
-    r.close_span("a" + e.request_id, e.ts, "error")
+    attempt = r.close_span("a" + e.request_id, e.ts, "error")
+    if attempt is not None and not attempt.children:
+        attempt.add("wait", "no answer", attempt.start, e.ts)
     model = r.close_span("m" + e.request_id, e.ts, "error")
     if model is not None:
         model.attrs.update(error=f"{e.error_type}: {e.message}", attempts=e.attempts)

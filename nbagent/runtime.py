@@ -193,8 +193,13 @@ class Runtime:
         cache = self._caches.get(mode)
         if cache is None:
             from .cache import ResponseCache
+            from .cache.tier_registry import BUILTIN_TIERS, make_tier
 
-            cache = self._caches[mode] = ResponseCache(mode=mode, bus=self.bus)
+            section = self.settings.cache
+            options = section.get("tier_options", {})
+            tiers = [(n, make_tier(n, **options.get(n, {}))) for n in section.get("tiers", ())
+                     if n not in BUILTIN_TIERS]
+            cache = self._caches[mode] = ResponseCache(mode=mode, bus=self.bus, tiers=tiers)
         return cache
 
     def tool_cache(self, mode: str = "read-write") -> Any | None:

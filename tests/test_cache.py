@@ -19,7 +19,7 @@ from support import Sleeps, sim_settings
 
 from nbagent.cache import CachedModel, EvictionPolicy, ResponseCache, default_cache_path
 from nbagent.cli import main as cli_main
-from nbagent.errors import CacheMiss, ServerError
+from nbagent.errors import ReplayMiss, ServerError
 from nbagent.events import (
     CacheEvicted,
     CacheHit,
@@ -165,7 +165,7 @@ async def test_record_mode_always_calls_and_stores(rig: Rig) -> None:
 
 async def test_replay_mode_never_calls_upstream(rig: Rig) -> None:
     m = rig.wrap(mode="replay")
-    with pytest.raises(CacheMiss) as info:
+    with pytest.raises(ReplayMiss) as info:
         await m.request(ModelRequest(model="sim", messages=[{"role": "system", "content": "s"},
                                                             {"role": "user", "content": "never recorded"}]))
     msg = str(info.value)
@@ -325,7 +325,7 @@ async def test_a_high_value_entry_outlives_cheap_newer_ones(rig: Rig) -> None:
         clock.t += 1
         await m.request(ask(q))
         await m.cache.flush()
-    with pytest.raises(CacheMiss):
+    with pytest.raises(ReplayMiss):
         await rig.wrap(memory_size=0, mode="replay").request(ask("expensive"))
 
 
@@ -470,7 +470,7 @@ async def test_namespaces_are_separate_and_cleared_separately(rig: Rig) -> None:
     await b.cache.flush()
     assert await a.cache.clear() == 1
     assert not (await a.request(ask("other"))).cached
-    with pytest.raises(CacheMiss):
+    with pytest.raises(ReplayMiss):
         await rig.wrap(namespace="a", mode="replay").request(ask())
     assert (await rig.wrap(namespace="b", mode="replay").request(ask())).cached
     await b.cache.flush()

@@ -11,7 +11,7 @@ from support import Sleeps, sim_settings
 
 from nbagent import Agent, tool
 from nbagent.cache import ResponseCache, ToolCache
-from nbagent.errors import CacheMiss
+from nbagent.errors import ReplayMiss
 from nbagent.events import CacheHit, CacheWarning, EventBus, LLMRequestStarted, LLMResponse
 from nbagent.llm import LLMClient
 from nbagent.runtime import Runtime
@@ -78,7 +78,7 @@ async def test_recorded_run_replays_with_the_server_stopped(tmp_path: Path) -> N
     assert [h.tier for h in kinds(replayed, CacheHit)] == ["sqlite"] * 3
 
     changed = await agent.run("summarise the other data")
-    assert changed.status == "error" and isinstance(changed.error, CacheMiss)
+    assert changed.status == "error" and isinstance(changed.error, ReplayMiss)
     assert "replay mode" in changed.stop_reason and "summarise the other data" in changed.stop_reason
     assert "sim" in str(changed.error) and not kinds(changed, LLMRequestStarted)
     await replay.aclose()

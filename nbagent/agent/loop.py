@@ -238,7 +238,7 @@ class Agent:
 
             if not (self.settings.embedded and local_model.available()):
                 raise
-            server = await asyncio.to_thread(local_model.ensure_server)
+            server = await asyncio.to_thread(local_model.ensure_server, self.runtime)
             self._endpoint = server.endpoint()
             self.model_name = server.alias
             return self.model()
@@ -315,7 +315,7 @@ class Agent:
         if self.system:
             messages.append({"role": "system", "content": self.system})
         messages.append({"role": "user", "content": prompt})
-        ctx = RunContext(run_id=run_id, bus=bus, deps=deps if deps is not None else self.deps)
+        ctx = RunContext(run_id=run_id, bus=bus, deps=deps if deps is not None else self.deps, runtime=self.runtime)
         state = _RunState()
         status, reason, output, error = "error", "", "", None
         bus.emit(RunStarted(run_id=run_id, name=name, model=self.model_name or "", prompt=prompt[:2000],

@@ -52,6 +52,7 @@ class RunContext:
     bus: EventBus
     deps: Any = None
     step: int = 0
+    runtime: Any = None  # the nbagent.Runtime the run belongs to
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack, repr=False)
     _resources: dict[str, Any] = field(default_factory=dict, repr=False)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)

@@ -16,6 +16,7 @@ from .base import MODES, CacheMode
 from .keys import canonical_json, request_key, tool_key
 from .sqlite import EvictionPolicy, SQLiteStore, default_cache_path
 from .stats import CacheStats
+from .tier_registry import CacheTier, register_tier, tiers, unregister_tier
 from .tiered import CachedModel, ResponseCache
 from .tools import ToolCache
 
@@ -23,6 +24,7 @@ __all__ = [
     "MODES",
     "CacheMode",
     "CacheStats",
+    "CacheTier",
     "CachedModel",
     "EvictionPolicy",
     "ResponseCache",
@@ -30,6 +32,9 @@ __all__ = [
     "ToolCache",
     "canonical_json",
     "default_cache_path",
+    "register_tier",
     "request_key",
+    "tiers",
     "tool_key",
+    "unregister_tier",
 ]

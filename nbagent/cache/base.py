@@ -6,15 +6,16 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 from ..events import CacheEvicted, CacheStored, CacheWarning, EventBus, default_bus
 from ..llm.text import encodable
 from ..llm.types import ModelResponse
-from .memory import Entry, MemoryTier, encode_response
+from .memory import CacheEntry, MemoryTier, encode_response
 from .sqlite import EvictionPolicy, Outcome, SQLiteStore
 from .stats import CacheStats, Tally
+from .tier_registry import BUILTIN_TIERS, CacheTier, make_tier
 
 __all__ = ["MEMORY_ONLY", "MODES", "CacheCore", "CacheMode"]
 
@@ -49,6 +50,7 @@ class CacheCore:
         clock: Callable[[], float] = time.time,
         eviction: EvictionPolicy | None = None,
         store: SQLiteStore | None = None,
+        tiers: Sequence[str | CacheTier | tuple[str, CacheTier]] = (),
     ) -> None:
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be positive (or None for no expiry)")
@@ -67,6 +69,16 @@ class CacheCore:
             self.store = SQLiteStore(path, max_entries=max_entries, max_bytes=max_bytes, policy=eviction,
                                      clock=clock)
         self.tally = Tally()
+        self.tiers: list[tuple[str, CacheTier]] = []
+        """Tiers after memory and SQLite (:mod:`nbagent.cache.tier_registry`), by name, in lookup order."""
+        for t in tiers:
+            if isinstance(t, str) and t in BUILTIN_TIERS:
+                continue  # always there
+            if isinstance(t, tuple):
+                self.tiers.append(t)
+            else:
+                self.tiers.append((t, make_tier(t)) if isinstance(t, str) else (type(t).__name__, t))
+        self._tier_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def mode(self) -> str:
@@ -79,7 +91,7 @@ class CacheCore:
 
     # --- tiers ----------------------------------------------------------------------------------
 
-    def _mem_get(self, key: str, bus: EventBus, run_id: str | None) -> Entry | None:
+    def _mem_get(self, key: str, bus: EventBus, run_id: str | None) -> CacheEntry | None:
         memory = self.memory
         if memory is None:
             return None
@@ -96,7 +108,7 @@ class CacheCore:
             bus.emit(CacheEvicted(run_id=run_id, cache=self.kind, tier="memory", key=key, reason=reason))
 
     async def _disk_get(self, key: str, bus: EventBus, run_id: str | None,
-                        decode: Callable[[str], Any]) -> Entry | None:
+                        decode: Callable[[str], Any]) -> CacheEntry | None:
         store = self.store
         if store is None:
             return None
@@ -111,7 +123,7 @@ class CacheCore:
         if row is None:
             return None
         try:
-            entry = Entry(key, decode(row[0]), float(row[1]), float(row[2]), int(row[3]))
+            entry = CacheEntry(key, decode(row[0]), float(row[1]), float(row[2]), int(row[3]))
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             self._warn(bus, run_id, f"unreadable cache entry {key} ({type(exc).__name__}: {exc}); treated as a miss")
             return None
@@ -121,7 +133,50 @@ class CacheCore:
                 self._memory_evictions(bus, run_id)
         return entry
 
-    def _put(self, entry: Entry, text: str, description: str, bus: EventBus, run_id: str | None) -> None:
+    async def _lookup(self, key: str, bus: EventBus, run_id: str | None,
+                      decode: Callable[[str], Any]) -> tuple[CacheEntry | None, str]:
+        """The entry from SQLite or a further tier (and the name of the tier that had it)."""
+        entry = await self._disk_get(key, bus, run_id, decode)
+        if entry is not None or not self.tiers:
+            return entry, "sqlite"
+        tkey = f"{self.kind}:{self.namespace}:{key}"
+        for name, tier in self.tiers:
+            try:
+                text = await tier.get(tkey)
+            except Exception as exc:  # noqa: BLE001 - a tier that fails is a miss, reported
+                self._warn(bus, run_id, f"cache tier {name} failed to read: {type(exc).__name__}: {exc}")
+                continue
+            if text is None:
+                continue
+            try:
+                row = json.loads(text)
+                entry = CacheEntry(key, decode(row["value"]), float(row["created"]), float(row["latency"]),
+                                   int(row["tokens"]))
+            except (ValueError, TypeError, KeyError) as exc:
+                self._warn(bus, run_id, f"unreadable entry {key} in tier {name} ({type(exc).__name__}); a miss")
+                continue
+            if self.ttl is not None and self.clock() - entry.created > self.ttl:
+                continue
+            if self.memory is not None:
+                self.memory.put(entry)
+            return entry, name
+        return None, "sqlite"
+
+    def _put_tiers(self, entry: CacheEntry, text: str, bus: EventBus, run_id: str | None) -> None:
+        row = json.dumps({"value": text, "created": entry.created, "latency": entry.latency, "tokens": entry.tokens})
+        tkey = f"{self.kind}:{self.namespace}:{entry.key}"
+        for name, tier in self.tiers:
+            async def put(name: str = name, tier: CacheTier = tier) -> None:
+                try:
+                    await tier.put(tkey, row, ttl=self.ttl)
+                except Exception as exc:  # noqa: BLE001 - a tier that fails to write is reported, not raised
+                    self._warn(bus, run_id, f"cache tier {name} failed to write: {type(exc).__name__}: {exc}")
+
+            task = asyncio.get_running_loop().create_task(put())
+            self._tier_tasks.add(task)
+            task.add_done_callback(self._tier_tasks.discard)
+
+    def _put(self, entry: CacheEntry, text: str, description: str, bus: EventBus, run_id: str | None) -> None:
         if self.memory is not None:
             self.memory.put(entry)
             if self.memory.evicted:
@@ -136,6 +191,8 @@ class CacheCore:
             store.put_nowait(self.kind, self.namespace, entry.key, encodable(text), latency=entry.latency,
                              tokens=entry.tokens, created=entry.created, description=encodable(description),
                              report=lambda o: self._handle(o, bus, run_id))
+        if self.tiers:
+            self._put_tiers(entry, text, bus, run_id)
         self.tally.stores += 1
         bus.emit(CacheStored(run_id=run_id, cache=self.kind, tier=tier, key=entry.key))
 
@@ -214,7 +271,9 @@ class CacheCore:
         return len(entries)
 
     async def flush(self) -> None:
-        """Wait until queued writes to the persistent tier are done."""
+        """Wait until queued writes to the persistent tiers are done."""
+        if self._tier_tasks:
+            await asyncio.gather(*tuple(self._tier_tasks), return_exceptions=True)
         if self.store is not None:
             self._handle(await self.store.flush(), self.bus or default_bus(), None)
 
@@ -223,3 +282,7 @@ class CacheCore:
         await self.flush()
         if self.store is not None and self._owns_store:
             await self.store.aclose()
+        for _name, tier in self.tiers:
+            close = getattr(tier, "aclose", None)
+            if close is not None:
+                await close()

@@ -17,11 +17,11 @@ from cachetools import LRUCache, TLRUCache
 
 from ..llm.types import ModelResponse, TokenUsage, ToolCall
 
-__all__ = ["Entry", "MemoryTier", "decode_response", "encode_response"]
+__all__ = ["CacheEntry", "MemoryTier", "decode_response", "encode_response"]
 
 
 @dataclass(slots=True)
-class Entry:
+class CacheEntry:
     """One cached value with what it saves.
 
     ``value`` is a :class:`ModelResponse` (response cache) or the tool's output text (tool cache); ``latency`` is
@@ -86,13 +86,13 @@ class _Reporting:
         return gone  # type: ignore[no-any-return]
 
 
-class _LRU(_Reporting, LRUCache[str, Entry]):
+class _LRU(_Reporting, LRUCache[str, CacheEntry]):
     def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
         self.evicted = []
 
 
-class _TLRU(_Reporting, TLRUCache[str, Entry, float]):
+class _TLRU(_Reporting, TLRUCache[str, CacheEntry, float]):
     def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float]) -> None:
         super().__init__(maxsize, lambda _k, e, _now: e.created + ttl, timer)
         self.evicted = []
@@ -118,18 +118,18 @@ class MemoryTier:
         """``(key, reason)`` of entries evicted since the caller last emptied this list."""
         return self._cache.evicted
 
-    def get(self, key: str) -> Entry | None:
+    def get(self, key: str) -> CacheEntry | None:
         """The live entry under ``key``, or None (expired entries are dropped and reported first)."""
         cache = self._cache
         if self.ttl is not None:
             cache.expire()
         return cache.get(key)
 
-    def put(self, entry: Entry) -> None:
+    def put(self, entry: CacheEntry) -> None:
         """Store ``entry`` (an entry that has already expired is not stored)."""
         self._cache[entry.key] = entry
 
-    def pop(self, key: str) -> Entry | None:
+    def pop(self, key: str) -> CacheEntry | None:
         return self._cache.pop(key, None)
 
     def clear(self) -> int:

@@ -12,7 +12,7 @@ with ``cached=True`` and ``latency`` set to the lookup time, and emits :class:`~
 :class:`~nbagent.events.LLMResponse` with ``cached=True`` and no tokens.
 
 Modes: ``off`` (straight through), ``read-write`` (the default), ``record`` (always call, then store) and
-``replay`` (never call: a request that was not recorded raises :class:`nbagent.errors.CacheMiss`).
+``replay`` (never call: a request that was not recorded raises :class:`nbagent.errors.ReplayMiss`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ import asyncio
 import inspect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from ..errors import CacheMiss, LLMError, LLMTimeout
+from ..errors import LLMError, LLMTimeout, ReplayMiss
 from ..events import CacheHit, EventBus, LLMResponse, LLMTextDelta, default_bus
 from ..events import CacheMiss as CacheMissEvent
 from ..llm.text import json_encodable
 from ..llm.types import Model, ModelRequest, ModelResponse, TextCallback, TokenUsage, ToolCall
 from .base import MEMORY_ONLY, MODES, CacheCore, CacheMode
 from .keys import describe_request, request_key
-from .memory import Entry, decode_response, encode_response
+from .memory import CacheEntry, decode_response, encode_response
 from .sqlite import EvictionPolicy, SQLiteStore
+from .tier_registry import CacheTier
 from .tools import ToolCache
 
 __all__ = ["MODES", "CacheMode", "CachedModel", "ResponseCache"]
@@ -96,11 +97,12 @@ class ResponseCache(CacheCore):
                  mode: str = "read-write", memory_size: int = 1024, ttl: float | None = None,
                  max_entries: int | None = 100_000, max_bytes: int | None = 256 * 2**20,
                  bus: EventBus | None = None, clock: Callable[[], float] = time.time,
-                 eviction: EvictionPolicy | None = None, store: SQLiteStore | None = None) -> None:
+                 eviction: EvictionPolicy | None = None, store: SQLiteStore | None = None,
+                 tiers: Sequence[str | CacheTier | tuple[str, CacheTier]] = ()) -> None:
         super().__init__(path, namespace=namespace, mode=mode, memory_size=memory_size, ttl=ttl,
                          max_entries=max_entries, max_bytes=max_bytes, bus=bus, clock=clock, eviction=eviction,
-                         store=store)
-        self._inflight: dict[str, asyncio.Future[Entry]] = {}
+                         store=store, tiers=tiers)
+        self._inflight: dict[str, asyncio.Future[CacheEntry]] = {}
 
     def __repr__(self) -> str:
         where = self.store.path if self.store else MEMORY_ONLY
@@ -117,6 +119,7 @@ class ResponseCache(CacheCore):
         kwargs.setdefault("namespace", self.namespace)
         kwargs.setdefault("bus", self.bus)
         kwargs.setdefault("clock", self.clock)
+        kwargs.setdefault("tiers", list(self.tiers))
         return ToolCache(store=self.store, **kwargs) if self.store else ToolCache(MEMORY_ONLY, **kwargs)
 
     async def _request(self, cm: CachedModel, req: ModelRequest, run_id: str | None,
@@ -133,13 +136,13 @@ class ResponseCache(CacheCore):
         if entry is not None:
             return await self._serve(cm, entry, "memory", key, t0, req, run_id, on_text)
         if mode == "replay":
-            entry = await self._disk_get(key, bus, run_id, decode_response)
+            entry, tier = await self._lookup(key, bus, run_id, decode_response)
             if entry is not None:
-                return await self._serve(cm, entry, "sqlite", key, t0, req, run_id, on_text)
+                return await self._serve(cm, entry, tier, key, t0, req, run_id, on_text)
             self._miss(bus, key, t0, run_id)
             from ..store.redact import redact  # the message quotes the prompt: keep keys out of it
 
-            raise CacheMiss(redact(f"replay mode: no recorded answer for {describe_request(req, model=cm.model_name)} "
+            raise ReplayMiss(redact(f"replay mode: no recorded answer for {describe_request(req, model=cm.model_name)} "
                                    f"[key {key}]; record it first with mode='record' or 'read-write'"), key=key)
         while (waiting := self._inflight.get(key)) is not None:
             try:
@@ -151,13 +154,13 @@ class ResponseCache(CacheCore):
             else:
                 return await self._serve(cm, entry, "inflight", key, t0, req, run_id, on_text)
             raise shared
-        fut: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[CacheEntry] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            entry = await self._disk_get(key, bus, run_id, decode_response)
+            entry, tier = await self._lookup(key, bus, run_id, decode_response)
             if entry is not None:
                 fut.set_result(entry)
-                return await self._serve(cm, entry, "sqlite", key, t0, req, run_id, on_text)
+                return await self._serve(cm, entry, tier, key, t0, req, run_id, on_text)
             self._miss(bus, key, t0, run_id)
             resp = await self._call(cm, req, key, run_id, on_text, fut)
         except BaseException as exc:
@@ -176,19 +179,19 @@ class ResponseCache(CacheCore):
         bus.emit(CacheMissEvent(run_id=run_id, cache="response", key=key, lookup_seconds=lookup))
 
     async def _call(self, cm: CachedModel, req: ModelRequest, key: str, run_id: str | None,
-                    on_text: TextCallback | None, fut: asyncio.Future[Entry] | None = None) -> ModelResponse:
+                    on_text: TextCallback | None, fut: asyncio.Future[CacheEntry] | None = None) -> ModelResponse:
         t0 = time.perf_counter()
         resp = await cm.inner.request(req, run_id=run_id, on_text=on_text)
         latency = resp.latency or (time.perf_counter() - t0)
         stored = _copy(resp, cached=False)
-        entry = Entry(key, stored, self.clock(), latency, resp.usage.total_tokens)
+        entry = CacheEntry(key, stored, self.clock(), latency, resp.usage.total_tokens)
         self._put(entry, json_encodable(encode_response(stored)), describe_request(req, model=cm.model_name), cm.bus,
                   run_id)
         if fut is not None:
             fut.set_result(entry)
         return resp
 
-    async def _serve(self, cm: CachedModel, entry: Entry, tier: str, key: str, t0: float, req: ModelRequest,
+    async def _serve(self, cm: CachedModel, entry: CacheEntry, tier: str, key: str, t0: float, req: ModelRequest,
                      run_id: str | None, on_text: TextCallback | None) -> ModelResponse:
         src: ModelResponse = entry.value
         lookup = time.perf_counter() - t0

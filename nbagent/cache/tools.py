@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from ..events import CacheHit, EventBus, default_bus
 from ..events import CacheMiss as CacheMissEvent
 from .base import CacheCore
 from .keys import canonical_json, tool_key
-from .memory import Entry
+from .memory import CacheEntry
 from .sqlite import EvictionPolicy, SQLiteStore
+from .tier_registry import CacheTier
 
 __all__ = ["ToolCache"]
 
@@ -38,10 +39,11 @@ class ToolCache(CacheCore):
                  mode: str = "read-write", memory_size: int = 1024, ttl: float | None = None,
                  max_entries: int | None = 100_000, max_bytes: int | None = 256 * 2**20,
                  bus: EventBus | None = None, clock: Callable[[], float] = time.time,
-                 eviction: EvictionPolicy | None = None, store: SQLiteStore | None = None) -> None:
+                 eviction: EvictionPolicy | None = None, store: SQLiteStore | None = None,
+                 tiers: Sequence[str | CacheTier | tuple[str, CacheTier]] = ()) -> None:
         super().__init__(path, namespace=namespace, mode=mode, memory_size=memory_size, ttl=ttl,
                          max_entries=max_entries, max_bytes=max_bytes, bus=bus, clock=clock, eviction=eviction,
-                         store=store)
+                         store=store, tiers=tiers)
         self._started: dict[str, float] = {}  # key -> when its miss was seen, to time the tool
 
     def __repr__(self) -> str:
@@ -59,8 +61,7 @@ class ToolCache(CacheCore):
         tier = "memory"
         entry = self._mem_get(key, bus, run_id)
         if entry is None:
-            tier = "sqlite"
-            entry = await self._disk_get(key, bus, run_id, str)
+            entry, tier = await self._lookup(key, bus, run_id, str)
         lookup = time.perf_counter() - t0
         if entry is None:
             self.tally.miss(lookup)
@@ -83,6 +84,6 @@ class ToolCache(CacheCore):
         key = tool_key(tool, arguments)
         started = self._started.pop(key, None)
         latency = time.perf_counter() - started if started is not None else 0.0
-        entry = Entry(key, output, self.clock(), latency, 0)
+        entry = CacheEntry(key, output, self.clock(), latency, 0)
         desc = f"{tool}({canonical_json(arguments)[:200]})"
         self._put(entry, output, desc, bus or self.bus or default_bus(), run_id)

@@ -27,7 +27,7 @@ from .integrations import (
     sandbox_tools,
 )
 from .session import RunEntry, RunRegistry, current
-from .spec import RunSpec, agent_factory, interpolate, resolve_policy, resolve_tools
+from .spec import CellSpec, agent_factory, interpolate, resolve_policy, resolve_tools
 from .state import shorten
 from .widgets import RunOutput
 
@@ -126,7 +126,7 @@ class AgentMagics(Magics):
         self._run(spec)
         return None
 
-    def _spec(self, args: Any, cell: str) -> RunSpec:
+    def _spec(self, args: Any, cell: str) -> CellSpec:
         if not cell.strip():
             raise UsageError("the cell is empty: write the prompt in the cell body")
         if args.name is not None and not _NAME.fullmatch(args.name):
@@ -141,7 +141,7 @@ class AgentMagics(Magics):
         prompt = cell.strip() if args.raw else interpolate(cell.strip(), ns)
         policy = resolve_policy(args.policy if args.policy is not None else self.policy, ns)
         pick: Callable[[Any, Any], Any] = lambda flag, trait: trait if flag is None else flag  # noqa: E731
-        return RunSpec(prompt=prompt, name=args.name, model=pick(args.model, self.model),
+        return CellSpec(prompt=prompt, name=args.name, model=pick(args.model, self.model),
                        base_url=pick(args.base_url, self.base_url), system=pick(args.system, self.system),
                        tools=list(self.tools) + args.tools, max_steps=pick(args.max_steps, self.max_steps),
                        timeout=pick(args.timeout, self.timeout), sandbox=pick(args.sandbox, self.sandbox),
@@ -149,7 +149,7 @@ class AgentMagics(Magics):
                        wait=bool(pick(args.wait, self.wait)), first_tool=args.first_tool, profile=args.profile,
                        policy=policy)
 
-    def _run(self, spec: RunSpec) -> RunEntry:
+    def _run(self, spec: CellSpec) -> RunEntry:
         ns = self.shell.user_ns if self.shell is not None else {}
         if spec.sandbox and spec.sandbox not in sandbox_backends():
             raise UsageError(f"--sandbox: unknown backend {spec.sandbox!r}; registered: "

@@ -17,11 +17,11 @@ from ..agent import Agent, Tool
 from ..errors import EndpointNotConfigured
 from .session import RunRegistry
 
-__all__ = ["RunSpec", "interpolate", "resolve_policy", "resolve_tools"]
+__all__ = ["CellSpec", "interpolate", "resolve_policy", "resolve_tools"]
 
 
 @dataclass
-class RunSpec:
+class CellSpec:
     """One ``%%agent`` cell, parsed: the prompt and every setting of its run (None = the default)."""
 
     prompt: str
@@ -111,7 +111,7 @@ def resolve_policy(name: str | None, namespace: Mapping[str, Any]) -> Any:
     raise UsageError(f"--policy {name!r} is a {type(value).__name__}, not a nbagent.policy.Policy")
 
 
-def agent_factory(spec: RunSpec, registry: RunRegistry, tools: list[Tool]) -> Callable[[], Agent]:
+def agent_factory(spec: CellSpec, registry: RunRegistry, tools: list[Tool]) -> Callable[[], Agent]:
     """Build the agent lazily, so that bad settings become a failed run instead of a traceback."""
 
     def build() -> Agent:

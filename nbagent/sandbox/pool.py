@@ -27,7 +27,7 @@ from .events import SandboxChecked, SandboxCreated, SandboxDestroyed
 from .spec import PoolConfig, SandboxSpec
 from .stats import SampleWindow
 
-__all__ = ["Entry", "Pool", "State", "Waiter"]
+__all__ = ["PoolEntry", "Pool", "State", "Waiter"]
 
 log = logging.getLogger("nbagent.sandbox")
 
@@ -40,7 +40,7 @@ class State(enum.Enum):
     DESTROYED = "destroyed"
 
 
-class Entry:
+class PoolEntry:
     """One pooled sandbox (it exists: creation succeeded)."""
 
     __slots__ = ("driver", "spec", "state", "created", "idle_since", "leases", "broken", "__weakref__")
@@ -61,7 +61,7 @@ class Waiter:
 
     ticket: int
     spec: SandboxSpec
-    fut: asyncio.Future[Entry] = field(repr=False)
+    fut: asyncio.Future[PoolEntry] = field(repr=False)
 
 
 class Pool:
@@ -84,8 +84,8 @@ class Pool:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.default_key: SandboxSpec | None = None
         self.closed = False
-        self.idle: dict[SandboxSpec, list[Entry]] = {}  # oldest first; leases take the newest
-        self.leased: set[Entry] = set()
+        self.idle: dict[SandboxSpec, list[PoolEntry]] = {}  # oldest first; leases take the newest
+        self.leased: set[PoolEntry] = set()
         self.waiters: list[Waiter] = []  # sorted by ticket
         self.creating: Counter[SandboxSpec] = Counter()
         self.checking: Counter[SandboxSpec] = Counter()
@@ -102,7 +102,7 @@ class Pool:
 
     # --- leases ---------------------------------------------------------------------------------
 
-    def take_idle(self, key: SandboxSpec) -> Entry | None:
+    def take_idle(self, key: SandboxSpec) -> PoolEntry | None:
         """The newest idle sandbox of ``key``, leased, if nobody queued for it first."""
         idle = self.idle.get(key)
         if not idle or any(w.spec == key for w in self.waiters):
@@ -130,7 +130,7 @@ class Pool:
             self.leased.discard(entry)
             self._offer(entry)  # never used by anyone: no check needed
 
-    def release(self, entry: Entry) -> None:
+    def release(self, entry: PoolEntry) -> None:
         """A lease ended: check the sandbox (or destroy it when broken, retired or closing)."""
         if entry.state is not State.LEASED:  # destroyed under the lease by close()
             return
@@ -148,7 +148,7 @@ class Pool:
             self.checking[entry.spec] += 1
             self.spawn(self._check(entry))
 
-    def _mark_leased(self, entry: Entry) -> None:
+    def _mark_leased(self, entry: PoolEntry) -> None:
         entry.state = State.LEASED
         self.leased.add(entry)
 
@@ -190,8 +190,8 @@ class Pool:
             for _ in range(min(free, self.config.min_idle - self._supply(key))):
                 self._spawn_create(key)
 
-    def _eviction_candidate(self, wanted: SandboxSpec) -> Entry | None:
-        oldest: Entry | None = None
+    def _eviction_candidate(self, wanted: SandboxSpec) -> PoolEntry | None:
+        oldest: PoolEntry | None = None
         for spec, idle in self.idle.items():
             if spec != wanted and idle and (oldest is None or idle[0].idle_since < oldest.idle_since):
                 oldest = idle[0]
@@ -221,7 +221,7 @@ class Pool:
         self.totals["created"] += 1
         self.create_times.add(seconds)
         self.bus.emit(SandboxCreated(sandbox_id=driver.id, backend=driver.backend, image=spec.image, seconds=seconds))
-        self._offer(Entry(driver, spec, self._clock()))
+        self._offer(PoolEntry(driver, spec, self._clock()))
 
     def _create_failed(self, spec: SandboxSpec, e: Exception, seconds: float) -> None:
         self.totals["create_failures"] += 1
@@ -241,7 +241,7 @@ class Pool:
             self._backoff = min(self._backoff * 2, 60.0)
         self.pump()
 
-    def _offer(self, entry: Entry) -> None:
+    def _offer(self, entry: PoolEntry) -> None:
         """A ready sandbox: to the oldest request for its spec, else to the idle list."""
         if self.closed:
             self.destroy(entry, "shutdown")
@@ -257,7 +257,7 @@ class Pool:
         self.idle.setdefault(entry.spec, []).append(entry)
         self.pump()
 
-    async def _check(self, entry: Entry) -> None:
+    async def _check(self, entry: PoolEntry) -> None:
         started = self._clock()
         problem: str | None
         try:
@@ -278,14 +278,14 @@ class Pool:
 
     # --- removal --------------------------------------------------------------------------------
 
-    def destroy(self, entry: Entry, reason: str, *, eviction: bool = False) -> None:
+    def destroy(self, entry: PoolEntry, reason: str, *, eviction: bool = False) -> None:
         self.leased.discard(entry)
         entry.state = State.DESTROYING
         self.destroying += 1
         self._evicting += eviction
         self.spawn(self._destroy(entry, reason, eviction))
 
-    async def _destroy(self, entry: Entry, reason: str, eviction: bool) -> None:
+    async def _destroy(self, entry: PoolEntry, reason: str, eviction: bool) -> None:
         error: str | None = None
         try:
             await entry.driver.destroy()

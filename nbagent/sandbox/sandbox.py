@@ -10,7 +10,7 @@ from ..errors import SandboxError
 from . import files
 from .backend import Isolation, SandboxDriver
 from .events import SandboxExec
-from .pool import Entry, State
+from .pool import PoolEntry, State
 from .spec import ExecResult, SandboxSpec
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class Sandbox:
     backend without bubblewrap, which runs commands as plain processes.
     """
 
-    def __init__(self, entry: Entry, manager: SandboxManager, run_id: str | None) -> None:
+    def __init__(self, entry: PoolEntry, manager: SandboxManager, run_id: str | None) -> None:
         self._entry = entry
         self._manager = manager
         self._driver: SandboxDriver = entry.driver

@@ -34,16 +34,21 @@ def sandbox_tools(
     reuse: bool = True,
     max_timeout: float = 600.0,
 ) -> list[Tool]:
-    """The four sandbox tools, bound to ``manager`` (default: the process-wide one, made lazily) and
+    """The four sandbox tools, bound to ``manager`` (default: the sandbox manager of the runtime of the run
+    that calls them, made lazily) and
     ``spec`` (default: the manager's). A model may ask for a per-call ``timeout`` up to ``max_timeout``
     seconds; otherwise the spec's timeout applies."""
 
-    def current() -> SandboxManager:
-        return manager if manager is not None else default_manager()
+    def current(ctx: RunContext | None = None) -> SandboxManager:
+        if manager is not None:
+            return manager
+        if ctx is not None and ctx.runtime is not None:
+            return ctx.runtime.sandboxes  # the run's runtime's manager
+        return default_manager()
 
     @contextlib.asynccontextmanager
     async def sandbox(ctx: RunContext) -> AsyncIterator[Sandbox]:
-        m = current()
+        m = current(ctx)
         try:
             if reuse:
                 key = f"sandbox:{m.id}:{hash(spec):x}" if spec is not None else f"sandbox:{m.id}"
