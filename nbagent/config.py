@@ -119,6 +119,8 @@ class LimitSettings:
     max_wall_time: float | None = None
     max_tool_output_chars: int = 20_000
     tool_concurrency: int = 8
+    tool_timeout: float | None = 300.0  # seconds a tool call may take unless the tool sets its own timeout
+    tool_threads: int = 16  # sync tools running at once (each in a daemon thread; stuck ones are counted)
     stuck_repeats: int = 3  # the same tool call with the same arguments this many times ends the run
     reserve_output_tokens: int = 256  # pre-flight: room kept for the answer when max_tokens is not set
 

@@ -473,7 +473,8 @@ class Agent:
         except asyncio.CancelledError:
             raise
         except TimeoutError:
-            ok, err = False, f"tool {call.name} timed out after {tool.timeout} s"
+            limit = tool.timeout if tool.timeout is not None else self.settings.limits.tool_timeout
+            ok, err = False, f"tool {call.name} timed out after {limit} s"
             text = f"Error: {err}"
         except Exception as exc:  # noqa: BLE001 - a failing tool becomes a message for the model
             ok, err = False, f"{type(exc).__name__}: {exc}"

@@ -235,18 +235,32 @@ class Tool:
         return args
 
     async def call(self, ctx: RunContext | None, args: dict[str, Any]) -> Any:
-        """Run the tool: async tools on the loop, sync tools in a worker thread."""
+        """Run the tool: async tools on the loop, sync tools in a thread of the runtime's
+        :class:`~nbagent.agent.threads.ToolThreads`; bounded by the tool's ``timeout``, else the settings'
+        ``[limits] tool_timeout`` (raises ``TimeoutError``)."""
         pos: tuple[Any, ...] = (ctx,) if self.takes_context else ()
+        runtime = ctx.runtime if ctx is not None else None
         if self.is_async:
             coro: Awaitable[Any] = self.fn(*pos, **args)
+        elif runtime is not None:
+            coro = runtime.part("tool_threads", _tool_threads).run(self.fn, *pos, **args)
         else:
             coro = asyncio.to_thread(self.fn, *pos, **args)
-        if self.timeout is not None:
-            return await asyncio.wait_for(coro, self.timeout)
+        timeout = self.timeout
+        if timeout is None and runtime is not None:
+            timeout = runtime.settings.limits.tool_timeout
+        if timeout is not None:
+            return await asyncio.wait_for(coro, timeout)
         return await coro
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+
+def _tool_threads(runtime: Any) -> Any:
+    from .threads import ToolThreads
+
+    return ToolThreads(size=runtime.settings.limits.tool_threads)
 
 
 def _jsonable(value: Any) -> bool:
