@@ -161,26 +161,40 @@ class LocalModelServer:
         self.stop()
 
 
+def default_max_tokens() -> int:
+    """The output cap of each answer of the embedded model when an agent sets none:
+    ``$NBAGENT_EMBEDDED_MAX_TOKENS`` or 256 (on 2 busy cores, SmolLM2-135M writes ~20-60 tokens/s)."""
+    value = os.environ.get("NBAGENT_EMBEDDED_MAX_TOKENS", "256")
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"NBAGENT_EMBEDDED_MAX_TOKENS must be a whole number of tokens, got {value!r}") from None
+    if n < 1:
+        raise ConfigError(f"NBAGENT_EMBEDDED_MAX_TOKENS must be at least 1, got {n}")
+    return n
+
+
 class EmbeddedModel:
-    """The embedded model server of one runtime (a part of it, ``runtime.part("local_model", ...)``): started
-    on first use, stopped when the runtime closes (or at exit)."""
+    """The process's embedded model server: one model in memory per process, started on first use."""
 
     def __init__(self) -> None:
         self._server: LocalModelServer | None = None
         self._lock = threading.Lock()
+        self._announced = False
 
-    def ensure(self) -> LocalModelServer:
-        """The server, started if it is not running (blocking; call off the event loop)."""
+    def ensure(self) -> tuple[LocalModelServer, bool]:
+        """The server and whether this call started it (blocking; call off the event loop)."""
         with self._lock:
-            if self._server is None or not self._server.running:
-                first = self._server is None
-                self._server = LocalModelServer().start()
-                atexit.register(self.close)
-                if first:
-                    print(f"nbagent: no model endpoint configured; using the embedded {MODEL_ALIAS} model "
-                          f"(llama.cpp) at {self._server.url}. Set OPENAI_BASE_URL or NBAGENT_BASE_URL to use "
-                          f"another.", file=sys.stderr)
-            return self._server
+            if self._server is not None and self._server.running:
+                return self._server, False
+            self._server = LocalModelServer().start()
+            atexit.register(self.close)
+            if not self._announced:
+                self._announced = True
+                print(f"nbagent: no model endpoint configured; using the embedded {MODEL_ALIAS} model "
+                      f"(llama.cpp) at {self._server.url}. Set OPENAI_BASE_URL or NBAGENT_BASE_URL to use "
+                      f"another.", file=sys.stderr)
+            return self._server, True
 
     def close(self) -> None:
         with self._lock:
@@ -189,19 +203,36 @@ class EmbeddedModel:
                 self._server = None
 
 
+_shared = EmbeddedModel()
+
+
+class _RuntimeHandle:
+    """A runtime's use of the shared server: closing the runtime stops the server if that runtime started it."""
+
+    def __init__(self) -> None:
+        self.started: LocalModelServer | None = None
+
+    def ensure(self) -> LocalModelServer:
+        server, started = _shared.ensure()
+        if started:
+            self.started = server
+        return server
+
+    def close(self) -> None:
+        if self.started is not None and self.started is _shared._server:
+            _shared.close()
+        self.started = None
+
+
 def ensure_server(runtime: Any = None) -> LocalModelServer:
-    """The embedded model server of ``runtime`` (default: the default runtime), started on first use
-    (blocking; call off the event loop)."""
+    """The embedded model server (one per process), started on first use, for ``runtime`` (default: the
+    default runtime), which stops it when it closes if it started it. Blocking: call off the event loop."""
     from .runtime import runtime as default_runtime
 
     rt = runtime if runtime is not None else default_runtime()
-    return rt.part("local_model", lambda _rt: EmbeddedModel()).ensure()  # type: ignore[no-any-return]
+    return rt.part("local_model", lambda _rt: _RuntimeHandle()).ensure()  # type: ignore[no-any-return]
 
 
-def stop_server(runtime: Any = None) -> None:
-    """Stop the embedded model server of ``runtime`` (default: the default runtime) if it runs."""
-    from .runtime import runtime as default_runtime
-
-    part = (runtime if runtime is not None else default_runtime()).part_if_started("local_model")
-    if part is not None:
-        part.close()
+def stop_server() -> None:
+    """Stop the embedded model server if it runs."""
+    _shared.close()

@@ -211,6 +211,7 @@ ALLOWED = {
     ("metrics/profile.py", "_trace_started_here"): "tracemalloc is process-wide",
     ("metrics/profile.py", "_trace_lock"): "guards the above",
     ("llm/tokens.py", "_ENCODING"): "the tokenizer, loaded once and never changed",
+    ("local_model.py", "_shared"): "one embedded model in memory per process (the runtime that starts it stops it)",
 }
 _MUTABLE_CALLS = {"dict", "list", "set", "deque", "WeakSet", "WeakKeyDictionary", "WeakValueDictionary",
                   "OrderedDict", "defaultdict", "count", "Lock", "RLock", "Counter"}

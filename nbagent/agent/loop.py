@@ -241,6 +241,8 @@ class Agent:
             server = await asyncio.to_thread(local_model.ensure_server, self.runtime)
             self._endpoint = server.endpoint()
             self.model_name = server.alias
+            # a small local model can ramble for minutes on a busy CPU: cap each answer unless the agent says
+            self.params.setdefault("max_tokens", local_model.default_max_tokens())
             return self.model()
 
     # --- running --------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from nbagent import Agent, tool
+from nbagent import Agent, local_model, tool
 from nbagent.events import EventBus
 from nbagent.llm import LLMClient, ModelRequest
 from nbagent.local_model import LocalModelServer, ensure_server, gguf_path
@@ -106,6 +106,18 @@ async def test_default_endpoint_falls_back_to_the_embedded_model(llama: LocalMod
     assert result.ok, result.stop_reason
     assert agent.endpoint().base_url == llama.url
     await agent.client.aclose()
+
+
+async def test_the_embedded_model_caps_each_answer(llama: LocalModelServer) -> None:
+    from nbagent.config import Settings
+
+    async with Runtime(Settings.load(env={})) as rt:
+        agent = Agent(runtime=rt)  # no max_tokens of its own
+        result = await agent.run("Write a very long story about a cat.")
+    assert result.ok, result.stop_reason
+    assert agent.params["max_tokens"] == local_model.default_max_tokens() == 256
+    assert 0 < result.usage.tokens.output_tokens <= 256
+    assert llama.running  # a runtime that did not start the server leaves it running
 
 
 def test_one_server_per_process(llama: LocalModelServer) -> None:
