@@ -82,7 +82,9 @@ def user_dir(env: Mapping[str, str] | None = None) -> Path:
 class HTTPSettings:
     """Connection pool and timeouts (seconds) shared by every model endpoint."""
 
-    transport: str = "aiohttp"  # "aiohttp" (scales to hundreds of connections) or "httpx"
+    # "direct" (one aiohttp session, no SDK), "sdk" (the openai SDK over aiohttp; "aiohttp" is its older
+    # name) or "httpx" (the SDK over httpx)
+    transport: str = "direct"
     max_connections: int = 1000
     max_keepalive_connections: int = 1000
     keepalive_expiry: float = 30.0
