@@ -50,11 +50,6 @@ from typing import Any
 
 from .errors import ConfigError, EndpointNotConfigured
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 __all__ = [
     "Endpoint",
     "HTTPSettings",
@@ -218,6 +213,10 @@ class Settings:
         return s.replace(**overrides) if overrides else s
 
     def _apply_file(self, path: Path) -> None:
+        if sys.version_info >= (3, 11):  # imported here: most sessions have no config file
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:

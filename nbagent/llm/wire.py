@@ -9,7 +9,6 @@ the exception tree here too (without importing the SDK: its errors can only exis
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import math
 import sys
@@ -220,6 +219,8 @@ def retry_after(headers: Any) -> float | None:
     try:
         seconds = float(raw)
     except ValueError:
+        import email.utils  # an HTTP date: rare, so imported only now
+
         try:
             parsed = email.utils.parsedate_to_datetime(raw)
         except (TypeError, ValueError):
