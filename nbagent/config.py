@@ -50,11 +50,6 @@ from typing import Any
 
 from .errors import ConfigError, EndpointNotConfigured
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 __all__ = [
     "Endpoint",
     "HTTPSettings",
@@ -82,7 +77,9 @@ def user_dir(env: Mapping[str, str] | None = None) -> Path:
 class HTTPSettings:
     """Connection pool and timeouts (seconds) shared by every model endpoint."""
 
-    transport: str = "aiohttp"  # "aiohttp" (scales to hundreds of connections) or "httpx"
+    # "direct" (one aiohttp session, no SDK), "sdk" (the openai SDK over aiohttp; "aiohttp" is its older
+    # name) or "httpx" (the SDK over httpx)
+    transport: str = "direct"
     max_connections: int = 1000
     max_keepalive_connections: int = 1000
     keepalive_expiry: float = 30.0
@@ -219,6 +216,10 @@ class Settings:
         return s.replace(**overrides) if overrides else s
 
     def _apply_file(self, path: Path) -> None:
+        if sys.version_info >= (3, 11):  # imported here: most sessions have no config file
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:

@@ -22,6 +22,37 @@ def test_import_nbagent_is_cheap():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_agent_imports_no_heavy_package() -> None:
+    """``import nbagent; nbagent.Agent`` loads neither the SDK, the tokenizer, the HTTP stack nor pandas."""
+    code = ("import sys, nbagent; nbagent.Agent, nbagent.Runtime, nbagent.tool\n"
+            "heavy = ('openai', 'tiktoken', 'pandas', 'aiohttp', 'httpx2', 'pydantic', 'tomllib')\n"
+            "loaded = [m for m in heavy if m in sys.modules]\n"
+            "assert not loaded, loaded\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_request_on_the_default_transport_never_imports_the_sdk() -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from nbagent.events import EventBus\n"
+        "from nbagent.llm import LLMClient, ModelRequest\n"
+        "from nbagent.config import Settings\n"
+        "from nbagent.testing import SimServer\n"
+        "async def main():\n"
+        "    with SimServer() as srv:\n"
+        "        env = {'NBAGENT_BASE_URL': srv.url, 'NBAGENT_MODEL': 'sim'}\n"
+        "        c = LLMClient(Settings.load(env=env), bus=EventBus())\n"
+        "        for stream in (False, True):\n"
+        "            r = await c.request(ModelRequest(model='sim', messages=[{'role': 'user', 'content': 'hi'}],\n"
+        "                                             stream=stream))\n"
+        "            assert r.text == 'Answer to: hi', r.text\n"
+        "        await c.aclose()\n"
+        "asyncio.run(main())\n"
+        "assert 'openai' not in sys.modules and 'httpx2' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_public_names_are_complete_and_importable():
     for name in nbagent.__all__:
         assert getattr(nbagent, name) is not None, name

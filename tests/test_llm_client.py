@@ -206,20 +206,59 @@ async def test_unreachable_server_is_a_clear_error(sleeps: Sleeps) -> None:
 
 async def test_pool_is_shared_across_endpoints_and_reports_health(client: LLMClient, sim: SimServer) -> None:
     ep = client.settings.endpoint()
-    await asyncio.gather(*(client.request(req(f"q{i}")) for i in range(20)))
     other = ep.__class__(base_url=ep.base_url, api_key="other-key", model="sim")
-    assert client.sdk(ep) is not client.sdk(other)
-    assert client.sdk(ep)._client is client.sdk(other)._client  # one HTTP pool
+    await asyncio.gather(*(client.request(req(f"q{i}"), endpoint=(ep, other)[i % 2]) for i in range(20)))
     stats = client.pool_stats()
+    assert stats["transport"] == "direct" and client.transport().name == "direct"
     assert stats["peak_in_flight"] >= 2 and stats["in_flight"] == 0
     assert stats["connections_in_use"] == 0 and stats["connections_idle"] >= 1
+    with pytest.raises(ValueError, match='transport = "sdk"'):
+        client.sdk(ep)  # the direct path has no SDK to hand out
 
 
-async def test_httpx_transport_works_too(sim: SimServer) -> None:
-    c = LLMClient(sim_settings(sim, http__transport="httpx"), bus=EventBus())
-    resp = await c.request(req("via httpx"))
-    assert resp.text == "Answer to: via httpx"
+async def test_sdk_transport_shares_one_pool_across_endpoints(sim: SimServer) -> None:
+    c = LLMClient(sim_settings(sim, http__transport="sdk"), bus=EventBus())
+    ep = c.settings.endpoint()
+    await asyncio.gather(*(c.request(req(f"q{i}")) for i in range(20)))
+    other = ep.__class__(base_url=ep.base_url, api_key="other-key", model="sim")
+    assert c.sdk(ep) is not c.sdk(other)
+    assert c.sdk(ep)._client is c.sdk(other)._client  # one HTTP pool
+    stats = c.pool_stats()
+    assert stats["peak_in_flight"] >= 2 and stats["connections_idle"] >= 1
+    await c.aclose()
+
+
+@pytest.mark.parametrize("transport", ["sdk", "httpx"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_sdk_transports_work_too(sim: SimServer, transport: str, stream: bool) -> None:
+    c = LLMClient(sim_settings(sim, http__transport=transport), bus=EventBus())
+    resp = await c.request(req("via the SDK", stream=stream))
+    assert resp.text == "Answer to: via the SDK" and resp.usage_source == "server"
     assert "connections_idle" in c.pool_stats()
+    await c.aclose()
+
+
+@pytest.mark.parametrize("transport", ["direct", "sdk"])
+async def test_an_error_page_that_is_not_json_is_classified(transport: str, sim: SimServer, sleeps: Sleeps) -> None:
+    c = LLMClient(sim_settings(sim, http__transport=transport), bus=EventBus(), sleep=sleeps, rng=lambda: 0.5)
+    sim.inject(Fault("raw", body="<html>bad gateway</html>", content_type="text/html", status=502),
+               Fault("raw", body="", content_type="text/plain", status=401))
+    with pytest.raises(AuthenticationError):
+        await c.request(req())
+    assert sim.requests == 2 and sleeps.waits == [0.25]  # the 502 was retried, the 401 was not
+    await c.aclose()
+
+
+def test_an_unknown_transport_is_refused(sim: SimServer) -> None:
+    with pytest.raises(ValueError, match="^http.transport must be one of direct, sdk"):
+        LLMClient(sim_settings(sim, http__transport="curl"), bus=EventBus())
+
+
+async def test_a_client_serves_a_second_event_loop(sim: SimServer) -> None:
+    c = LLMClient(sim_settings(sim), bus=EventBus())
+    first = await c.request(req("one"))
+    other = await asyncio.to_thread(asyncio.run, c.request(req("two")))  # a new loop gets a new pool
+    assert (first.text, other.text) == ("Answer to: one", "Answer to: two")
     await c.aclose()
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -96,6 +96,12 @@ class RunResult:
             + (f"model start-up {t['startup']:.2f} s, " if t.get("startup", 0.0) >= 0.01 else "")
             + f"overhead {t.get('overhead', 0.0) * 1000:.1f} ms"
         )
+
+
+
+def _run_id() -> str:
+    """A new run id: 12 random hex digits (``uuid`` is not imported for it: it costs a module import)."""
+    return os.urandom(6).hex()
 
 
 class RunHandle:
@@ -250,7 +256,7 @@ class Agent:
     def start(self, prompt: str, *, name: str | None = None, deps: Any = None,
               on_text: TextCallback | None = None, profile: bool = False) -> RunHandle:
         """Start a run as a task on the running loop and return at once."""
-        run_id = uuid.uuid4().hex[:12]
+        run_id = _run_id()
         name = name or self.runtime.new_run_name()
         handle: RunHandle | None = None
 
@@ -270,7 +276,7 @@ class Agent:
         ``profile=True`` samples the run with pyinstrument and measures its memory; the profile and a
         breakdown of the wall time are in ``result.profile``.
         """
-        return await self._run(prompt, run_id=uuid.uuid4().hex[:12], name=name or self.runtime.new_run_name(),
+        return await self._run(prompt, run_id=_run_id(), name=name or self.runtime.new_run_name(),
                                deps=deps, on_text=on_text, cancelled_by_handle=lambda: False, profile=profile)
 
     def run_sync(self, prompt: str, **kwargs: Any) -> RunResult:

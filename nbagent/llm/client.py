@@ -1,7 +1,9 @@
-"""The pooled OpenAI-compatible client: one ``AsyncOpenAI`` per endpoint over one shared HTTP pool.
+"""The pooled OpenAI-compatible client: one HTTP pool for every endpoint, our own retries and timeouts.
 
-Requests go through the ``openai`` SDK (its own retries off) and the raw response is read directly, so
-no pydantic model is built per call (:mod:`nbagent.llm.wire` reads and checks it). Streams are read as
+By default requests go straight over one aiohttp session (:mod:`nbagent.llm.http`: the constant parts of a
+request built once per endpoint, one JSON encode and decode per call); ``[http] transport = "sdk"`` sends them
+through the ``openai`` SDK instead (:mod:`nbagent.llm.sdk`). Either way the answer is read directly, so no
+pydantic model is built per call (:mod:`nbagent.llm.wire` reads and checks it). Streams are read as
 server-sent events with a time-to-first-token and an idle-gap watchdog. Every attempt, retry, first token
 and response is an event on the bus.
 
@@ -15,18 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 import time
-from collections.abc import Callable
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx2
-import openai
-from openai._constants import RAW_RESPONSE_HEADER
-
-from ..config import Endpoint, Settings
+from ..config import Endpoint, HTTPSettings, Settings
 from ..errors import LLMConnectionError, LLMError, LLMTimeout, MalformedResponse, RetryBudgetExhausted
 from ..events import (
     EventBus,
@@ -39,6 +35,7 @@ from ..events import (
     TokenDrift,
     default_bus,
 )
+from .jsonio import loads
 from .retry import RetryPolicy, retry_reason
 from .stream import HAS_TIMEOUT_CM, Deadline, Delivery
 from .text import escape_unencodable
@@ -47,17 +44,54 @@ from .types import ModelRequest, ModelResponse, TextCallback, TextRestart, Token
 from .usage import check_number, cost_of
 from .wire import map_error, parse_completion
 
-__all__ = ["EndpointModel", "LLMClient"]
+if TYPE_CHECKING:  # pragma: no cover
+    import httpx2
+    import openai
 
-_RAW = {RAW_RESPONSE_HEADER: "raw"}
-_STREAM = {RAW_RESPONSE_HEADER: "stream"}
+__all__ = ["EndpointModel", "LLMClient", "Transport"]
+
+TRANSPORTS = ("direct", "sdk", "aiohttp", "httpx")
+
+
+class _Stream(Protocol):
+    status_code: int
+    headers: Any
+
+    def lines(self) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Transport(Protocol):
+    """How a request body reaches an endpoint: the direct aiohttp path, or the SDK."""
+
+    name: str
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> bytes: ...
+
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> _Stream: ...
+
+    def pool_stats(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_transport(settings: HTTPSettings, http_client: Any = None) -> Transport:
+    """The transport ``settings.transport`` names (a given ``httpx2.AsyncClient`` means the SDK over it)."""
+    if settings.transport == "direct" and http_client is None:
+        from .http import DirectTransport
+
+        return DirectTransport(settings)
+    from .sdk import SDKTransport
+
+    return SDKTransport(settings, http_client)
 
 
 class LLMClient:
     """Sends chat completions to any OpenAI-compatible endpoint with pooling, timeouts and retries.
 
-    One client serves many endpoints (one ``AsyncOpenAI`` each) over a single HTTP connection pool; it is
-    bound to the event loop it is first used on and rebuilds its pool if used from another loop.
+    One client serves many endpoints over a single HTTP connection pool; it is bound to the event loop it is
+    first used on and rebuilds its pool if used from another loop.
     """
 
     def __init__(
@@ -65,7 +99,7 @@ class LLMClient:
         settings: Settings | None = None,
         *,
         bus: EventBus | None = None,
-        http_client: httpx2.AsyncClient | None = None,
+        http_client: httpx2.AsyncClient | None = None,  # the SDK transport over this pool
         sleep: Callable[[float], Any] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         counter: TokenCounter | None = None,
@@ -77,9 +111,8 @@ class LLMClient:
         self.counter = counter or TokenCounter()
         self._sleep = sleep
         self._given_http = http_client
-        self._http: httpx2.AsyncClient | None = http_client
+        self._transport: Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sdk: dict[tuple[str, str], openai.AsyncOpenAI] = {}
         self._ids = itertools.count(1)
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -87,51 +120,22 @@ class LLMClient:
 
     # --- pool ----------------------------------------------------------------------------------
 
-    def _timeout(self) -> httpx2.Timeout:
-        h = self.settings.http
-        return httpx2.Timeout(
-            connect=h.connect_timeout, read=h.read_timeout, write=h.write_timeout, pool=h.pool_timeout
-        )
-
-    def _make_http(self) -> httpx2.AsyncClient:
-        h = self.settings.http
-        limits = httpx2.Limits(
-            max_connections=h.max_connections,
-            max_keepalive_connections=h.max_keepalive_connections,
-            keepalive_expiry=h.keepalive_expiry,
-        )
-        if h.transport == "aiohttp":
-            try:
-                import aiohttp  # noqa: F401
-            except ImportError:
-                pass
-            else:
-                return openai.DefaultAioHttpClient(limits=limits, timeout=self._timeout())
-        return httpx2.AsyncClient(limits=limits, timeout=self._timeout())
+    def transport(self) -> Transport:
+        """This loop's transport (a new loop gets a new pool: connections belong to a loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._transport is None:
+            self._loop = loop
+            self._transport = make_transport(self.settings.http, self._given_http)
+        return self._transport
 
     def sdk(self, endpoint: Endpoint) -> openai.AsyncOpenAI:
-        """The ``AsyncOpenAI`` for ``endpoint``, sharing this client's HTTP pool."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._loop = loop
-            self._sdk.clear()
-            if self._given_http is None:
-                self._http = self._make_http()
-        key = (endpoint.base_url, endpoint.api_key)
-        sdk = self._sdk.get(key)
+        """The ``AsyncOpenAI`` for ``endpoint`` (the ``sdk`` and ``httpx`` transports only)."""
+        transport = self.transport()
+        sdk = getattr(transport, "sdk", None)
         if sdk is None:
-            # a query in the base URL (``...?api-version=...``) goes on every request, after the path
-            parts = urlsplit(endpoint.base_url)
-            sdk = openai.AsyncOpenAI(
-                base_url=urlunsplit(parts._replace(query="", fragment="")) if parts.query else endpoint.base_url,
-                api_key=endpoint.api_key,
-                max_retries=0,
-                timeout=self._timeout(),
-                http_client=self._http,
-                default_query=dict(parse_qsl(parts.query)) if parts.query else None,
-            )
-            self._sdk[key] = sdk
-        return sdk
+            raise ValueError(f"the {transport.name!r} transport does not use the openai SDK; "
+                             f"set [http] transport = \"sdk\"")
+        return sdk(endpoint)  # type: ignore[no-any-return]
 
     def pool_stats(self) -> dict[str, Any]:
         """Pool health: requests in flight (and peak), waits for a connection, and connections in use / idle."""
@@ -142,28 +146,16 @@ class LLMClient:
             "max_connections": self.settings.http.max_connections,
             "transport": self.settings.http.transport,
         }
-        transport = getattr(self._http, "_transport", None)
-        connector = getattr(getattr(transport, "client", None), "connector", None)
-        if connector is not None:  # aiohttp
-            stats["connections_in_use"] = len(getattr(connector, "_acquired", ()))
-            stats["connections_idle"] = sum(len(v) for v in getattr(connector, "_conns", {}).values())
-            stats["waiting_for_connection"] = sum(len(v) for v in getattr(connector, "_waiters", {}).values())
-        pool = getattr(transport, "_pool", None)
-        if pool is not None and hasattr(pool, "connections"):  # httpcore
-            conns = list(pool.connections)
-            idle = sum(1 for c in conns if c.is_idle())
-            stats["connections_in_use"] = len(conns) - idle
-            stats["connections_idle"] = idle
-            stats["waiting_for_connection"] = max(len(getattr(pool, "_requests", ())) - (len(conns) - idle), 0)
+        if self._transport is not None:
+            stats.update(self._transport.pool_stats())
         return stats
 
     async def aclose(self) -> None:
         """Close the HTTP pool (unless it was given to us)."""
-        if self._http is not None and self._given_http is None:
-            await self._http.aclose()
-        self._http = None
+        transport, self._transport = self._transport, None
         self._loop = None
-        self._sdk.clear()
+        if transport is not None:
+            await transport.aclose()
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -243,7 +235,7 @@ class LLMClient:
 
     async def _attempt(self, req: ModelRequest, endpoint: Endpoint, run_id: str | None, request_id: str,
                        on_text: TextCallback | None, delivery: Delivery | None) -> ModelResponse:
-        sdk = self.sdk(endpoint)
+        transport = self.transport()
         body = req.body()
         if not body.get("model"):
             body["model"] = endpoint.model
@@ -258,13 +250,13 @@ class LLMClient:
         try:
             try:
                 if delivery is not None:
-                    return await self._stream(sdk, body, run_id, request_id, on_text, delivery)
-                return await self._complete(sdk, body)
-            except UnicodeEncodeError:  # a lone surrogate (a tool's undecodable file name...): escape it, once
+                    return await self._stream(transport, endpoint, body, run_id, request_id, on_text, delivery)
+                return await self._complete(transport, endpoint, body)
+            except UnicodeEncodeError:  # the SDK refused a lone surrogate (a tool's undecodable file name...)
                 body = escape_unencodable(body)
                 if delivery is not None:
-                    return await self._stream(sdk, body, run_id, request_id, on_text, delivery)
-                return await self._complete(sdk, body)
+                    return await self._stream(transport, endpoint, body, run_id, request_id, on_text, delivery)
+                return await self._complete(transport, endpoint, body)
         except LLMError:
             raise
         except asyncio.CancelledError:
@@ -276,28 +268,26 @@ class LLMClient:
         finally:
             self.in_flight -= 1
 
-    async def _complete(self, sdk: openai.AsyncOpenAI, body: dict[str, Any]) -> ModelResponse:
+    async def _complete(self, transport: Transport, endpoint: Endpoint, body: dict[str, Any]) -> ModelResponse:
         limit = self.settings.http.request_timeout
         try:
             if HAS_TIMEOUT_CM:
                 async with asyncio.timeout(limit):
-                    raw = await sdk.post("/chat/completions", body=body, cast_to=httpx2.Response,
-                                         options={"headers": _RAW})
+                    content = await transport.complete(endpoint, body)
             else:  # pragma: no cover - Python 3.10
-                raw = await asyncio.wait_for(
-                    sdk.post("/chat/completions", body=body, cast_to=httpx2.Response, options={"headers": _RAW}),
-                    limit)
-        except TimeoutError:
+                content = await asyncio.wait_for(transport.complete(endpoint, body), limit)
+        except TimeoutError as exc:
+            if _transport_timeout(exc):
+                raise
             raise LLMTimeout(f"no complete answer within the request timeout ({limit:g} s)", phase="request") from None
-        content = getattr(raw, "http_response", raw).content
         try:
-            data = json.loads(content)
+            data = loads(content)
         except ValueError:
             raise MalformedResponse(f"server answered with non-JSON: {content[:200]!r}") from None
         return parse_completion(data)
 
-    async def _stream(self, sdk: openai.AsyncOpenAI, body: dict[str, Any], run_id: str | None, request_id: str,
-                      on_text: TextCallback | None, delivery: Delivery) -> ModelResponse:
+    async def _stream(self, transport: Transport, endpoint: Endpoint, body: dict[str, Any], run_id: str | None,
+                      request_id: str, on_text: TextCallback | None, delivery: Delivery) -> ModelResponse:
         h = self.settings.http
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -320,11 +310,9 @@ class LLMClient:
         bus = self.bus
         try:
             async with Deadline(next_deadline()) as dl:
-                resp = await sdk.post("/chat/completions", body=body, cast_to=httpx2.Response, stream=True,
-                                      options={"headers": _STREAM})
-                http = getattr(resp, "http_response", resp)
+                http = await transport.stream(endpoint, body)
                 try:
-                    async for line in http.aiter_lines():
+                    async for line in http.lines():
                         if not line or line[0] == ":":
                             continue
                         if not line.startswith("data:"):
@@ -348,7 +336,9 @@ class LLMClient:
                         dl.reschedule(next_deadline())
                 finally:
                     await http.aclose()
-        except TimeoutError:
+        except TimeoutError as exc:
+            if _transport_timeout(exc):
+                raise
             what = {"first_token": f"no first token within {h.ttft_timeout:g} s",
                     "idle": f"stream went silent for more than {h.idle_timeout:g} s",
                     "request": f"stream did not finish within the request timeout ({h.request_timeout:g} s)"}[phase]
@@ -376,6 +366,12 @@ class LLMClient:
                                    restart=type(text) is TextRestart))
 
 
+def _transport_timeout(exc: TimeoutError) -> bool:
+    """Whether a ``TimeoutError`` is the transport's own (aiohttp's connect / read timeouts subclass it), not
+    one of our deadlines: the transport's are mapped with their phase by :func:`~nbagent.llm.wire.map_error`."""
+    return type(exc).__module__.startswith("aiohttp")
+
+
 def _check_settings(settings: Settings) -> None:
     """Refuse timeouts and retry settings the client cannot honour (NaN, infinite, negative) by name."""
     h, r = settings.http, settings.retry
@@ -385,6 +381,8 @@ def _check_settings(settings: Settings) -> None:
     check_number("http.keepalive_expiry", h.keepalive_expiry)
     for name in ("max_connections", "max_keepalive_connections"):
         check_number(f"http.{name}", getattr(h, name), positive=True)
+    if h.transport not in TRANSPORTS:
+        raise ValueError(f"http.transport must be one of {', '.join(TRANSPORTS)}, not {h.transport!r}")
     check_number("retry.max_attempts", r.max_attempts, positive=True)
     for name in ("base_delay", "max_delay", "max_retry_after", "budget_ratio", "budget_min"):
         check_number(f"retry.{name}", getattr(r, name))

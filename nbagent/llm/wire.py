@@ -3,20 +3,17 @@
 Everything the server sends is checked where it is read, so a malformed answer is one clear
 :class:`~nbagent.errors.MalformedResponse` naming what was wrong (never an ``AttributeError`` or a bare
 ``TypeError`` from deep inside), and it is never retried. Errors of the SDK and the transport are mapped to
-the exception tree here too.
+the exception tree here too (without importing the SDK: its errors can only exist once it is imported).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import math
+import sys
 import time
 from typing import Any
-
-import httpx2
-import openai
 
 from ..errors import (
     AuthenticationError,
@@ -29,6 +26,7 @@ from ..errors import (
     RateLimited,
     ServerError,
 )
+from .jsonio import loads
 from .types import ModelResponse, TokenUsage, ToolCall
 
 __all__ = ["StreamAccumulator", "error_from_body", "exception_chain", "map_error", "parse_completion",
@@ -151,7 +149,7 @@ class StreamAccumulator:
         """Fold one chunk in; returns its text (``""`` when it carries none)."""
         self.events += 1
         try:
-            chunk = json.loads(data)
+            chunk = loads(data)
         except ValueError:
             raise MalformedResponse(f"stream chunk is not JSON: {data[:200]!r}") from None
         try:
@@ -221,6 +219,8 @@ def retry_after(headers: Any) -> float | None:
     try:
         seconds = float(raw)
     except ValueError:
+        import email.utils  # an HTTP date: rare, so imported only now
+
         try:
             parsed = email.utils.parsedate_to_datetime(raw)
         except (TypeError, ValueError):
@@ -255,7 +255,39 @@ _DROPPED = ("ClientConnectorError", "ConnectionRefusedError", "ServerDisconnecte
 
 
 def map_error(exc: BaseException) -> LLMError:
-    """The exception-tree error for whatever the SDK or the transport raised."""
+    """The exception-tree error for whatever the SDK or the transport (aiohttp, httpx) raised."""
+    if type(exc).__module__.startswith("aiohttp"):
+        return _map_aiohttp(exc)
+    openai = sys.modules.get("openai")
+    if openai is not None:
+        mapped = _map_sdk(exc, openai)
+        if mapped is not None:
+            return mapped
+    httpx2 = sys.modules.get("httpx2")
+    if httpx2 is not None and isinstance(exc, httpx2.TimeoutException):
+        return LLMTimeout(f"timeout talking to the model server: {exc}", phase="read")
+    if (httpx2 is not None and isinstance(exc, httpx2.TransportError)) or isinstance(exc, (OSError, ConnectionError)):
+        return LLMConnectionError(f"connection to the model server failed: {type(exc).__name__}: {exc}")
+    if isinstance(exc, TimeoutError):
+        return LLMTimeout("timed out talking to the model server", phase="read")
+    return LLMError(f"unexpected error talking to the model server: {type(exc).__name__}: {exc}")
+
+
+def _map_aiohttp(exc: BaseException) -> LLMError:
+    """The direct transport's errors: connect and read timeouts, refused and dropped connections."""
+    names = [type(e).__name__ for e in exception_chain(exc)]
+    if names[0] == "ConnectionTimeoutError":
+        return LLMTimeout(f"connect timeout talking to the model server: {exc}", phase="connect")
+    if names[0] in ("SocketTimeoutError", "ServerTimeoutError"):
+        return LLMTimeout(f"read timeout talking to the model server: {exc}", phase="read")
+    if names[0] == "ClientConnectorError":
+        return LLMConnectionError(f"cannot reach the model server: {type(exc).__name__}: {exc}")
+    return LLMConnectionError(f"cannot reach the model server or the connection dropped: "
+                              f"{type(exc).__name__}: {exc}")
+
+
+def _map_sdk(exc: BaseException, openai: Any) -> LLMError | None:
+    """The SDK transport's errors (None: not one of the SDK's)."""
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
         err = body.get("error", body) if isinstance(body, dict) else {}
@@ -277,13 +309,7 @@ def map_error(exc: BaseException) -> LLMError:
     if isinstance(exc, openai.APIConnectionError):
         root = exc.__cause__ or exc
         return LLMConnectionError(f"cannot reach the model server: {type(root).__name__}: {root}")
-    if isinstance(exc, (httpx2.TimeoutException,)):
-        return LLMTimeout(f"timeout talking to the model server: {exc}", phase="read")
-    if isinstance(exc, (httpx2.TransportError, OSError, ConnectionError)):
-        return LLMConnectionError(f"connection to the model server failed: {type(exc).__name__}: {exc}")
-    if isinstance(exc, TimeoutError):
-        return LLMTimeout("timed out talking to the model server", phase="read")
-    return LLMError(f"unexpected error talking to the model server: {type(exc).__name__}: {exc}")
+    return None
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:

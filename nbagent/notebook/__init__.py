@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["load_ipython_extension", "register", "unload_ipython_extension", "unregister"]
+__all__ = ["load_ipython_extension", "register", "unload_ipython_extension", "unregister", "warm_up_client"]
 
 _ATTR = "_nbagent_magics"  # the magics registered on a shell are kept on the shell itself
 
@@ -75,29 +75,49 @@ def _close_at_exit(rt: Any) -> None:
             pass
 
 
-def _warm_up_when_idle(registry: Any, delay: float = 1.0) -> None:
-    """Import plotly's widget stack on the loop while no run is active (retrying until then).
+def warm_up_client() -> None:
+    """Import what the first run needs (the HTTP stack, the tokenizer) so that it does not pay for it.
 
-    The first import takes from a fraction of a second to seconds (plotly pulls in nbformat and jsonschema);
-    done later, when a dashboard is opened during runs, it would stall them. It is not done in a thread:
-    a CPU-bound thread makes the loop thread wait for the GIL after every ``select()`` and every import lock,
-    which slows all runs far more than one short pause while nothing runs.
+    ``import nbagent`` and ``%load_ext nbagent`` import none of it; a run imports what it lacks itself.
+    """
+    from ..llm.http import DirectTransport  # noqa: F401 - aiohttp and the direct transport
+    from ..llm.tokens import encoding
+
+    encoding()  # tiktoken and its BPE file
+
+
+def _warm_up_when_idle(registry: Any, delay: float = 0.5) -> None:
+    """Import the client stack, then plotly's widget stack, on the loop while no run is active (retrying until
+    then).
+
+    Each first import takes from a fraction of a second to seconds (plotly pulls in nbformat and jsonschema);
+    done later, in the first run or when a dashboard is opened during runs, it would slow them. It is not done
+    in a thread: a CPU-bound thread makes the loop thread wait for the GIL after every ``select()`` and every
+    import lock, which slows all runs far more than one short pause while nothing runs. The steps are
+    separate callbacks, so a cell the user runs meanwhile waits for one step at most.
     """
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
 
+    def dashboard() -> None:
+        from .dashboard import warm_up
+
+        warm_up()
+
+    steps = [warm_up_client, dashboard]
+
     def attempt() -> None:
         if registry.active():
             loop.call_later(2.0, attempt)
             return
         try:
-            from .dashboard import warm_up
-
-            warm_up()
-        except Exception:  # noqa: BLE001 - only a head start; the dashboard imports what it needs itself
+            steps.pop(0)()
+        except Exception:  # noqa: BLE001 - only a head start; what is needed later imports itself
             pass
+        if steps:
+            loop.call_later(0.05, attempt)
 
     loop.call_later(delay, attempt)
 

@@ -36,7 +36,7 @@ def capture(logger: logging.Logger) -> tuple[io.StringIO, logging.Handler]:
     return out, handler
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["direct", "sdk", "httpx"])
 async def test_a_key_in_the_base_url_never_reaches_the_logs(sim: SimServer, root_debug: None, transport: str) -> None:
     add_secret(KEY)
     root = logging.getLogger()

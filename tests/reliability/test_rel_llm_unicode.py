@@ -32,7 +32,7 @@ def test_encodable_escapes_only_what_utf8_cannot_carry() -> None:
         assert encodable(fine) is fine
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["direct", "sdk", "httpx"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_lone_surrogate_reaches_the_server_escaped(sim: SimServer, transport: str, stream: bool) -> None:
     client = LLMClient(sim_settings(sim, http__transport=transport), bus=EventBus(), sleep=Sleeps())

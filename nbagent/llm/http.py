@@ -1,0 +1,166 @@
+"""The direct transport: chat completions POSTed over one aiohttp session, with nothing in between.
+
+The constant parts of a request (URL with the base URL's query string, headers with the key) are built once per
+endpoint; a call is one ``json`` encode, one POST and one decode. Errors are raised as the exception tree's own
+(:func:`nbagent.llm.wire.error_from_body` for HTTP errors; :func:`nbagent.llm.wire.map_error` for the transport's).
+The ``openai`` SDK stays available as ``[http] transport = "sdk"`` (:mod:`nbagent.llm.sdk`) for what only it
+does (Azure and other authentication schemes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..config import Endpoint, HTTPSettings
+from .jsonio import dumps_body, loads
+from .wire import error_from_body
+
+if TYPE_CHECKING:  # pragma: no cover
+    import aiohttp
+
+__all__ = ["DirectTransport", "StreamReply"]
+
+log = logging.getLogger("nbagent.http")
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+class _Target:
+    """What is constant across requests to one endpoint: the URL and the headers."""
+
+    __slots__ = ("url", "text_url", "headers", "stream_headers")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        import yarl
+
+        parts = urlsplit(endpoint.base_url)
+        path = parts.path.rstrip("/") + "/chat/completions"
+        self.text_url = urlunsplit(parts._replace(path=path, fragment=""))
+        self.url = yarl.URL(self.text_url, encoded=False)
+        base = {"Content-Type": "application/json", "User-Agent": "nbagent"}
+        if endpoint.api_key:
+            base["Authorization"] = f"Bearer {endpoint.api_key}"
+        self.headers = {**base, "Accept": "application/json"}
+        self.stream_headers = {**base, "Accept": "text/event-stream"}
+
+
+class StreamReply:
+    """A streamed answer: its status, content type, and its lines as text (without line ends)."""
+
+    __slots__ = ("_resp", "status_code", "headers")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status_code = resp.status
+        self.headers = resp.headers
+
+    async def lines(self) -> AsyncIterator[str]:
+        """Each line of the body; lines of any length (aiohttp's readline caps them at 64 KiB)."""
+        tail = b""
+        async for data in self._resp.content.iter_any():
+            if tail:
+                data = tail + data
+            parts = data.split(b"\n")
+            tail = parts.pop()
+            for raw in parts:
+                yield raw.rstrip(b"\r").decode("utf-8", "replace")
+        if tail:
+            yield tail.rstrip(b"\r").decode("utf-8", "replace")
+
+    async def aclose(self) -> None:
+        self._resp.release()
+
+
+class DirectTransport:
+    """One aiohttp session for every endpoint, bound to the loop it was made on."""
+
+    name = "direct"
+
+    def __init__(self, settings: HTTPSettings) -> None:
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._targets: dict[tuple[str, str], _Target] = {}
+
+    def _make_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        h = self.settings
+        connector = aiohttp.TCPConnector(limit=h.max_connections, limit_per_host=0,
+                                         keepalive_timeout=h.keepalive_expiry or None)
+        timeout = aiohttp.ClientTimeout(total=None, connect=h.pool_timeout + h.connect_timeout,
+                                        sock_connect=h.connect_timeout, sock_read=h.read_timeout)
+        # proxies from the environment are honoured only when one is set (looking them up costs every request)
+        trust_env = any(os.environ.get(v) for v in _PROXY_VARS)
+        return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=trust_env,
+                                     auto_decompress=True, raise_for_status=False)
+
+    def _target(self, endpoint: Endpoint) -> _Target:
+        key = (endpoint.base_url, endpoint.api_key)
+        target = self._targets.get(key)
+        if target is None:
+            target = self._targets[key] = _Target(endpoint)
+        return target
+
+    async def _post(self, endpoint: Endpoint, body: dict[str, Any], stream: bool) -> aiohttp.ClientResponse:
+        session = self._session
+        if session is None:
+            session = self._session = self._make_session()
+        target = self._target(endpoint)
+        resp = await session.post(target.url, data=dumps_body(body),
+                                  headers=target.stream_headers if stream else target.headers)
+        if log.isEnabledFor(logging.INFO):
+            v = resp.version
+            log.info('HTTP Request: POST %s "HTTP/%s %s %s"', target.text_url,
+                     f"{v.major}.{v.minor}" if v is not None else "1.1", resp.status, resp.reason)
+        if resp.status >= 400:
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+            raise _status_error(resp.status, raw, resp.headers)
+        return resp
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> bytes:
+        """POST ``body``; the answer's bytes (an HTTP error raises its exception-tree error)."""
+        resp = await self._post(endpoint, body, False)
+        try:
+            return await resp.read()
+        finally:
+            resp.release()
+
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+        """POST ``body`` for a stream; the reply whose lines are read as they come (close it with ``aclose``)."""
+        return StreamReply(await self._post(endpoint, body, True))
+
+    def pool_stats(self) -> dict[str, Any]:
+        connector = self._session.connector if self._session is not None else None
+        if connector is None:
+            return {}
+        return {
+            "connections_in_use": len(getattr(connector, "_acquired", ())),
+            "connections_idle": sum(len(v) for v in getattr(connector, "_conns", {}).values()),
+            "waiting_for_connection": sum(len(v) for v in getattr(connector, "_waiters", {}).values()),
+        }
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _status_error(status: int, raw: bytes, headers: Any) -> Exception:
+    """The exception-tree error of an HTTP error answer (its JSON ``error`` object when it has one)."""
+    err: Any = None
+    try:
+        data = loads(raw)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data)
+    if not isinstance(err, dict) or not err:
+        text = raw[:500].decode("utf-8", "replace").strip() if raw else ""
+        err = {"message": text or f"HTTP {status}"}
+    return error_from_body(err, status, headers)
