@@ -114,7 +114,7 @@ class AgentMagics(Magics):
         The cell returns at once and the run shows its progress in a widget (Stop cancels it). As a line
         magic, ``%agent`` manages the runs: ``list``, ``cancel NAME|all``, ``wait [NAME...]``,
         ``stats [NAME]``, ``history [N] [--hosts]``, ``compare A B [C...]``, ``config``, ``cache``,
-        ``sandboxes``, ``dashboard``, ``bench [RUNS [CONCURRENCY [LATENCY]]]``, ``help``.
+        ``sandboxes``, ``dashboard [--by model|tag]``, ``bench [RUNS [CONCURRENCY [LATENCY]]]``, ``help``.
         Defaults of the flags below: ``%config AgentMagics``.
         """
         if cell is None:
@@ -322,9 +322,13 @@ class AgentMagics(Magics):
         _html(static.table_html(["sandboxes", "value"], list(stats.items())), str(stats))
 
     def _cmd_dashboard(self, rest: list[str]) -> None:
+        """``%agent dashboard [--by model|tag]``: the histograms split by model or tag when asked."""
         from .dashboard import Dashboard
 
-        Dashboard(self.registry, max_hz=self.refresh_hz).show()
+        split = rest[1] if len(rest) == 2 and rest[0] == "--by" else None
+        if rest and split not in ("model", "tag"):
+            raise UsageError("usage: %agent dashboard [--by model|tag]")
+        Dashboard(self.registry, max_hz=self.refresh_hz, split=split).show()
 
     def pre_run_cell(self, info: Any = None) -> None:
         """Before each cell: publish the summaries of runs that ended since, under this cell's request."""

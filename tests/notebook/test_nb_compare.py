@@ -114,3 +114,24 @@ def _record_html(nb: Notebook, monkeypatch: pytest.MonkeyPatch) -> None:
         publish(data, *args, **kwargs)
 
     monkeypatch.setattr(pub, "publish", keep)
+
+
+async def test_dashboard_histograms_on_a_numeric_axis_split_by_tag(nb: Notebook) -> None:
+    from nbagent.notebook.dashboard import Dashboard
+
+    await _runs(nb, ["t1", "t2"], "--tag alpha")
+    await _runs(nb, ["t3"], "--tag beta")
+    dash = Dashboard(nb.registry, split="tag")
+    try:
+        split = [t for t in dash.figure.data if t.type == "bar" and t.name in ("alpha", "beta")]
+        llm = [t for t in split if t.xaxis == "x"]  # the LLM latency panel
+        assert sorted(t.name for t in llm) == ["alpha", "beta"]
+        alpha = next(t for t in llm if t.name == "alpha")
+        assert sum(alpha.y) == 2 and all(isinstance(x, float) for x in alpha.x)  # numbers, not bucket labels
+        assert all(w > 0 for w in alpha.width)
+        assert sum(1 for t in split if t.showlegend) == 2  # one legend entry per tag, not per panel
+        assert dash.figure.layout.annotations[4].text == ""  # sandbox exec: no data, panel hidden
+        assert "sandbox exec" not in dash.static_bundle()["text/html"]
+    finally:
+        dash.close()
+    assert "usage: %agent dashboard" in usage_error(await nb.run("%agent dashboard --by colour"))
