@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "ToolCache": "nbagent.cache",
     "UsageLimits": "nbagent.llm",
     "amap": "nbagent.fanout",
+    "compare": "nbagent.compare",
     "dashboard": "nbagent.notebook.dashboard",
     "default_bus": "nbagent.events",
     "errors": "nbagent.errors",
@@ -66,6 +67,7 @@ __all__ = [
     "UsageLimits",
     "__version__",
     "amap",
+    "compare",
     "dashboard",
     "errors",
     "events",
@@ -85,6 +87,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .agent import Agent, RunContext, RunHandle, RunResult, Tool, tool
     from .bench import BenchResult, run_bench
     from .cache import ResponseCache, ToolCache
+    from .compare import compare
     from .config import Settings
     from .events import EventBus
     from .events import default_bus as default_bus

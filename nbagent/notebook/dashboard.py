@@ -29,7 +29,7 @@ from ..record import format_cost
 from .integrations import sandbox_stats
 from .kernel import current_parent, update_display
 from .session import RunRegistry, current
-from .static import fmt_seconds, histogram_bins, histogram_svg
+from .static import fmt_seconds, histogram_edges, histogram_svg
 
 __all__ = ["Dashboard", "dashboard"]
 
@@ -40,6 +40,32 @@ SERIES_PANELS = (("tokens / s", 0), ("in flight", 1), ("cache hit rate", 2), ("k
 #: (trace name, panel): one trace per column of a sample after its time.
 SERIES = (("input", 0), ("output", 0), ("cached", 0), ("runs", 1), ("tools", 1), ("responses", 2), ("CPU %", 3),
           ("MiB", 4), ("calls/s", 5), ("policy decisions", 2))
+SPLITS = (None, "model", "tag")
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+def _span_values(rec: Any, name: str) -> list[float]:
+    """The values a histogram of the dashboard takes from one run's record (its spans)."""
+    if name in ("llm.latency", "llm.ttft"):
+        key = "latency" if name == "llm.latency" else "ttft"
+        return [float(s.attrs[key]) for s in rec.spans
+                if s.kind == "model" and not s.attrs.get("cached") and s.attrs.get(key) is not None]
+    kind = {"tool.duration": "tool", "@wait": "lease", "@exec": "exec"}.get(name)
+    return [float(s.duration) for s in rec.spans if s.kind == kind and s.duration is not None] if kind else []
+
+
+def split_histograms(records: list[Any], name: str, by: str) -> dict[str, Histogram]:
+    """One histogram of ``name`` per model (``by="model"``) or per tag (``by="tag"``; untagged runs apart)."""
+    out: dict[str, Histogram] = {}
+    for rec in records:
+        values = _span_values(rec, name)
+        if not values:
+            continue
+        keys = [rec.model or "unknown model"] if by == "model" else list(rec.tags) or ["untagged"]
+        for key in keys:
+            out.setdefault(key, Histogram()).record_many(values)
+    return out
 
 
 def _template() -> Any:
@@ -80,8 +106,13 @@ def _hist(reg: MetricsRegistry, name: str) -> Histogram | None:
 class Dashboard(widgets.VBox):
     """Figures of every run on the registry's bus. Display it; it refreshes itself while it lives."""
 
-    def __init__(self, registry: RunRegistry | None = None, *, max_hz: float = 4.0, window: int = 120) -> None:
+    def __init__(self, registry: RunRegistry | None = None, *, max_hz: float = 4.0, window: int = 120,
+                 split: str | None = None) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be None, 'model' or 'tag', got {split!r}")
         self.registry = registry or current()
+        self.split = split
+        self._split_traces: dict[tuple[int, str], Any] = {}
         self.max_hz = max_hz
         self.header = widgets.HTML()
         self.header.add_class("nbagent-dashboard-header")
@@ -90,12 +121,21 @@ class Dashboard(widgets.VBox):
         for i, (title, _) in enumerate(HISTOGRAMS):
             fig.add_trace(go.Bar(x=[], y=[], name=title, marker_color="#1f77b4", showlegend=False),
                           row=i // 3 + 1, col=i % 3 + 1)
+            fig.update_xaxes(title_text="seconds", row=i // 3 + 1, col=i % 3 + 1, title_standoff=2)
+        legends = {}
+        for k, panel in enumerate(sorted({p for n, p in SERIES if sum(1 for _, q in SERIES if q == p) > 1})):
+            legends[panel] = "legend" if k == 0 else f"legend{k + 1}"  # one legend per panel with several lines
         for name, panel in SERIES:
-            fig.add_trace(go.Scatter(x=[], y=[], name=name, mode="lines", showlegend=panel <= 2),
+            fig.add_trace(go.Scatter(x=[], y=[], name=name, mode="lines", showlegend=panel in legends,
+                                     legend=legends.get(panel, "legend")),
                           row=panel // 3 + 3, col=panel % 3 + 1)
         fig.update_yaxes(range=[0, 1], row=3, col=3)
-        fig.update_layout(height=860, margin=dict(l=40, r=10, t=30, b=30), bargap=0.05,
-                          legend=dict(orientation="h", y=-0.04), template=_template())
+        fig.update_layout(height=860, margin=dict(l=40, r=10, t=30, b=30), bargap=0, barmode="overlay",
+                          template=_template())
+        for panel, legend in legends.items():  # each legend at the top right of its panel
+            ax = fig.get_subplot(panel // 3 + 3, panel % 3 + 1)
+            fig.update_layout({legend: dict(x=ax.xaxis.domain[1], y=ax.yaxis.domain[1], xanchor="right",
+                                            yanchor="top", bgcolor="rgba(255,255,255,0.6)", font=dict(size=9))})
         self.figure = go.FigureWidget(fig)
         self.figure.add_class("nbagent-figure")
         self.figure.add_class("nbagent-histograms")
@@ -183,10 +223,14 @@ class Dashboard(widgets.VBox):
                 if count == self._hist_counts[i]:
                     continue
                 self._hist_counts[i] = count
-                centres, counts, labels = histogram_bins(h)
-                keep = [j for j, c in enumerate(centres) if c > 0]
-                data[i].x = [labels[j] for j in keep]  # type: ignore[attr-defined]
-                data[i].y = [counts[j] for j in keep]  # type: ignore[attr-defined]
+                groups = self._groups(name)
+                edges = histogram_edges(h) if groups is None else []
+                data[i].x = [(lo + hi) / 2 for lo, hi, _ in edges]  # type: ignore[attr-defined]
+                data[i].width = [hi - lo for lo, hi, _ in edges]  # type: ignore[attr-defined]
+                data[i].y = [n for _, _, n in edges]  # type: ignore[attr-defined]
+                for key, gh in (groups or {}).items():
+                    self._draw_group(i, key, gh)
+                self._show_panel(i, count > 0)
             if series and self._samples:
                 cols = list(zip(*self._samples, strict=True))
                 x = np.array(cols[0], dtype="datetime64[ms]")  # arrays: cheap to validate and to send
@@ -196,6 +240,33 @@ class Dashboard(widgets.VBox):
                     trace.x, trace.y = x, y  # type: ignore[attr-defined]
         self.header.value = self.header_html()
         self.draws += 1
+
+    def _groups(self, name: str) -> dict[str, Histogram] | None:
+        if self.split is None or name == "loop.lag":
+            return None
+        return split_histograms(self.registry.runtime.records.all(), name, self.split)
+
+    def _draw_group(self, panel: int, key: str, h: Histogram) -> None:
+        """The bars of one model's or tag's histogram in ``panel`` (its legend entry on the first panel)."""
+        trace = self._split_traces.get((panel, key))
+        if trace is None:
+            color = _COLORS[len({k for _, k in self._split_traces}) % len(_COLORS)]
+            color = next((t.marker.color for (_, k), t in self._split_traces.items() if k == key), color)
+            shown = not any(k == key for _, k in self._split_traces)
+            self.figure.add_trace(go.Bar(x=[], y=[], name=key, legendgroup=key, showlegend=shown, opacity=0.6,
+                                         marker_color=color), row=panel // 3 + 1, col=panel % 3 + 1)
+            trace = self._split_traces[(panel, key)] = self.figure.data[-1]
+        edges = histogram_edges(h)
+        trace.x = [(lo + hi) / 2 for lo, hi, _ in edges]
+        trace.width = [hi - lo for lo, hi, _ in edges]
+        trace.y = [n for _, _, n in edges]
+
+    def _show_panel(self, i: int, visible: bool) -> None:
+        """Hide a histogram panel (axes and title) while it has no data."""
+        row, col = i // 3 + 1, i % 3 + 1
+        self.figure.update_xaxes(visible=visible, row=row, col=col)
+        self.figure.update_yaxes(visible=visible, row=row, col=col)
+        self.figure.layout.annotations[i].text = HISTOGRAMS[i][0] if visible else ""
 
     # --- static -------------------------------------------------------------------------------------
 
@@ -240,6 +311,7 @@ class Dashboard(widgets.VBox):
         """The header and the histograms as SVG bars: a mime bundle that needs no widget manager."""
         reg = self.registry.metrics.global_
         svgs = "".join(histogram_svg(title, _hist(reg, name)) for title, name in HISTOGRAMS)
+        svgs = svgs or "<div>no latencies yet</div>"
         text = f"nbagent dashboard: {int(reg.value('runs.started'))} runs, {int(reg.value('tokens.input'))} in / " \
                f"{int(reg.value('tokens.output'))} out tokens"
         return {"text/plain": text, "text/html": f'<div class="nbagent-dashboard-static">{self.header_html()}'
@@ -261,6 +333,8 @@ def warm_up() -> None:
     make_subplots(rows=4, cols=3).add_trace(go.Bar(x=[1], y=[1]), row=1, col=1).update_layout(template=_template())
 
 
-def dashboard(registry: RunRegistry | None = None) -> Dashboard:
-    """The live dashboard of every run in this kernel; display it (it is the value of the cell)."""
-    return Dashboard(registry)
+def dashboard(registry: RunRegistry | None = None, *, split: str | None = None) -> Dashboard:
+    """The live dashboard of every run in this kernel; display it (it is the value of the cell).
+
+    ``split="model"`` or ``"tag"`` draws the latency histograms once per model or tag, overlaid."""
+    return Dashboard(registry, split=split)

@@ -21,7 +21,6 @@ from . import static
 from .integrations import (
     CACHE_MODES,
     SANDBOX_BACKENDS,
-    cache_stats,
     sandbox_backends,
     sandbox_stats,
     sandbox_tools,
@@ -29,6 +28,7 @@ from .integrations import (
 from .session import RunEntry, RunRegistry, current
 from .spec import CellSpec, agent_factory, interpolate, resolve_policy, resolve_tools
 from .state import shorten
+from .tables import CACHE_HEADER, HISTORY_HEADER, LIST_HEADER, cache_rows, history_rows, list_rows
 from .widgets import RunOutput
 
 __all__ = ["AgentMagics", "shutdown"]
@@ -105,14 +105,16 @@ class AgentMagics(Magics):
     @argument("--policy", metavar="NAME",
               help="Tool policy: a notebook variable holding a nbagent.policy.Policy, or 'off'. Calls it asks "
                    "about wait for Approve / Deny in the run widget.")
+    @argument("--tag", action="append", default=[], metavar="TAG",
+              help="Tag the run (repeatable); %agent compare tag:TAG and the store's history use it.")
     @line_cell_magic
     def agent(self, line: str, cell: str | None = None) -> None:
         """Run the cell as an agent prompt in the background; ``{name}`` takes notebook variables.
 
         The cell returns at once and the run shows its progress in a widget (Stop cancels it). As a line
         magic, ``%agent`` manages the runs: ``list``, ``cancel NAME|all``, ``wait [NAME...]``,
-        ``stats [NAME]``, ``history [N]``, ``config``, ``cache``, ``sandboxes``, ``dashboard``,
-        ``bench [RUNS [CONCURRENCY [LATENCY]]]``, ``help``.
+        ``stats [NAME]``, ``history [N] [--hosts]``, ``compare A B [C...]``, ``config``, ``cache``,
+        ``sandboxes``, ``dashboard [--by model|tag]``, ``bench [RUNS [CONCURRENCY [LATENCY]]]``, ``help``.
         Defaults of the flags below: ``%config AgentMagics``.
         """
         if cell is None:
@@ -147,7 +149,7 @@ class AgentMagics(Magics):
                        timeout=pick(args.timeout, self.timeout), sandbox=pick(args.sandbox, self.sandbox),
                        cache=pick(args.cache, self.cache), stream=pick(args.stream, self.stream), out=args.out,
                        wait=bool(pick(args.wait, self.wait)), first_tool=args.first_tool, profile=args.profile,
-                       policy=policy)
+                       policy=policy, tags=_tags(args.tag))
 
     def _run(self, spec: CellSpec) -> RunEntry:
         ns = self.shell.user_ns if self.shell is not None else {}
@@ -207,12 +209,10 @@ class AgentMagics(Magics):
 
     def _cmd_list(self, rest: list[str]) -> None:
         self.registry.drain()
-        rows = [[e.name, e.state.status, f"{e.state.elapsed():.1f} s", len(e.state.cards), e.state.input_tokens,
-                 e.state.output_tokens, e.state.cached_tokens, e.state.model] for e in self.registry.entries.values()]
-        header = ["name", "status", "elapsed", "steps", "in", "out", "cached", "model"]
+        rows = list_rows(self.registry.entries.values())
         caption = f"{len(self.registry.active())} running"
-        _html(static.table_html(header, rows, caption=caption),
-              "\n".join([caption] + [f"{r[0]}: {r[1]} {r[2]}" for r in rows]))
+        _html(static.table_html(LIST_HEADER, rows, caption=caption),
+              "\n".join([caption] + [f"{r[0]}: {r[1]} {r[2]} {r[7]}" for r in rows]))
 
     def _cmd_cancel(self, rest: list[str]) -> None:
         if len(rest) != 1:
@@ -250,21 +250,39 @@ class AgentMagics(Magics):
         _html(static.metrics_table(snap, caption=static.text_summary(entry.state)), str(snap))
 
     def _cmd_history(self, rest: list[str]) -> None:
-        """Runs kept in the run store (every kernel's, newest first); ``%agent history N`` shows N."""
-        from .. import store
-
+        """Runs kept in the run store (every kernel's, newest first); ``%agent history N`` shows N,
+        ``--hosts`` adds the pid and host that ran each."""
+        hosts = "--hosts" in rest
+        rest = [w for w in rest if w != "--hosts"]
         try:
             limit = int(rest[0]) if rest else 20
         except ValueError:
             raise UsageError(f"%agent history: expected a number of runs, got {rest[0]!r}") from None
-        frame = store.history(limit=limit)
-        if frame.empty:
-            rows = [[e.name, e.state.status, e.state.stop_reason, f"{e.state.elapsed():.2f} s", e.state.input_tokens,
-                     e.state.output_tokens, shorten(e.prompt, 60)] for e in self.registry.history]
-            _html(static.table_html(["name", "status", "reason", "time", "in", "out", "prompt"], rows),
-                  "\n".join(f"{r[0]}: {r[1]}" for r in rows) or "no finished runs")
+        stored = _stored_runs(self.registry, limit)
+        if stored:
+            header = HISTORY_HEADER + (["pid", "host"] if hosts else [])
+            rows = history_rows(stored, hosts=hosts)
+            _html(static.table_html(header, rows, caption=f"{len(rows)} runs, newest first"),
+                  "\n".join(f"{r[0]} {r[1]}: {r[2]} {r[4]} {r[8]}" for r in rows))
             return
-        display(frame)
+        rows = [[e.name, e.state.status, e.state.stop_reason, static.fmt_seconds(e.state.elapsed()),
+                 e.state.input_tokens, e.state.output_tokens, shorten(e.prompt, 60)]
+                for e in reversed(self.registry.history)]
+        _html(static.table_html(["name", "status", "reason", "duration", "in", "out", "prompt"], rows),
+              "\n".join(f"{r[0]}: {r[1]}" for r in rows) or "no finished runs")
+
+    def _cmd_compare(self, rest: list[str]) -> None:
+        """``%agent compare A B [C...]``: runs side by side (names, globs, run ids or ``tag:NAME``)."""
+        from ..compare import compare
+
+        if len(rest) < 2:
+            raise UsageError("usage: %agent compare A B [C...] (run names, globs like eval-*, or tag:NAME)")
+        self.registry.drain()
+        try:
+            result = compare(*rest, runtime=self.registry.runtime)
+        except ValueError as exc:
+            raise UsageError(f"%agent compare: {exc}") from None
+        _html(result._repr_html_(), str(result))
 
     def _cmd_bench(self, rest: list[str]) -> None:
         """``%agent bench [RUNS [CONCURRENCY [LATENCY]]]``: a load test against the simulated server."""
@@ -293,18 +311,8 @@ class AgentMagics(Magics):
         _html(static.table_html(["setting", "value"], rows), "\n".join(f"{k} = {v}" for k, v in rows))
 
     def _cmd_cache(self, rest: list[str]) -> None:
-        reg = self.registry.metrics.global_
-        rows: list[list[Any]] = [[n, c.value] for n, c in reg.counters.items() if n.startswith("cache.")]
-        hit = reg.hit_rate("response")
-        rows.insert(0, ["response hit rate", "–" if hit is None else f"{hit:.1%}"])
-        policy_hit = reg.hit_rate("policy")
-        if policy_hit is not None:
-            rows.insert(1, ["policy decision hit rate", f"{policy_hit:.1%}"])
-        for mode, cache in self.registry.caches.items():
-            rows += [[f"{mode}: {k}", v] for k, v in (cache_stats(cache) or {}).items()]
-        if not self.registry.caches:
-            rows.append(["response cache", "not used yet (%%agent --cache read-write|record|replay)"])
-        _html(static.table_html(["cache", "value"], rows), "\n".join(f"{k}: {v}" for k, v in rows))
+        rows = cache_rows(self.registry.metrics.global_, self.registry.caches)
+        _html(static.table_html(CACHE_HEADER, rows), "\n".join(f"{c} {k}: {v}" for c, k, v in rows))
 
     def _cmd_sandboxes(self, rest: list[str]) -> None:
         stats = sandbox_stats(self.registry.runtime)
@@ -314,17 +322,47 @@ class AgentMagics(Magics):
         _html(static.table_html(["sandboxes", "value"], list(stats.items())), str(stats))
 
     def _cmd_dashboard(self, rest: list[str]) -> None:
+        """``%agent dashboard [--by model|tag]``: the histograms split by model or tag when asked."""
         from .dashboard import Dashboard
 
-        Dashboard(self.registry, max_hz=self.refresh_hz).show()
+        split = rest[1] if len(rest) == 2 and rest[0] == "--by" else None
+        if rest and split not in ("model", "tag"):
+            raise UsageError("usage: %agent dashboard [--by model|tag]")
+        Dashboard(self.registry, max_hz=self.refresh_hz, split=split).show()
 
     def pre_run_cell(self, info: Any = None) -> None:
         """Before each cell: publish the summaries of runs that ended since, under this cell's request."""
         self.registry.republish()
 
 
-_SUBCOMMANDS = ("list", "cancel", "wait", "stats", "history", "config", "cache", "sandboxes", "dashboard", "bench",
-                "help")
+_SUBCOMMANDS = ("list", "cancel", "wait", "stats", "history", "compare", "config", "cache", "sandboxes", "dashboard",
+                "bench", "help")
+
+
+def _tags(values: list[str]) -> list[str]:
+    """``--tag a --tag b,c``: the tags, each checked like a run name."""
+    tags = [t.strip() for v in values for t in v.split(",") if t.strip()]
+    for tag in tags:
+        if not _NAME.fullmatch(tag):
+            raise UsageError(f"--tag {tag!r}: use letters, digits, '_', '-' or '.'")
+    return tags
+
+
+def _stored_runs(registry: RunRegistry, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` runs of the runtime's store, else of the store at the default path (if any)."""
+    st = registry.runtime.store
+    if st is not None:
+        return st.runs(limit=limit)
+    from ..store import store_disabled
+    from ..store.runs import RunStore, default_path
+
+    if store_disabled() or not default_path().exists():
+        return []
+    st = RunStore()
+    try:
+        return st.runs(limit=limit)
+    finally:
+        st.close()
 
 
 def shutdown() -> None:

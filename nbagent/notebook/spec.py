@@ -40,6 +40,7 @@ class CellSpec:
     first_tool: str | None = None
     profile: bool = False
     policy: Any = None  # a nbagent.policy.Policy; None: the settings' [policy], if any; False: none
+    tags: list[str] = field(default_factory=list)
 
 
 class _Namespace(string.Formatter):
@@ -117,7 +118,7 @@ def agent_factory(spec: CellSpec, registry: RunRegistry, tools: list[Tool]) -> C
     def build() -> Agent:
         kwargs: dict[str, Any] = {"system": spec.system, "max_steps": spec.max_steps, "stream": spec.stream,
                                   "base_url": spec.base_url,
-                                  "first_tool": spec.first_tool,
+                                  "first_tool": spec.first_tool, "tags": tuple(spec.tags),
                                   "policy": (registry.default_policy or False) if spec.policy is None else
                                   registry.with_approvals(spec.policy)}
         mode = spec.cache or "off"

@@ -16,7 +16,8 @@ from ..metrics import Histogram
 from ..record import format_cost
 from .state import RunState, StepItem
 
-__all__ = ["histogram_bins", "metrics_table", "run_summary_html", "svg_bars", "table_html", "text_summary"]
+__all__ = ["histogram_bins", "histogram_edges", "histogram_svg", "metrics_table", "run_summary_html", "svg_bars",
+           "table_html", "text_summary"]
 
 STATUS_COLORS = {"ok": "#2e7d32", "error": "#c62828", "cancelled": "#6d4c41", "limit": "#ef6c00",
                  "stuck": "#ef6c00", "running": "#1565c0", "starting": "#1565c0"}
@@ -118,8 +119,13 @@ def metrics_table(snapshot: Mapping[str, Any], *, caption: str = "") -> str:
     for name, s in snapshot.get("histograms", {}).items():
         unit = units.get(name, "s")
         rows.append([name, s["count"], *(fmt_value(s[k], unit) for k in ("p50", "p95", "p99", "max"))])
-    for name, v in snapshot.get("counters", {}).items():
-        rows.append([name, fmt_value(v, units.get(name, "")), "", "", "", ""])
+    counters = snapshot.get("counters", {})
+    unpriced = int(counters.get("cost.unpriced_calls", 0) or 0)
+    for name, v in counters.items():
+        value = fmt_value(v, units.get(name, ""))
+        if name == "cost.usd" and unpriced:
+            value = f"unknown ({unpriced} calls to models with no price, {value} priced; set one in [prices])"
+        rows.append([name, value, "", "", "", ""])
     for name, g in snapshot.get("gauges", {}).items():
         unit = units.get(name, "")
         rows.append([name, fmt_value(g["value"], unit), "", "", "", f"peak {fmt_value(g['max'], unit)}"])
@@ -148,24 +154,28 @@ def _num(v: Any) -> str:
 
 def histogram_bins(h: Histogram | None, per_decade: int = 8) -> tuple[list[float], list[int], list[str]]:
     """Coarse log bins of a histogram for plotting: ``(centres, counts, labels)``."""
+    edges = histogram_edges(h, per_decade)
+    return ([math.sqrt(lo * hi) if lo > 0 else 0.0 for lo, hi, _ in edges], [n for _, _, n in edges],
+            [fmt_seconds(math.sqrt(lo * hi) if lo > 0 else 0.0) for lo, hi, _ in edges])
+
+
+def histogram_edges(h: Histogram | None, per_decade: int = 8) -> list[tuple[float, float, int]]:
+    """Coarse log bins of a histogram with their true edges: ``[(low, high, count)]``, lowest first (values
+    at or below 0 in a first bin from 0 to the next bin's low edge)."""
     if h is None or h.count == 0:
-        return [], [], []
+        return []
     bins: dict[int, int] = {}
     zero = 0
     for lo, hi, n in h.buckets():
         if hi <= 0:
             zero += n
             continue
-        mid = math.sqrt(lo * hi)
-        key = math.floor(math.log10(mid) * per_decade)
+        key = math.floor(math.log10(math.sqrt(lo * hi)) * per_decade)
         bins[key] = bins.get(key, 0) + n
-    keys = sorted(bins)
-    centres = [10 ** ((k + 0.5) / per_decade) for k in keys]
-    counts = [bins[k] for k in keys]
+    out = [(10 ** (k / per_decade), 10 ** ((k + 1) / per_decade), bins[k]) for k in sorted(bins)]
     if zero:
-        centres.insert(0, 0.0)
-        counts.insert(0, zero)
-    return centres, counts, [fmt_seconds(c) for c in centres]
+        out.insert(0, (0.0, out[0][0] if out else 1e-6, zero))
+    return out
 
 
 def svg_bars(bars: Sequence[tuple[str, float]], *, title: str = "", width: int = 300, height: int = 110,
@@ -193,10 +203,31 @@ def svg_bars(bars: Sequence[tuple[str, float]], *, title: str = "", width: int =
     )
 
 
-def histogram_svg(title: str, h: Histogram | None) -> str:
-    """A histogram as an SVG bar chart titled with its count and p50 / p99."""
-    centres, counts, labels = histogram_bins(h)
-    if h is None or not counts:
-        return svg_bars([("no data", 0.0)], title=f"{title}: no data", width=260)
-    label = f"{title}: n={h.count}, p50 {fmt_seconds(h.p50)}, p99 {fmt_seconds(h.p99)}"
-    return svg_bars(list(zip(labels, [float(c) for c in counts], strict=True)), title=label, width=260)
+def histogram_svg(title: str, h: Histogram | None, *, unit: str = "s", width: int = 260,
+                  height: int = 110) -> str:
+    """A histogram on a numeric axis (bars as wide as their buckets), titled with its count and p50 / p99;
+    an empty string when there is no data (a panel with nothing to show is left out)."""
+    edges = histogram_edges(h)
+    if h is None or not edges:
+        return ""
+    label = f"{title}: n={h.count}, p50 {fmt_value(h.p50, unit)}, p99 {fmt_value(h.p99, unit)}"
+    x0, x1 = edges[0][0], edges[-1][1]
+    span = (x1 - x0) or 1.0
+    top = max(n for _, _, n in edges)
+    pad, plot_h = 16, height - 34
+    scale = (width - 2 * pad) / span
+    rects = []
+    for lo, hi, n in edges:
+        bh = plot_h * n / top
+        rects.append(f'<rect x="{pad + (lo - x0) * scale:.1f}" y="{18 + plot_h - bh:.1f}" '
+                     f'width="{max((hi - lo) * scale, 1):.1f}" height="{bh:.1f}" fill="#1f77b4">'
+                     f"<title>{_e(fmt_value(lo, unit))} – {_e(fmt_value(hi, unit))}: {n}</title></rect>")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="nbagent-histogram" '
+        f'style="{_BOX}display:inline-block;margin:2px 8px 2px 0">'
+        f'<text x="{pad}" y="12" font-size="11" font-weight="600">{_e(label)}</text>{"".join(rects)}'
+        f'<line x1="{pad}" y1="{18 + plot_h}" x2="{width - pad}" y2="{18 + plot_h}" stroke="#999"/>'
+        f'<text x="{pad}" y="{height - 3}" font-size="10">{_e(fmt_value(x0, unit))}</text>'
+        f'<text x="{width - pad}" y="{height - 3}" font-size="10" text-anchor="end">'
+        f"{_e(fmt_value(x1, unit))}</text></svg>"
+    )

@@ -149,7 +149,7 @@ class BatchWriter:
         # class id -> (kind, field names after run_id and ts, positions of free-text values, role)
         self._schemas: dict[int, tuple[str, tuple[str, ...], tuple[int, ...], Any]] = {}
         # class id -> (its event_schemas id in the database written, positions of free-text values, role);
-        # role: None, or (1, getter of name, model, prompt) for a run's start, (2, getter of status ... error)
+        # role: None, or (1, getter of name, model, prompt, tags) for a run's start, (2, getter of status ... error)
         self._classes: dict[int, tuple[int, tuple[int, ...], Any]] = {}
 
     def learn(self, records: list[Any]) -> None:
@@ -270,7 +270,8 @@ class BatchWriter:
             if parts is None:
                 parts = runs[values[0]] = [None, None, None]
             if role[0] == 1:
-                parts[0] = (*role[1](values), values[1])  # name, model, prompt; started
+                name, model, prompt, tags = role[1](values)
+                parts[0] = (name, model, prompt, dumps(list(tags or ())), values[1])  # ...; started
             else:
                 d = role[1](values)  # status ... error (as in the row); started, if new: the end - duration
                 parts[1] = (d[0], d[1], values[1], *d[2:], values[1] - d[2])
@@ -282,8 +283,8 @@ class BatchWriter:
         pid, host = self.pid, self.host
         by_shape: dict[Any, list[Any]] = {}  # one upsert per shape of row (which of the parts it has)
         for run_id, (start, end, result) in runs.items():
-            row = (run_id, *(start[:3] if start else ()), *(end[:10] if end else ()), *(result or ()),
-                   *((start[3],) if start else (end[10],) if end else ()), pid, host)
+            row = (run_id, *(start[:4] if start else ()), *(end[:10] if end else ()), *(result or ()),
+                   *((start[4],) if start else (end[10],) if end else ()), pid, host)
             shape = (start is not None, end is not None, result is not None)
             rows_of = by_shape.get(shape)
             if rows_of is None:
@@ -374,7 +375,7 @@ def _insert(conn: sqlite3.Connection, template: str, rows: list[Any]) -> None:
         conn.execute(rows_sql(template, len(chunk)), [v for r in chunk for v in r])
 
 
-_START = ("name", "model", "prompt")
+_START = ("name", "model", "prompt", "tags")
 _FINISH = ("status", "stop_reason", "duration", "steps", "input_tokens", "output_tokens", "cached_tokens", "cost",
            "error")
 

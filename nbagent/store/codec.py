@@ -87,8 +87,8 @@ def event_from_dict(data: dict[str, Any]) -> Event | dict[str, Any]:
 # --- the writer's statements -------------------------------------------------------------------
 
 # a run's row is written by one upsert per transaction, of the parts the transaction has: its start (name,
-# model, prompt; started, pid, host), its end (status ... error; started if new) and its result (output ...)
-_START_COLUMNS = ("name", "model", "prompt")
+# model, prompt, tags; started, pid, host), its end (status ... error; started if new) and its result (output ...)
+_START_COLUMNS = ("name", "model", "prompt", "tags")
 _FINISH_COLUMNS = ("status", "stop_reason", "finished", "duration", "steps", "input_tokens", "output_tokens",
                    "cached_tokens", "cost", "error")
 _RESULT_COLUMNS = ("output", "timings", "messages")

@@ -11,7 +11,8 @@ Tables (after every migration):
     the run ends), ``stop_reason``, ``started`` / ``finished`` (epoch seconds), ``duration``, ``steps``,
     token counts, ``cost`` (NULL when a model's price is unknown, since ``m005``), ``error``, ``output``,
     ``timings`` and ``messages`` (JSON: the conversation, one object per message), ``pid`` and ``host`` of
-    the writer, ``dropped`` (events of this run the store had to drop; 0 unless the queue overflowed).
+    the writer, ``dropped`` (events of this run the store had to drop; 0 unless the queue overflowed),
+    ``tags`` (a JSON array of the run's tags, from ``RunStarted.tags``, since ``m006``).
 ``events``
     every event, in segments: one row per run per committed batch, ``id`` (insertion order), ``run_id``
     (NULL outside runs), ``ts`` (of the first event), ``n`` (events in the segment) and ``data``: a JSON
@@ -133,6 +134,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs_m005 RENAME TO runs;
         CREATE INDEX runs_started ON runs(started);
         CREATE INDEX runs_name ON runs(name);
+        """,
+    ),
+    (
+        "m006_run_tags",
+        """
+        ALTER TABLE runs ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
         """,
     ),
 ]

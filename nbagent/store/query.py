@@ -35,7 +35,7 @@ __all__ = ["RunQueries", "StoredRun", "parse_time"]
 
 _RUN_COLUMNS = ("run_id", "name", "model", "status", "stop_reason", "started", "finished", "duration", "steps",
                 "input_tokens", "output_tokens", "cached_tokens", "cost", "error", "prompt", "output", "timings",
-                "pid", "host", "dropped")
+                "pid", "host", "dropped", "tags")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -191,12 +191,17 @@ class RunQueries:
 
     def runs(self, *, name: str | None = None, status: str | Sequence[str] | None = None,
              since: float | str | datetime | None = None, until: float | str | datetime | None = None,
-             limit: int | None = 100, offset: int = 0, flush: bool = True) -> list[dict[str, Any]]:
+             tag: str | None = None, limit: int | None = 100, offset: int = 0,
+             flush: bool = True) -> list[dict[str, Any]]:
         """Runs, newest first. ``name`` matches a substring (or a glob with ``*``/``?``); ``status`` one or more
-        of ok, error, limit, stuck, cancelled, running, interrupted; ``since``/``until`` as in :func:`parse_time`.
+        of ok, error, limit, stuck, cancelled, running, interrupted; ``since``/``until`` as in :func:`parse_time`;
+        ``tag`` keeps the runs with that tag.
         """
         where: list[str] = []
         args: list[Any] = []
+        if tag:
+            where.append("EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE json_each.value = ?)")
+            args.append(tag)
         if name:
             if any(c in name for c in "*?["):
                 where.append("name GLOB ?")
@@ -379,6 +384,7 @@ _HOST = socket.gethostname()
 
 def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
+    d["tags"] = json.loads(d.get("tags") or "[]")
     if d.get("timings"):
         d["timings"] = json.loads(d["timings"])
     if d.get("status") == "running" and d.get("host") == _HOST and d.get("pid") and not _alive(int(d["pid"])):

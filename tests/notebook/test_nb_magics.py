@@ -91,7 +91,7 @@ async def test_cache_flag_answers_a_repeated_prompt_from_the_cache(nb: Notebook,
     assert r.ok and r.usage.cache_hits == 1 and sim.requests == before
     await nb.run("%agent cache")
     out = capsys.readouterr().out
-    assert "response hit rate: 50.0%" in out and "read-write: " in out
+    assert "response hit rate: 50.0%" in out and "cache file (read-write) entries, size: " in out
 
 
 async def test_sandbox_flag_offers_the_sandbox_tools(nb: Notebook, sim: SimServer) -> None:

@@ -98,7 +98,10 @@ def test_histogram_bins_and_svg() -> None:
     assert sum(counts) == 7 and centres[0] == 0.0 and len(centres) <= 6 and labels[-1].endswith("ms")
     svg = static.histogram_svg("lat", h)
     assert svg.startswith("<svg") and "n=7" in svg
-    assert "no data" in static.histogram_svg("lat", None)
+    assert static.histogram_svg("lat", None) == ""  # a panel with no data is left out
+    edges = static.histogram_edges(h)
+    assert edges[0][0] == 0.0 and all(lo < hi for lo, hi, _ in edges)
+    assert all(a[1] <= b[0] + 1e-12 for a, b in zip(edges, edges[1:], strict=False))  # true edges
 
 
 async def test_dashboard_redraws_are_coalesced(sim: SimServer) -> None:
