@@ -53,7 +53,7 @@ async def test_aclose_closes_everything_the_runtime_opened(sim: SimServer, tmp_p
         assert result.ok and rt.client.pool_stats()  # an HTTP pool is open
         store = rt.store
     assert rt.closed and part.closed and store._closed
-    assert rt.client._http is None  # the pool is closed
+    assert rt.client._transport is None  # the HTTP pool is closed
     with pytest.raises(RuntimeError, match="closed"):
         rt.part("other", Closable)
     left = {t.name for t in threading.enumerate()} - threads_before
