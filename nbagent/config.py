@@ -195,6 +195,7 @@ class Settings:
     context_windows: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CONTEXT_WINDOWS))
     sandbox: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)  # [policy] table: see nbagent.policy.Policy.from_settings
+    otel: dict[str, Any] = field(default_factory=dict)  # [otel] table: see nbagent.exporters.otel_config
     home: Path = field(default_factory=user_dir)
     config_path: Path | None = None
 
@@ -242,6 +243,8 @@ class Settings:
                 self.sandbox.update(_table(value, "[sandbox]"))
             elif key == "policy":
                 self.policy.update(_table(value, "[policy]"))
+            elif key == "otel":
+                self.otel.update(_table(value, "[otel]"))
             elif key in {"profile", "model", "base_url", "api_key", "context_window", "stream", "count_tokens",
                          "embedded"}:
                 setattr(self, key, _coerce(value, type(getattr(self, key)) if getattr(self, key) is not None
@@ -268,6 +271,8 @@ class Settings:
             section, _, fname = var[len("NBAGENT_"):].lower().partition("__")
             if section == "sandbox":
                 self.sandbox[fname] = value
+            elif section == "otel":
+                self.otel[fname] = value
             elif section in _SECTIONS:
                 _update_dataclass(getattr(self, section), {fname: value}, var)
             else:
@@ -284,6 +289,7 @@ class Settings:
             prices=dict(self.prices),
             sandbox=dict(self.sandbox),
             policy=dict(self.policy),
+            otel=dict(self.otel),
         )
         for key, value in overrides.items():
             if value is None:
