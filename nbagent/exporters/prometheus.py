@@ -25,7 +25,7 @@ _UNITS = {"s": "seconds", "usd": "usd", "tokens": "tokens", "ratio": "ratio", "b
 
 # (pattern over the nbagent name, family name, label names): names that carry values become labels
 _LABELLED: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = tuple(
-    (re.compile(p), family, labels) for p, family, labels in (
+    (re.compile(p, re.DOTALL), family, labels) for p, family, labels in (
         (r"^runs\.status\.(.+)$", "runs.by_status", ("status",)),
         (r"^limits\.(.+)$", "limits.hit", ("limit",)),
         (r"^llm\.retries\.(.+)$", "llm.retries.by_reason", ("reason",)),
@@ -116,7 +116,7 @@ def to_prometheus(registry: MetricsRegistry, *, prefix: str = "nbagent") -> str:
     out: list[str] = []
     for prom in sorted(families):
         entry = families[prom]
-        out.append(f"# HELP {prom} {entry['help']}")
+        out.append(f"# HELP {prom} {entry['help'].replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}")
         out.append(f"# TYPE {prom} {entry['type']}")
         out.extend(entry["lines"])
     return "\n".join(out) + "\n" if out else ""
@@ -137,6 +137,8 @@ class PrometheusServer:
         if self._runner is not None:
             return self
         from aiohttp import web
+
+        self.runtime.metrics  # noqa: B018 - the runtime measures from first use: start now, not at the first scrape
 
         async def metrics(request: web.Request) -> web.Response:
             text = to_prometheus(self.runtime.metrics.global_)
