@@ -14,7 +14,8 @@ from nbagent.runtime import Runtime
 __all__ = ["main"]
 
 # packages that add sub-commands through ``register(subparsers)``; a missing one is skipped
-_PLUGINS = ("nbagent.sandbox.cli", "nbagent.cache.cli", "nbagent.store.cli", "nbagent.bench.cli")
+_PLUGINS = ("nbagent.sandbox.cli", "nbagent.cache.cli", "nbagent.store.cli", "nbagent.bench.cli",
+            "nbagent.exporters.cli")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:

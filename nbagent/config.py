@@ -195,6 +195,7 @@ class Settings:
     sandbox: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)  # [policy] table: see nbagent.policy.Policy.from_settings
     cache: dict[str, Any] = field(default_factory=dict)  # [cache] table: tiers, tier_options (nbagent.cache)
+    otel: dict[str, Any] = field(default_factory=dict)  # [otel] table: see nbagent.exporters.otel_config
     home: Path = field(default_factory=user_dir)
     config_path: Path | None = None
 
@@ -248,6 +249,8 @@ class Settings:
                 self.policy.update(_table(value, "[policy]"))
             elif key == "cache":
                 self.cache.update(_table(value, "[cache]"))
+            elif key == "otel":
+                self.otel.update(_table(value, "[otel]"))
             elif key in {"profile", "model", "base_url", "api_key", "context_window", "stream", "count_tokens",
                          "embedded"}:
                 setattr(self, key, _coerce(value, type(getattr(self, key)) if getattr(self, key) is not None
@@ -274,6 +277,8 @@ class Settings:
             section, _, fname = var[len("NBAGENT_"):].lower().partition("__")
             if section == "sandbox":
                 self.sandbox[fname] = value
+            elif section == "otel":
+                self.otel[fname] = value
             elif section in _SECTIONS:
                 _update_dataclass(getattr(self, section), {fname: value}, var)
             else:
@@ -291,6 +296,7 @@ class Settings:
             sandbox=dict(self.sandbox),
             policy=dict(self.policy),
             cache=dict(self.cache),
+            otel=dict(self.otel),
         )
         for key, value in overrides.items():
             if value is None:

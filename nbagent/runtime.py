@@ -94,6 +94,9 @@ class Runtime:
             self.enable_store()
         elif store:
             self.enable_store(store)
+        from .exporters import autostart  # OpenTelemetry export when the environment or settings ask for it
+
+        autostart(self, None if settings is None else settings.otel)
 
     # --- parts -------------------------------------------------------------------------------------
 
@@ -101,6 +104,10 @@ class Runtime:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = Settings.load()
+            if self._settings.otel:
+                from .exporters import autostart
+
+                autostart(self, self._settings.otel)
         return self._settings
 
     @property

@@ -430,6 +430,12 @@ class MetricsRegistry:
             self.units.setdefault(name, u)
         return self
 
+    def to_prometheus(self, prefix: str = "nbagent") -> str:
+        """These metrics in the Prometheus text format (see :func:`nbagent.exporters.to_prometheus`)."""
+        from nbagent.exporters.prometheus import to_prometheus
+
+        return to_prometheus(self, prefix=prefix)
+
     def to_dataframe(self) -> pandas.DataFrame:
         """One row per metric, sorted by name (needs pandas).
 
@@ -518,6 +524,10 @@ class RunMetricsIndex:
     def register(self, event_type: type[Event], handler: Handler) -> Callable[[], None]:
         """Add an event -> metric mapping to the global registry and every run's. Returns an unregister function."""
         return self.handlers.register(event_type, handler)
+
+    def to_prometheus(self, prefix: str = "nbagent") -> str:
+        """The global metrics in the Prometheus text format (see :func:`nbagent.exporters.to_prometheus`)."""
+        return self.global_.to_prometheus(prefix)
 
     def for_run(self, run_id: str) -> MetricsRegistry | None:
         """The registry of ``run_id``, or None if that run was never seen or has been evicted."""
