@@ -111,7 +111,7 @@ class AgentMagics(Magics):
 
         The cell returns at once and the run shows its progress in a widget (Stop cancels it). As a line
         magic, ``%agent`` manages the runs: ``list``, ``cancel NAME|all``, ``wait [NAME...]``,
-        ``stats [NAME]``, ``history [N]``, ``config``, ``cache``, ``sandboxes``, ``dashboard``,
+        ``stats [NAME]``, ``show NAME``, ``history [N]``, ``config``, ``cache``, ``sandboxes``, ``dashboard``,
         ``bench [RUNS [CONCURRENCY [LATENCY]]]``, ``help``.
         Defaults of the flags below: ``%config AgentMagics``.
         """
@@ -266,6 +266,34 @@ class AgentMagics(Magics):
             return
         display(frame)
 
+    def _cmd_show(self, rest: list[str]) -> None:
+        """``%agent show NAME``: a run's waterfall and where its time went; NAME is a run of this kernel, or a
+        run name or run id prefix in the run store (a run of an earlier kernel)."""
+        from ..timeline import timeline
+
+        if len(rest) != 1:
+            raise UsageError("usage: %agent show NAME (a run name or a run id prefix)")
+        record = self._find_record(rest[0])
+        tl = timeline(record)
+        _html(tl.to_html(), f"{record.name} [{record.run_id}]: {record.status}; {tl.describe()}")
+
+    def _find_record(self, name: str) -> Any:
+        entry = self.registry.get(name)
+        if entry is not None and entry.state.record.started is not None:
+            return entry.state.record
+        from .. import store
+
+        try:
+            return store.load_run(name).record
+        except KeyError:
+            pass
+        frame = store.history(name=name, limit=50)
+        same = frame[frame["name"] == name] if not frame.empty else frame
+        if same.empty:
+            raise UsageError(f"no run named {name!r} in this kernel or the run store, and no run id starting "
+                             f"with it (see %agent history)")
+        return store.load_run(str(same.iloc[0]["run_id"])).record
+
     def _cmd_bench(self, rest: list[str]) -> None:
         """``%agent bench [RUNS [CONCURRENCY [LATENCY]]]``: a load test against the simulated server."""
         from ..bench import run_bench
@@ -323,8 +351,8 @@ class AgentMagics(Magics):
         self.registry.republish()
 
 
-_SUBCOMMANDS = ("list", "cancel", "wait", "stats", "history", "config", "cache", "sandboxes", "dashboard", "bench",
-                "help")
+_SUBCOMMANDS = ("list", "cancel", "wait", "stats", "show", "history", "config", "cache", "sandboxes", "dashboard",
+                "bench", "help")
 
 
 def shutdown() -> None:
