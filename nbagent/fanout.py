@@ -72,6 +72,8 @@ class BatchResult:
     duration: float
     executor: str = "local"
     workers: list[dict[str, Any]] = field(default_factory=list)
+    started_at: float | None = None
+    """When the batch started (seconds since the epoch): where the waterfall's time and queueing start."""
 
     @property
     def outputs(self) -> list[str]:
@@ -104,6 +106,17 @@ class BatchResult:
         return (f"{len(self.results)} runs ({self.ok} ok, {len(self.results) - self.ok} not) in {self.duration:.2f} s "
                 f"on {self.executor}{f' ({len(self.workers)} workers)' if self.workers else ''}: "
                 f"{self.throughput:.1f} runs/s{lat}")
+
+    def timeline(self, **options: Any) -> Any:
+        """The batch's waterfall: a row per run on shared time, split by where each run's time went, after its
+        queueing since the batch started (see :func:`nbagent.timeline.timeline`)."""
+        from .record import RunRecord
+        from .timeline import timeline
+
+        records = [r.record if r.record is not None else RunRecord.from_events(r.run_id, r.events)
+                   for r in self.results]
+        options.setdefault("start", self.started_at)
+        return timeline(records, **options)
 
     def to_dataframe(self) -> pandas.DataFrame:
         """One row per run: name, status, stop reason, output, steps, tokens, cost, timings, and spec meta."""
@@ -195,7 +208,7 @@ async def amap(
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
     bar = progress_bar(len(specs), progress, desc)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     try:
         if executor == "local":
             if agent is None:
@@ -217,7 +230,7 @@ async def amap(
     for reg in regs:
         metrics.merge(reg)
     return BatchResult(results=results, specs=specs, metrics=metrics, duration=time.perf_counter() - started,
-                       executor=executor, workers=worker_stats)
+                       executor=executor, workers=worker_stats, started_at=started_at)
 
 
 async def _run_local(agent: Agent, specs: list[RunSpec], concurrency: int, bar: Any) -> list[RunResult]:

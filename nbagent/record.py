@@ -77,7 +77,8 @@ def register_span_handler(kind: str, handler: SpanHandler) -> None:
 BREAKDOWN_KEYS = ("approval_wait", "retry_backoff", "sandbox_wait", "tools", "generation", "model_wait",
                   "cache", "startup", "client_overhead")
 _CATEGORY = {"approval": "approval_wait", "backoff": "retry_backoff", "lease": "sandbox_wait", "exec": "tools",
-             "tool": "tools", "generate": "generation", "wait": "model_wait", "cache": "cache", "startup": "startup"}
+             "tool": "tools", "generate": "generation", "wait": "model_wait", "cache": "cache", "startup": "startup",
+             "attempt": "model_wait"}  # an attempt that failed before any answer was still a wait on the model
 
 
 @dataclass(eq=False)
@@ -182,13 +183,21 @@ class RunRecord:
 
         Each moment of the run is attributed once, to the first of :data:`BREAKDOWN_KEYS` whose spans cover it
         (a tool and a model call in parallel count as the tool); a moment no span covers is client overhead
-        (the agent loop, token counting, events).
+        (the agent loop, token counting, events). :meth:`segments` gives the same attribution in time order.
         """
+        out = dict.fromkeys(BREAKDOWN_KEYS, 0.0)
+        for t0, t1, cat in self.segments(now):
+            out[cat] += t1 - t0
+        return out
+
+    def segments(self, now: float | None = None) -> list[tuple[float, float, str]]:
+        """The run's wall time as ``(start, end, category)`` intervals in time order, each moment in exactly
+        one category of :data:`BREAKDOWN_KEYS` (the attribution that :meth:`breakdown` sums); adjacent
+        intervals of one category are merged. A running run ends at ``now`` (default: its newest event)."""
         start = self.started if self.started is not None else self.root.start
         end = self.ended if self.ended is not None else (now if now is not None else self._last_ts())
-        out = dict.fromkeys(BREAKDOWN_KEYS, 0.0)
         if end <= start:
-            return out
+            return []
         rank = {k: i for i, k in enumerate(BREAKDOWN_KEYS)}
         edges: list[tuple[float, int, int]] = []  # (time, +1/-1, rank)
         for _, span in self.root.walk():
@@ -202,16 +211,36 @@ class RunRecord:
                 edges.append((s1, -1, rank[cat]))
         edges.sort(key=lambda e: e[0])
         active = [0] * len(BREAKDOWN_KEYS)
+        out: list[tuple[float, float, str]] = []
+
+        def put(t0: float, t1: float, cat: str) -> None:
+            if out and out[-1][2] == cat and out[-1][1] == t0:
+                out[-1] = (out[-1][0], t1, cat)
+            else:
+                out.append((t0, t1, cat))
+
         t = start
         for when, delta, r in edges:
             if when > t:
                 cat_i = next((i for i, n in enumerate(active) if n > 0), rank["client_overhead"])
-                out[BREAKDOWN_KEYS[cat_i]] += when - t
+                put(t, when, BREAKDOWN_KEYS[cat_i])
                 t = when
             active[r] += delta
         if end > t:
-            out["client_overhead"] += end - t
+            put(t, end, "client_overhead")
         return out
+
+    def timeline(self, **options: Any) -> Any:
+        """This run's waterfall (see :func:`nbagent.timeline.timeline`): HTML/SVG in a notebook, ``to_svg()``."""
+        from .timeline import timeline
+
+        return timeline(self, **options)
+
+    def to_chrome_trace(self) -> dict[str, Any]:
+        """This run as Chrome trace-event JSON (opens in Perfetto; see :func:`nbagent.timeline.to_chrome_trace`)."""
+        from .timeline import to_chrome_trace
+
+        return to_chrome_trace([self])
 
     def _last_ts(self) -> float:
         return self.events[-1].ts if self.events else self.root.start

@@ -16,8 +16,16 @@ from support import sim_settings
 from nbagent import Agent, tool
 from nbagent.events import CacheHit, CacheMiss, Event, EventBus, LLMResponse, RunFinished, RunStarted
 from nbagent.llm import LLMClient
+from nbagent.metrics.awaits import LOOP_BUSY, AwaitSampler, await_chain
 from nbagent.metrics.budgets import Budget, BudgetBreached, BudgetMonitor, parse_budgets
-from nbagent.metrics.profile import BREAKDOWN_KEYS, RunProfile, RunProfiler, rss_bytes, wall_breakdown
+from nbagent.metrics.profile import (
+    BREAKDOWN_KEYS,
+    WALL_BREAKDOWN_KEYS,
+    RunProfile,
+    RunProfiler,
+    rss_bytes,
+    wall_breakdown,
+)
 from nbagent.runtime import Runtime
 from nbagent.store import RunStore
 from nbagent.testing import SimServer
@@ -68,14 +76,15 @@ async def test_profiled_run_has_a_profile_breakdown_and_memory(sim: SimServer, t
     b = prof.breakdown
     assert set(b) == {"total", *BREAKDOWN_KEYS}
     assert sum(b[k] for k in BREAKDOWN_KEYS) == pytest.approx(b["total"])
-    assert b["total"] == pytest.approx(result.timings["total"])
-    assert b["tools"] >= 0.05 and b["model"] >= 0.04  # the tool sleeps 50 ms; two model calls of 20 ms
+    assert result.record is not None and b == {"total": result.record.duration, **result.record.breakdown()}
+    assert b["tools"] >= 0.05 and b["model_wait"] >= 0.04  # the tool sleeps 50 ms; two model calls of 20 ms
+    assert "awaited (wall time" in prof.awaited and "crunch" in prof.awaited  # the tool's sleep, by its chain
     assert prof.memory_peak is not None and prof.memory_peak >= 20_000_000  # measured, not guessed
     assert prof.rss_delta is not None and prof.memory_traced is None
     assert tracemalloc.is_tracing() == was_tracing
     html = prof._repr_html_()
     assert "<iframe" in html and "sandbox_wait" in html and "memory peak" in html
-    assert "model" in str(prof)
+    assert "model_wait" in str(prof) and "awaited" in str(prof)
 
     await store.aflush()
     stored = store.load(result.run_id)
@@ -91,7 +100,7 @@ async def test_runs_without_profile_have_none(sim: SimServer) -> None:
     result = await agent.run("go")
     assert result.profile is None
     b = wall_breakdown(result.events, result.timings)  # the breakdown still works for any run
-    assert sum(b[k] for k in BREAKDOWN_KEYS) == pytest.approx(b["total"])
+    assert sum(b[k] for k in WALL_BREAKDOWN_KEYS) == pytest.approx(b["total"])
     await agent.client.aclose()
 
 
@@ -231,3 +240,29 @@ async def test_breaches_of_a_real_run_are_in_its_events_and_the_store(sim: SimSe
     typed = store.events(result.run_id, typed=True)
     assert [e for e in typed if isinstance(e, BudgetBreached)] == breaches
     store.close()
+
+
+async def test_await_sampler_attributes_wall_time_to_what_the_task_awaited() -> None:
+    gate = asyncio.Event()
+
+    async def inner_wait() -> None:
+        await gate.wait()
+
+    async def outer() -> None:
+        await asyncio.gather(inner_wait(), asyncio.sleep(0))
+
+    task = asyncio.create_task(outer())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    chain = await_chain(task)
+    assert any("outer" in f for f in chain) and any("inner_wait" in f for f in chain)  # through the gather
+    assert any("Event.wait" in f for f in chain) and chain[-1].startswith("[await")
+    sampler = AwaitSampler(task, interval=0.001).start()
+    while sum(sampler.seconds.values()) < 0.02:  # bounded by the samples it waits for, not by a clock
+        await asyncio.sleep(0.001)
+    gate.set()
+    await task
+    sampler.stop()
+    top = next(chain for chain, _ in sampler.most_common() if chain != LOOP_BUSY)
+    assert any("inner_wait" in f for f in top)
+    assert "inner_wait" in sampler.table()

@@ -86,15 +86,22 @@ class RunResult:
         return reg
 
     def summary(self) -> str:
+        """One line: status, counts, tokens, cost, and where the wall time went, in words that add up to it."""
         u = self.usage
         t = self.timings
+        if self.record is not None and self.record.started is not None:
+            from ..timeline import describe_breakdown
+
+            where = describe_breakdown(self.record.breakdown())
+        else:  # a result without a record (built by hand): the loop's own phase timings
+            where = (f"model {t.get('model', 0.0):.2f} s, tools {t.get('tools', 0.0):.2f} s, "
+                     + (f"model start-up {t['startup']:.2f} s, " if t.get("startup", 0.0) >= 0.01 else "")
+                     + f"overhead {t.get('overhead', 0.0) * 1000:.1f} ms")
         return (
             f"{self.name}: {self.status} ({self.stop_reason}) in {t.get('total', 0.0):.2f} s; "
             f"{u.steps} steps, {u.requests} requests, {u.tool_calls} tool calls; tokens in "
             f"{u.tokens.input_tokens:,} / out {u.tokens.output_tokens:,} / cached {u.tokens.cached_tokens:,}; "
-            f"cost {format_cost(u.known_cost)}; model {t.get('model', 0.0):.2f} s, tools {t.get('tools', 0.0):.2f} s, "
-            + (f"model start-up {t['startup']:.2f} s, " if t.get("startup", 0.0) >= 0.01 else "")
-            + f"overhead {t.get('overhead', 0.0) * 1000:.1f} ms"
+            f"cost {format_cost(u.known_cost)}; {where}"
         )
 
 

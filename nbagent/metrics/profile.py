@@ -8,16 +8,18 @@
 * ``memory_peak``: the peak growth of the process's resident set during the run (sampled every 5 ms) and
   ``rss_delta``: its growth at the end of the run. Both are process-wide: exact for a run that runs alone,
   an upper bound for runs that overlap;
-* ``breakdown``: the run's wall time split into ``model`` (waiting on the model endpoint, retries
-  included), ``tools`` (tool code), ``sandbox_wait`` (waiting for a sandbox lease), ``cache`` (cache
-  lookups), ``startup`` (starting the embedded model server) and ``overhead`` (everything else: the
-  framework). The six add up to ``total``.
+* ``breakdown``: the run's wall time split as its record's (:meth:`~nbagent.record.RunRecord.breakdown`:
+  model wait, generation, tools, sandbox wait, approval wait, retry backoff, cache, start-up and client
+  overhead), plus ``total``; the parts add up to it;
+* ``awaited``: wall time by the await chain the run task was suspended in (:mod:`nbagent.metrics.awaits`),
+  so a wait on the network shows as the call that waited, not as the selector's ``select``.
 
-:func:`wall_breakdown` computes the breakdown for any run from its events and timings, profiled or not.
+:func:`wall_breakdown` is the older estimate from a result's phase timings (for runs stored without a record).
 """
 
 from __future__ import annotations
 
+import asyncio
 import html as _html
 import logging
 import os
@@ -29,16 +31,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import Event
+from ..record import BREAKDOWN_KEYS
+from .awaits import AwaitSampler
 
-__all__ = ["BREAKDOWN_KEYS", "RunProfile", "RunProfiler", "rss_bytes", "wall_breakdown"]
+__all__ = ["BREAKDOWN_KEYS", "WALL_BREAKDOWN_KEYS", "RunProfile", "RunProfiler", "rss_bytes", "wall_breakdown"]
 
 log = logging.getLogger("nbagent.metrics.profile")
 
-BREAKDOWN_KEYS = ("model", "tools", "sandbox_wait", "cache", "startup", "overhead")
+#: The parts of :func:`wall_breakdown` (a profile's ``breakdown`` has the record's :data:`BREAKDOWN_KEYS`).
+WALL_BREAKDOWN_KEYS = ("model", "tools", "sandbox_wait", "cache", "startup", "overhead")
 
 
 def wall_breakdown(events: Iterable[Event], timings: dict[str, float]) -> dict[str, float]:
-    """Split a run's wall time (``timings["total"]``) into :data:`BREAKDOWN_KEYS`, plus ``total``.
+    """Split a run's wall time (``timings["total"]``) into :data:`WALL_BREAKDOWN_KEYS`, plus ``total``.
 
     The loop measures ``timings["model"]`` (inside ``Model.request``, response-cache lookups included) and
     ``timings["tools"]`` (the wall time of tool phases, lease waits and tool-cache lookups included). Events
@@ -105,6 +110,7 @@ class RunProfile:
     rss_delta: int | None = None
     memory_traced: int | None = None
     duration: float = 0.0
+    awaited: str = field(default="", repr=False)  # wall time by await chain (see nbagent.metrics.awaits)
 
     def to_dict(self) -> dict[str, Any]:
         """Breakdown and memory figures (not the profile itself), JSON-ready."""
@@ -118,18 +124,20 @@ class RunProfile:
             out["profile.html"] = self.html
         if self.text:
             out["profile.txt"] = self.text
+        if self.awaited:
+            out["awaited.txt"] = self.awaited
         return out
 
     def breakdown_table(self) -> str:
         """The breakdown as aligned text: seconds and share of the total."""
         total = self.breakdown.get("total", 0.0) or 0.0
-        lines = [f"{'total':<13}{total:9.3f} s"]
+        lines = [f"{'total':<16}{total:9.3f} s"]
         for key in BREAKDOWN_KEYS:
             v = self.breakdown.get(key, 0.0)
             share = 100.0 * v / total if total else 0.0
-            lines.append(f"{key:<13}{v:9.3f} s {share:5.1f} %")
+            lines.append(f"{key:<16}{v:9.3f} s {share:5.1f} %")
         for label, value in self._memory_rows():
-            lines.append(f"{label:<13}{value / 2**20:9.2f} MiB")
+            lines.append(f"{label:<16}{value / 2**20:9.2f} MiB")
         return "\n".join(lines)
 
     def _memory_rows(self) -> list[tuple[str, int]]:
@@ -137,7 +145,7 @@ class RunProfile:
         return [(label, v) for label, v in rows if v is not None]
 
     def __str__(self) -> str:
-        return self.breakdown_table() + ("\n\n" + self.text if self.text else "")
+        return self.breakdown_table() + "".join(f"\n\n{part}" for part in (self.awaited, self.text) if part)
 
     def _repr_html_(self) -> str:
         total = self.breakdown.get("total", 0.0) or 0.0
@@ -153,7 +161,8 @@ class RunProfile:
             return table
         frame = (f'<iframe srcdoc="{_html.escape(self.html, quote=True)}" style="width:100%;height:420px;'
                  'border:1px solid #ddd"></iframe>')
-        return table + frame
+        awaited = f"<pre>{_html.escape(self.awaited)}</pre>" if self.awaited else ""
+        return table + awaited + frame
 
 
 class _RssSampler:
@@ -217,6 +226,7 @@ class RunProfiler:
         self._token: int | None = None
         self._traced0 = 0
         self._stopped = False
+        self._awaits: AwaitSampler | None = None
         self.memory_traced: int | None = None
 
     def start(self) -> RunProfiler:
@@ -228,6 +238,12 @@ class RunProfiler:
             _trace_acquire()
             self._traced0 = _tm.get_traced_memory()[0]
         if self.sample:
+            try:
+                task = asyncio.current_task()
+            except RuntimeError:
+                task = None
+            if task is not None:
+                self._awaits = AwaitSampler(task).start()
             try:
                 from pyinstrument import Profiler
             except ImportError:
@@ -243,6 +259,8 @@ class RunProfiler:
         if self._stopped:
             return None, None
         self._stopped = True
+        if self._awaits is not None:
+            self._awaits.stop()
         if self._profiler is not None and self._profiler.is_running:
             self._profiler.stop()
         if self.trace:
@@ -266,10 +284,19 @@ class RunProfiler:
                 text = p.output_text(unicode=True, color=False)
             except Exception:  # noqa: BLE001 - a rendering problem must not cost the run its result
                 log.exception("rendering the profile of run %s failed", self.run_id)
-        breakdown = wall_breakdown(result.events, result.timings)
+        record = getattr(result, "record", None)
+        if record is not None and record.started is not None:
+            breakdown = {"total": record.duration if record.duration is not None else sum(record.breakdown().values()),
+                         **record.breakdown()}
+        else:  # a result without a record: the estimate from the loop's phase timings, in the record's terms
+            old = wall_breakdown(result.events, result.timings)
+            breakdown = {"total": old["total"], **dict.fromkeys(BREAKDOWN_KEYS, 0.0), "model_wait": old["model"],
+                         "tools": old["tools"], "sandbox_wait": old["sandbox_wait"], "cache": old["cache"],
+                         "startup": old["startup"], "client_overhead": old["overhead"]}
+        awaited = self._awaits.table(skip=2) if self._awaits is not None else ""
         return RunProfile(run_id=self.run_id, breakdown=breakdown, html=html, text=text, memory_peak=peak,
-                          rss_delta=rss, memory_traced=self.memory_traced,
-                          duration=float(result.timings.get("total", 0.0)))
+                          rss_delta=rss, memory_traced=self.memory_traced, duration=breakdown["total"],
+                          awaited=awaited)
 
 
 # tracemalloc is process-wide: the first profiler that wants it starts it, the last one stops it

@@ -113,8 +113,9 @@ class AgentMagics(Magics):
 
         The cell returns at once and the run shows its progress in a widget (Stop cancels it). As a line
         magic, ``%agent`` manages the runs: ``list``, ``cancel NAME|all``, ``wait [NAME...]``,
-        ``stats [NAME]``, ``history [N] [--hosts]``, ``compare A B [C...]``, ``config``, ``cache``,
-        ``sandboxes``, ``dashboard [--by model|tag]``, ``bench [RUNS [CONCURRENCY [LATENCY]]]``, ``help``.
+        ``stats [NAME]``, ``show NAME``, ``history [N] [--hosts]``, ``compare A B [C...]``, ``config``,
+        ``cache``, ``sandboxes``, ``dashboard [--by model|tag]``, ``bench [RUNS [CONCURRENCY [LATENCY]]]``,
+        ``help``.
         Defaults of the flags below: ``%config AgentMagics``.
         """
         if cell is None:
@@ -284,6 +285,34 @@ class AgentMagics(Magics):
             raise UsageError(f"%agent compare: {exc}") from None
         _html(result._repr_html_(), str(result))
 
+    def _cmd_show(self, rest: list[str]) -> None:
+        """``%agent show NAME``: a run's waterfall and where its time went; NAME is a run of this kernel, or a
+        run name or run id prefix in the run store (a run of an earlier kernel)."""
+        from ..timeline import timeline
+
+        if len(rest) != 1:
+            raise UsageError("usage: %agent show NAME (a run name or a run id prefix)")
+        record = self._find_record(rest[0])
+        tl = timeline(record)
+        _html(tl.to_html(), f"{record.name} [{record.run_id}]: {record.status}; {tl.describe()}")
+
+    def _find_record(self, name: str) -> Any:
+        entry = self.registry.get(name)
+        if entry is not None and entry.state.record.started is not None:
+            return entry.state.record
+        from .. import store
+
+        try:
+            return store.load_run(name).record
+        except KeyError:
+            pass
+        frame = store.history(name=name, limit=50)
+        same = frame[frame["name"] == name] if not frame.empty else frame
+        if same.empty:
+            raise UsageError(f"no run named {name!r} in this kernel or the run store, and no run id starting "
+                             f"with it (see %agent history)")
+        return store.load_run(str(same.iloc[0]["run_id"])).record
+
     def _cmd_bench(self, rest: list[str]) -> None:
         """``%agent bench [RUNS [CONCURRENCY [LATENCY]]]``: a load test against the simulated server."""
         from ..bench import run_bench
@@ -335,8 +364,8 @@ class AgentMagics(Magics):
         self.registry.republish()
 
 
-_SUBCOMMANDS = ("list", "cancel", "wait", "stats", "history", "compare", "config", "cache", "sandboxes", "dashboard",
-                "bench", "help")
+_SUBCOMMANDS = ("list", "cancel", "wait", "stats", "show", "history", "compare", "config", "cache", "sandboxes",
+                "dashboard", "bench", "help")
 
 
 def _tags(values: list[str]) -> list[str]:

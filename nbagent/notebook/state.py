@@ -201,7 +201,9 @@ class RunState:
         self.pending_approval = ""
         profile = getattr(result, "profile", None)
         if profile is not None:
-            self.profile_text = f"{profile.breakdown_table()}\n\n{profile.text[:20_000]}"
+            awaited = getattr(profile, "awaited", "")
+            self.profile_text = (f"{profile.breakdown_table()}\n\n" + (f"{awaited}\n\n" if awaited else "")
+                                 + profile.text[:20_000])
         if result.output:
             self.text = result.output[:MAX_TEXT]
         self.version += 1

@@ -14,10 +14,11 @@ from typing import Any
 
 from ..metrics import Histogram
 from ..record import format_cost
+from ..timeline import describe_breakdown, timeline
 from .state import RunState, StepItem
 
 __all__ = ["histogram_bins", "histogram_edges", "histogram_svg", "metrics_table", "run_summary_html", "svg_bars",
-           "table_html", "text_summary"]
+           "table_html", "text_summary", "waterfall_html", "where_time_went"]
 
 STATUS_COLORS = {"ok": "#2e7d32", "error": "#c62828", "cancelled": "#6d4c41", "limit": "#ef6c00",
                  "stuck": "#ef6c00", "running": "#1565c0", "starting": "#1565c0"}
@@ -68,8 +69,25 @@ def step_rows(state: RunState) -> list[list[str]]:
     return rows
 
 
+def where_time_went(state: RunState) -> str:
+    """The run's breakdown in words (``model wait 1.20 s, ..., client overhead 4 ms``); "" before it starts."""
+    rec = state.record
+    if rec.started is None:
+        return ""
+    return describe_breakdown(rec.breakdown(None if rec.ended is not None else state.started + state.elapsed()))
+
+
+def waterfall_html(state: RunState, *, max_rows: int = 60, tail: bool = False, width: int = 720) -> str:
+    """The run's waterfall as inline SVG (no script), or "" before the run starts."""
+    rec = state.record
+    if rec.started is None:
+        return ""
+    now = None if rec.ended is not None else state.started + state.elapsed()
+    return timeline(rec, now=now, max_rows=max_rows, tail=tail, width=width).to_svg()
+
+
 def run_summary_html(state: RunState) -> str:
-    """The static summary of a run: status, tokens, timings, answer and steps (in a ``<details>``)."""
+    """The static summary of a run: status, tokens, where the time went, the waterfall, answer and steps."""
     timing_bars = svg_bars(
         [(f"#{c.step}", _card_seconds(c.items)) for c in state.cards[-40:]],
         title="seconds per step", width=360, height=90,
@@ -80,6 +98,10 @@ def run_summary_html(state: RunState) -> str:
     warnings = "".join(f'<div style="color:#ef6c00">⚠ {_e(w)}</div>' for w in state.warnings)
     rows = step_rows(state)
     steps = table_html(["step", "kind", "what", "detail"], rows[-200:]) if rows else ""
+    where = where_time_went(state)
+    where_line = (f'<div class="nbagent-breakdown">where the time went: {_e(where)}</div>' if where else "")
+    svg = waterfall_html(state)
+    waterfall = f"<details open><summary>waterfall</summary>{svg}</details>" if svg else ""
     profile = (f'<details><summary>profile: where the time went</summary><pre style="max-height:30em;'
                f'overflow:auto">{_e(state.profile_text)}</pre></details>' if state.profile_text else "")
     return (
@@ -89,7 +111,7 @@ def run_summary_html(state: RunState) -> str:
         f'{STATUS_COLORS.get(state.status, "#555")};padding:2px 8px">'
         f"<div><b>{_e(state.name)}</b> {badge(state.status)} {_e(state.stop_reason)} · {state.elapsed():.2f} s · "
         f"{len(state.cards)} steps · {state.requests} model calls · {state.tool_calls} tool calls · "
-        f"{tokens_line(state)} · {format_cost(state.cost)}</div>{error}{warnings}"
+        f"{tokens_line(state)} · {format_cost(state.cost)}</div>{error}{warnings}{where_line}{waterfall}"
         f"<details><summary>answer and steps</summary>"
         f'<pre style="white-space:pre-wrap;max-height:20em;overflow:auto">{answer}</pre>{timing_bars}{steps}'
         f"</details>{profile}</div>"

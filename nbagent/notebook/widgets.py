@@ -20,7 +20,7 @@ from ipywidgets.widgets.widget_string import HTMLStyle
 from ..record import format_cost
 from .kernel import current_parent, update_display
 from .state import RunState, StepCard
-from .static import STATUS_COLORS, badge, run_summary_html, text_summary, tokens_line
+from .static import STATUS_COLORS, badge, run_summary_html, text_summary, tokens_line, waterfall_html, where_time_went
 
 __all__ = ["ApprovalPanel", "RunOutput", "RunWidget"]
 
@@ -28,6 +28,7 @@ _TAGS = {"llm": ("LLM", "#1565c0"), "tool": ("TOOL", "#6a1b9a"), "retry": ("RETR
          "cache": ("CACHE", "#2e7d32"), "sandbox": ("SANDBOX", "#455a64"), "error": ("ERROR", "#c62828"),
          "policy": ("POLICY", "#ef6c00")}
 MAX_VISIBLE_CARDS = 30
+MAX_WATERFALL_ROWS = 40  # the newest rows of a live waterfall
 
 
 def _tag(kind: str) -> str:
@@ -80,13 +81,15 @@ class RunWidget(widgets.VBox):
         self.answer.add_class("nbagent-answer")
         self.steps = widgets.HTML(layout=layout, style=style)
         self.steps.add_class("nbagent-steps")
+        self.waterfall = widgets.HTML(layout=layout, style=style)
+        self.waterfall.add_class("nbagent-live-waterfall")
         self._on_stop = on_stop
         self._name = name
-        self._cards_key: tuple[int, ...] = ()
+        self._cards_key: tuple[Any, ...] = ()
         self.stop.on_click(self._clicked)
         self.approval = ApprovalPanel()
         top = widgets.HBox([self.stop, self.header], layout=layout)
-        super().__init__([top, self.approval, self.answer, self.steps], layout=layout)
+        super().__init__([top, self.approval, self.answer, self.steps, self.waterfall], layout=layout)
         self.add_class("nbagent-run")
         self.render(RunState(name=name))
 
@@ -128,17 +131,30 @@ class RunWidget(widgets.VBox):
         self.answer.value = (f'{err}<pre style="white-space:pre-wrap;margin:2px 0;max-height:16em;overflow:auto">'
                              f"{html.escape(text)}</pre>")
         cards = state.cards[-MAX_VISIBLE_CARDS:]
-        key = (len(state.cards), state.dropped_cards, *(c.version for c in cards))
+        # what the cards say (cards are derived from the record: a call closed as cancelled changes its line)
+        key = (len(state.cards), state.dropped_cards,
+               *((c.step, *((i.label, i.detail, i.ok, i.done) for i in c.items)) for c in cards))
         if key != self._cards_key:
             self._cards_key = key
             more = len(state.cards) - len(cards) + state.dropped_cards
             older = f'<div style="opacity:.6;font-size:11px">{more} earlier steps</div>' if more else ""
             self.steps.value = (f'<div style="max-height:18em;overflow:auto">{older}'
                                 f'{"".join(card_html(c) for c in cards)}</div>')
+        self._render_waterfall(state)
         if state.done and self.stop.description not in ("Done", "Stopped"):
             with self.stop.hold_sync():  # one message for both traits
                 self.stop.disabled = True
                 self.stop.description = "Done" if state.status != "cancelled" else "Stopped"
+
+
+    def _render_waterfall(self, state: RunState) -> None:
+        """The waterfall, its open spans drawn to now: redrawn with every render (the registry's tick rate)."""
+        svg = waterfall_html(state, max_rows=MAX_WATERFALL_ROWS, tail=not state.done)
+        if not svg:
+            return
+        where = where_time_went(state)
+        self.waterfall.value = (f'<div style="font-size:11px;opacity:.8">where the time went: {html.escape(where)}'
+                                f'</div><div style="max-height:24em;overflow:auto">{svg}</div>')
 
 
 class ApprovalPanel(widgets.VBox):

@@ -296,9 +296,9 @@ async def test_profile_flag_attaches_a_profile_to_the_result(nb: Notebook) -> No
     await nb.run("%%agent -n prof --profile -o pr\nprofile me")
     result = await nb.until_done("prof")
     assert result.ok and result.profile is not None
-    assert set(result.profile.breakdown) >= {"model", "overhead"}
+    assert set(result.profile.breakdown) >= {"model_wait", "client_overhead"}
     entry = nb.registry.get("prof")
-    assert entry is not None and "model" in entry.state.profile_text
+    assert entry is not None and "model_wait" in entry.state.profile_text and "awaited" in entry.state.profile_text
 
 
 async def test_history_reads_the_run_store(nb: Notebook, tmp_path, monkeypatch) -> None:
