@@ -374,7 +374,7 @@ def _policy_decided(r: RunRecord, e: Any) -> None:
     parent = next((s for s in reversed(r._open.values()) if s.kind == "tool" and s.name == e.tool), None)
     kind = "approval" if e.decided_by in ("callback", "timeout") else "policy"
     span = (parent or r._step or r.root).add(kind, f"{e.action} ({e.decided_by})", e.ts - e.seconds, e.ts,
-                                             action=e.action, decided_by=e.decided_by, reason=e.reason,
+                                             action=e.action, decided_by=e.decided_by, reason=e.reason, tool=e.tool,
                                              cached=e.cached)
     span.status = "ok" if e.action == "allow" else "denied"
 

@@ -272,7 +272,7 @@ def _policy_items(sp: Span) -> list[StepItem]:
     a = sp.attrs
     if a.get("action") == "allow" and a.get("decided_by") in ("rule", "default"):
         return []  # an allowed call shows as the tool call itself
-    label = f"{'approved' if a.get('action') == 'allow' else 'denied'}"
+    label = f"{a.get('tool') or 'call'}: {'approved' if a.get('action') == 'allow' else 'denied'}"
     return [StepItem("policy", label, f"{a.get('decided_by')}, {shorten(a.get('reason') or '', 100)} "
                      f"({_secs(sp):.2f} s)", ok=a.get("action") == "allow", done=True, seconds=_secs(sp))]
 

@@ -82,7 +82,7 @@ async def test_configured_keys_never_reach_the_store_the_cache_or_exports(
         replay = ResponseCache(cache_file, bus=bus, mode="replay")
         missed = await Agent("sim", runtime=Runtime(settings, bus=bus, client=client), api_key=AGENT_KEY,
                              cache=replay).run(f"never recorded {ENV_KEY}")
-        assert missed.status == "error" and type(missed.error).__name__ == "CacheMiss"
+        assert missed.status == "error" and type(missed.error).__name__ == "ReplayMiss"
         assert ENV_KEY not in str(missed.error) and REDACTED in str(missed.error)
         # a fresh cache on the same file: the stored entries are found by the same keys (only their text changed)
         fresh = ResponseCache(cache_file, bus=bus)

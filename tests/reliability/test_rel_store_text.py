@@ -82,7 +82,8 @@ async def test_a_lone_surrogate_beside_80_runs_drops_nothing(tmp_path: Path, wri
     finished = [e for e in kept.events if e.kind == "tool_finished"]
     assert finished[0].output_preview == ESCAPED
     store.close()
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # nothing of the store's (an earlier test's unclosed HTTP pool, collected now, is asyncio's, not ours)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("nbagent")]
 
 
 @pytest.mark.parametrize("writer", ["thread", "process"])
