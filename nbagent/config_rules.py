@@ -116,28 +116,36 @@ def coerce(value: Any, rule: SettingRule, key: str, source: str) -> Any:
             raise _invalid(value, rule, key, source)
         return value
     num = _number(value)
-    if num is None or not math.isfinite(num) or (kind is int and not num.is_integer()):
+    if isinstance(num, float) and kind is int and num.is_integer():
+        num = int(num)
+    elif isinstance(num, int) and kind is float:
+        num = float(num) if abs(num) < 2**1023 else None  # beyond that: infinite as a float
+    if num is None or not isinstance(num, kind) or (isinstance(num, float) and not math.isfinite(num)):
         raise _invalid(value, rule, key, source)
     if rule.low is not None and (num <= rule.low if rule.above else num < rule.low):
         raise _invalid(value, rule, key, source)
-    return int(num) if kind is int else num
+    return num
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> int | float | None:
+    """An int or float from a number or its text (ints stay exact); None when it is neither."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        return value
     if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
+        for parse in (int, float):
+            try:
+                return parse(value.strip())
+            except ValueError:
+                pass
     return None
 
 
 def _invalid(value: Any, rule: SettingRule, key: str, source: str) -> InvalidSetting:
     shown = REDACTED if rule.secret else repr(value)
+    if len(shown) > 60:
+        shown = shown[:50] + "..." + shown[-5:]
     allowed = rule.allowed()
     return InvalidSetting(f"{key} = {shown} ({source}): must be {allowed}", key=key, source=source, allowed=allowed)
 
