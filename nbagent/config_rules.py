@@ -155,6 +155,18 @@ def rule_of(field: dataclasses.Field[Any]) -> SettingRule | None:
     return field.metadata.get("rule")
 
 
+_CHECKS: dict[type, dict[str, tuple[SettingRule, Any]]] = {}
+
+
+def _checks(cls: type) -> dict[str, tuple[SettingRule, Any]]:
+    """The rule and default of each ruled field of a settings dataclass (computed once per class)."""
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        checks = _CHECKS[cls] = {f.name: (rule, f.default) for f in dataclasses.fields(cls)
+                                 if (rule := rule_of(f)) is not None}
+    return checks
+
+
 class CheckedFields:
     """Base of the settings dataclasses: every assignment is checked against the field's rule, so
     ``agent.limits.max_steps = 0`` fails at once instead of inside a run; ``repr()`` is :func:`masked_repr`."""
@@ -162,10 +174,9 @@ class CheckedFields:
     _prefix: ClassVar[str] = ""  # the section in messages: "limits." -> "limits.max_steps"
 
     def __setattr__(self, name: str, value: Any) -> None:
-        f = self.__dataclass_fields__.get(name)  # type: ignore[attr-defined]
-        rule = None if f is None else rule_of(f)
-        if rule is not None:
-            value = coerce(value, rule, self._prefix + name, "set in code")
+        check = _checks(type(self)).get(name)
+        if check is not None and value is not check[1]:  # a field's own default needs no check
+            value = coerce(value, check[0], self._prefix + name, "set in code")
         object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
