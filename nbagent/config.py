@@ -92,23 +92,23 @@ def config_dir(env: Mapping[str, str] | None = None) -> Path:
 _noted_old_files: set[Path] = set()  # old-place config files already warned about (once per process)
 
 
-def _find_config_file(env: Mapping[str, str]) -> tuple[Path | None, str]:
-    """The config file to read and how it was chosen: ``$NBAGENT_CONFIG``, the config directory, or the
-    data directory where older versions kept it (read with a one-time warning)."""
+def _find_config_file(env: Mapping[str, str]) -> Path | None:
+    """The config file to read: ``$NBAGENT_CONFIG``, else the one in the config directory, else the one in the
+    data directory, where older versions kept it (read with a one-time warning)."""
     if env.get("NBAGENT_CONFIG"):
-        return Path(env["NBAGENT_CONFIG"]).expanduser(), "NBAGENT_CONFIG"
+        return Path(env["NBAGENT_CONFIG"]).expanduser()
     new, old = config_dir(env) / "config.toml", user_dir(env) / "config.toml"
     if new.is_file():
         if old.is_file() and old != new and old not in _noted_old_files:
             _noted_old_files.add(old)
             log.warning("nbagent: reading the config file %s; %s, the old place, is ignored (delete it)", new, old)
-        return new, "config directory"
+        return new
     if old.is_file():
         if old not in _noted_old_files:
             _noted_old_files.add(old)
             log.warning("nbagent: reading the config file from its old place %s; move it to %s", old, new)
-        return old, "data directory"
-    return None, ""
+        return old
+    return None
 
 
 @dataclass(repr=False)
@@ -264,7 +264,7 @@ class Settings(CheckedFields):
         """
         env = os.environ if env is None else env
         s = cls(home=user_dir(env))
-        path = Path(config_path).expanduser() if config_path else _find_config_file(env)[0]
+        path = Path(config_path).expanduser() if config_path else _find_config_file(env)
         if path is not None:
             s._apply_file(path)
         s._apply_env(env)
@@ -299,8 +299,8 @@ class Settings(CheckedFields):
                 self.sandbox.update(_table(value, "sandbox", source))
             elif key == "policy":
                 self.policy.update(_table(value, "policy", source))
-            elif _top_rule(key) is not None:
-                object.__setattr__(self, key, coerce(value, _top_rule(key), key, source))  # type: ignore[arg-type]
+            elif (rule := _top_rule(key)) is not None:
+                object.__setattr__(self, key, coerce(value, rule, key, source))
             else:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
 
@@ -310,8 +310,9 @@ class Settings(CheckedFields):
                           ("OPENAI_API_KEY", "api_key"), ("NBAGENT_STREAM", "stream"),
                           ("NBAGENT_EMBEDDED", "embedded")):
             if env.get(var) and not (var.startswith("OPENAI_") and env.get("NBAGENT_" + var[len("OPENAI_"):])):
-                object.__setattr__(self, attr, coerce(env[var], _top_rule(attr),  # type: ignore[arg-type]
-                                                      attr, f"from environment variable {var}"))
+                rule = _top_rule(attr)
+                assert rule is not None
+                object.__setattr__(self, attr, coerce(env[var], rule, attr, f"from environment variable {var}"))
         for var, value in env.items():
             if not var.startswith("NBAGENT_") or "__" not in var:
                 continue
@@ -348,8 +349,8 @@ class Settings(CheckedFields):
                 update_section(getattr(new, section), {fname: value}, section, source)
             elif key in _SECTIONS and isinstance(value, Mapping):
                 update_section(getattr(new, key), value, key, source)
-            elif _top_rule(key) is not None:
-                object.__setattr__(new, key, coerce(value, _top_rule(key), key, source))  # type: ignore[arg-type]
+            elif (rule := _top_rule(key)) is not None:
+                object.__setattr__(new, key, coerce(value, rule, key, source))
             elif hasattr(new, key):
                 setattr(new, key, value)
             else:
