@@ -27,8 +27,6 @@ came from and what is allowed. API keys show as ``[REDACTED]`` in ``repr()``.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -36,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .config_paths import config_dir, find_config_file, user_dir
 from .config_rules import (
     CheckedFields,
     SettingRule,
@@ -68,47 +67,7 @@ __all__ = [
     "user_dir",
 ]
 
-log = logging.getLogger(__name__)
-
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-
-
-def user_dir(env: Mapping[str, str] | None = None) -> Path:
-    """nbagent's data directory (cache, run store): ``$NBAGENT_HOME`` or the XDG data dir."""
-    env = os.environ if env is None else env
-    if env.get("NBAGENT_HOME"):
-        return Path(env["NBAGENT_HOME"]).expanduser()
-    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base).expanduser() / "nbagent"
-
-
-def config_dir(env: Mapping[str, str] | None = None) -> Path:
-    """nbagent's config directory: ``$XDG_CONFIG_HOME/nbagent``, default ``~/.config/nbagent``."""
-    env = os.environ if env is None else env
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser() / "nbagent"
-
-
-_noted_old_files: set[Path] = set()  # old-place config files already warned about (once per process)
-
-
-def _find_config_file(env: Mapping[str, str]) -> Path | None:
-    """The config file to read: ``$NBAGENT_CONFIG``, else the one in the config directory, else the one in the
-    data directory, where older versions kept it (read with a one-time warning)."""
-    if env.get("NBAGENT_CONFIG"):
-        return Path(env["NBAGENT_CONFIG"]).expanduser()
-    new, old = config_dir(env) / "config.toml", user_dir(env) / "config.toml"
-    if new.is_file():
-        if old.is_file() and old != new and old not in _noted_old_files:
-            _noted_old_files.add(old)
-            log.warning("nbagent: reading the config file %s; %s, the old place, is ignored (delete it)", new, old)
-        return new
-    if old.is_file():
-        if old not in _noted_old_files:
-            _noted_old_files.add(old)
-            log.warning("nbagent: reading the config file from its old place %s; move it to %s", old, new)
-        return old
-    return None
 
 
 @dataclass(repr=False)
@@ -263,8 +222,9 @@ class Settings(CheckedFields):
         (with a one-time warning) in :func:`user_dir`, where older versions kept it.
         """
         env = os.environ if env is None else env
-        s = cls(home=user_dir(env))
-        path = Path(config_path).expanduser() if config_path else _find_config_file(env)
+        s = _defaults(cls)._copy()
+        object.__setattr__(s, "home", user_dir(env))
+        path = Path(config_path).expanduser() if config_path else find_config_file(env, s.home)
         if path is not None:
             s._apply_file(path)
         s._apply_env(env)
@@ -327,16 +287,7 @@ class Settings(CheckedFields):
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with top-level fields or ``section__field`` keys replaced (None values are ignored)."""
-        new = dataclasses.replace(
-            self,
-            http=dataclasses.replace(self.http),
-            retry=dataclasses.replace(self.retry),
-            limits=dataclasses.replace(self.limits),
-            profiles=dict(self.profiles),
-            prices=dict(self.prices),
-            sandbox=dict(self.sandbox),
-            policy=dict(self.policy),
-        )
+        new = self._copy()
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -355,6 +306,15 @@ class Settings(CheckedFields):
                 setattr(new, key, value)
             else:
                 raise ConfigError(f"unknown setting {key!r}")
+        return new
+
+    def _copy(self) -> Settings:
+        """A copy that shares nothing mutable; its values, already checked, are not checked again."""
+        new = _shallow_copy(self)
+        for name in _SECTIONS:
+            object.__setattr__(new, name, _shallow_copy(getattr(self, name)))
+        for name in ("profiles", "prices", "context_windows", "sandbox", "policy"):
+            object.__setattr__(new, name, dict(getattr(self, name)))
         return new
 
     # --- resolving ------------------------------------------------------------------------------
@@ -406,6 +366,23 @@ def _table(value: Any, where: str, source: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where} ({source}): must be a table, got {type(value).__name__}")
     return value
+
+
+def _shallow_copy(obj: Any) -> Any:
+    """A new instance with the same field values, set without going through the checks again."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    return new
+
+
+_default_settings: dict[type, Settings] = {}
+
+
+def _defaults(cls: type[Settings]) -> Settings:
+    """The built-in defaults (built once per class and copied by :meth:`Settings.load`)."""
+    if cls not in _default_settings:
+        _default_settings[cls] = cls()
+    return _default_settings[cls]
 
 
 def _top_rule(key: str) -> SettingRule | None:
