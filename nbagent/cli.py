@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import math
 import sys
 from typing import Any
 
@@ -16,6 +17,17 @@ __all__ = ["main"]
 # packages that add sub-commands through ``register(subparsers)``; a missing one is skipped
 _PLUGINS = ("nbagent.sandbox.cli", "nbagent.cache.cli", "nbagent.store.cli", "nbagent.bench.cli",
             "nbagent.exporters.cli")
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0 (``nan`` and ``inf`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -37,12 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="an agent run with a tool against the built-in simulated server")
     demo.add_argument("--prompt", default="What is 6 times 7? Use the calculator.")
     demo.add_argument("--runs", type=int, default=3, help="how many concurrent runs")
-    demo.add_argument("--latency", type=float, default=0.05, help="simulated model latency (s)")
+    demo.add_argument("--latency", type=_seconds, default=0.05, help="simulated model latency (s)")
     demo.set_defaults(func=_cmd_demo)
     ex = sub.add_parser("execute", help="run a notebook headless and export it to HTML")
     ex.add_argument("notebook", help="the .ipynb to run")
     ex.add_argument("--out", default="artifacts", help="folder for the executed notebook and its HTML")
-    ex.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per cell")
+    ex.add_argument("--timeout", type=_seconds, default=900.0, help="seconds allowed per cell")
     ex.set_defaults(func=_cmd_execute)
     for name in _PLUGINS:
         try:
@@ -111,7 +123,7 @@ def _cmd_execute(args: argparse.Namespace) -> int:
 
     try:
         result = execute_notebook(args.notebook, args.out, timeout=args.timeout)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ImportError) as exc:
         print(f"nbagent: {exc}", file=sys.stderr)
         return 2
     print(f"executed {result.cells} code cells of {args.notebook} in {result.seconds:.1f} s")

@@ -1,7 +1,9 @@
 """Settings: defaults < TOML config file < environment < per-call arguments.
 
-The config file is ``$NBAGENT_CONFIG`` or ``<home>/config.toml``; ``home`` is ``$NBAGENT_HOME`` or
-``~/.local/share/nbagent`` (``$XDG_DATA_HOME`` respected). Example::
+The config file is ``$NBAGENT_CONFIG``, else ``$XDG_CONFIG_HOME/nbagent/config.toml`` (default
+``~/.config/nbagent/config.toml``). A ``config.toml`` in the data directory (``$NBAGENT_HOME``, else
+``$XDG_DATA_HOME/nbagent``, default ``~/.local/share/nbagent``), where older versions kept it, is still read
+when the config directory has none, with a one-time warning. Every setting is in docs/configuration.md::
 
     profile = "local"                 # the default profile
 
@@ -10,44 +12,42 @@ The config file is ``$NBAGENT_CONFIG`` or ``<home>/config.toml``; ``home`` is ``
     model = "smollm2"
     context_window = 8192
 
-    [profiles.openai]
-    base_url = "https://api.openai.com/v1"
-    model = "gpt-4o-mini"             # api_key comes from OPENAI_API_KEY
-
-    [http]                            # pool sizes and timeouts
-    max_connections = 1000
-    read_timeout = 120
-
-    [retry]
-    max_attempts = 5
-
-    [limits]
+    [limits]                          # also [http], [retry], [prices."model"], [sandbox], [policy]
     max_steps = 20
-    max_cost = 0.50
-
-    [prices."my-model"]              # USD per million tokens
-    input = 1.0
-    output = 2.0
-
-    [sandbox]
-    backend = "auto"
 
 Environment: ``NBAGENT_PROFILE``, ``NBAGENT_MODEL``, ``NBAGENT_BASE_URL`` (else ``OPENAI_BASE_URL``),
 ``NBAGENT_API_KEY`` (else ``OPENAI_API_KEY``), ``NBAGENT_EMBEDDED=0`` (never fall back to the embedded
-local model), and ``NBAGENT_<SECTION>__<FIELD>`` for any field of a
-section, e.g. ``NBAGENT_LIMITS__MAX_STEPS=5`` or ``NBAGENT_HTTP__READ_TIMEOUT=30``.
+local model), and ``NBAGENT_<SECTION>__<FIELD>`` for any field of a section, e.g.
+``NBAGENT_LIMITS__MAX_STEPS=5`` or ``NBAGENT_HTTP__READ_TIMEOUT=30``.
+
+Every value is checked when it is loaded (types, ranges, choices, finite numbers; see
+:mod:`nbagent.config_rules`): a bad one is an :class:`~nbagent.errors.InvalidSetting` naming the key, where it
+came from and what is allowed. API keys show as ``[REDACTED]`` in ``repr()``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from .config_paths import config_dir, find_config_file, user_dir
+from .config_rules import (
+    CheckedFields,
+    SettingRule,
+    choice,
+    coerce,
+    flag,
+    masked_repr,
+    number,
+    rule_of,
+    text,
+    update_section,
+    whole,
+)
 from .errors import ConfigError, EndpointNotConfigured
 
 __all__ = [
@@ -58,97 +58,108 @@ __all__ = [
     "Profile",
     "RetrySettings",
     "Settings",
+    "config_dir",
     "user_dir",
 ]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
-def user_dir(env: Mapping[str, str] | None = None) -> Path:
-    """nbagent's data directory (cache, run store, config): ``$NBAGENT_HOME`` or the XDG data dir."""
-    env = os.environ if env is None else env
-    if env.get("NBAGENT_HOME"):
-        return Path(env["NBAGENT_HOME"]).expanduser()
-    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base).expanduser() / "nbagent"
-
-
-@dataclass
-class HTTPSettings:
+@dataclass(repr=False)
+class HTTPSettings(CheckedFields):
     """Connection pool and timeouts (seconds) shared by every model endpoint."""
+
+    _prefix: ClassVar[str] = "http."
 
     # "direct" (one aiohttp session, no SDK), "sdk" (the openai SDK over aiohttp; "aiohttp" is its older
     # name) or "httpx" (the SDK over httpx)
-    transport: str = "direct"
-    max_connections: int = 1000
-    max_keepalive_connections: int = 1000
-    keepalive_expiry: float = 30.0
-    connect_timeout: float = 5.0
-    read_timeout: float = 120.0
-    write_timeout: float = 30.0
-    pool_timeout: float = 60.0
-    request_timeout: float = 600.0  # the whole request, retries not included
-    ttft_timeout: float = 120.0  # streams: time to the first token
-    idle_timeout: float = 60.0  # streams: longest gap between two chunks
+    transport: str = field(default="direct", metadata=choice("direct", "sdk", "aiohttp", "httpx"))
+    max_connections: int = field(default=1000, metadata=whole(1))
+    max_keepalive_connections: int = field(default=1000, metadata=whole(0))
+    keepalive_expiry: float = field(default=30.0, metadata=number(0))
+    connect_timeout: float = field(default=5.0, metadata=number(0, above=True))
+    read_timeout: float = field(default=120.0, metadata=number(0, above=True))
+    write_timeout: float = field(default=30.0, metadata=number(0, above=True))
+    pool_timeout: float = field(default=60.0, metadata=number(0, above=True))
+    # the whole request, retries not included
+    request_timeout: float = field(default=600.0, metadata=number(0, above=True))
+    ttft_timeout: float = field(default=120.0, metadata=number(0, above=True))  # streams: time to the first token
+    idle_timeout: float = field(default=60.0, metadata=number(0, above=True))  # streams: longest gap between chunks
 
 
-@dataclass
-class RetrySettings:
+@dataclass(repr=False)
+class RetrySettings(CheckedFields):
     """Our retry policy (the SDK's own retries are off)."""
 
-    max_attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    max_retry_after: float = 120.0  # a longer Retry-After gives up instead of sleeping
-    budget_ratio: float = 0.2  # each request earns this many retries...
-    budget_min: float = 10.0  # ...on top of this reserve; a retry spends one
+    _prefix: ClassVar[str] = "retry."
+
+    max_attempts: int = field(default=5, metadata=whole(1))
+    base_delay: float = field(default=0.5, metadata=number(0))
+    max_delay: float = field(default=30.0, metadata=number(0))
+    # a longer Retry-After gives up instead of sleeping
+    max_retry_after: float = field(default=120.0, metadata=number(0))
+    budget_ratio: float = field(default=0.2, metadata=number(0))  # each request earns this many retries...
+    budget_min: float = field(default=10.0, metadata=number(0))  # ...on top of this reserve; a retry spends one
 
 
-@dataclass
-class LimitSettings:
+@dataclass(repr=False)
+class LimitSettings(CheckedFields):
     """Per-run usage limits (None = unlimited) and loop behaviour."""
 
-    max_steps: int = 20
-    max_requests: int | None = None
-    max_input_tokens: int | None = None
-    max_output_tokens: int | None = None
-    max_cost: float | None = None
-    max_wall_time: float | None = None
-    max_tool_output_chars: int = 20_000
-    tool_concurrency: int = 8
-    tool_timeout: float | None = 300.0  # seconds a tool call may take unless the tool sets its own timeout
-    tool_threads: int = 16  # sync tools running at once (each in a daemon thread; stuck ones are counted)
-    stuck_repeats: int = 3  # the same tool call with the same arguments this many times ends the run
-    reserve_output_tokens: int = 256  # pre-flight: room kept for the answer when max_tokens is not set
+    _prefix: ClassVar[str] = "limits."
+
+    max_steps: int = field(default=20, metadata=whole(1))
+    max_requests: int | None = field(default=None, metadata=whole(1, optional=True))
+    max_input_tokens: int | None = field(default=None, metadata=whole(1, optional=True))
+    max_output_tokens: int | None = field(default=None, metadata=whole(1, optional=True))
+    max_cost: float | None = field(default=None, metadata=number(0, optional=True))
+    max_wall_time: float | None = field(default=None, metadata=number(0, above=True, optional=True))
+    max_tool_output_chars: int = field(default=20_000, metadata=whole(1))
+    tool_concurrency: int = field(default=8, metadata=whole(1))
+    # seconds a tool call may take unless the tool sets its own timeout
+    tool_timeout: float | None = field(default=300.0, metadata=number(0, above=True, optional=True))
+    # sync tools running at once (each in a daemon thread; stuck ones are counted)
+    tool_threads: int = field(default=16, metadata=whole(1))
+    # the same tool call with the same arguments this many times ends the run (0: never)
+    stuck_repeats: int = field(default=3, metadata=whole(0))
+    # pre-flight: room kept for the answer when max_tokens is not set
+    reserve_output_tokens: int = field(default=256, metadata=whole(0))
 
 
-@dataclass
-class Price:
+@dataclass(repr=False)
+class Price(CheckedFields):
     """USD per million tokens."""
 
-    input: float = 0.0
-    output: float = 0.0
-    cached_input: float | None = None  # defaults to ``input``
+    _prefix: ClassVar[str] = "price."
+
+    input: float = field(default=0.0, metadata=number(0))
+    output: float = field(default=0.0, metadata=number(0))
+    cached_input: float | None = field(default=None, metadata=number(0, optional=True))  # defaults to ``input``
 
 
-@dataclass
-class Profile:
+@dataclass(repr=False)
+class Profile(CheckedFields):
     """A named endpoint + model."""
 
-    base_url: str | None = None
-    api_key: str | None = None
-    model: str | None = None
-    context_window: int | None = None
+    _prefix: ClassVar[str] = "profile."
+
+    base_url: str | None = field(default=None, metadata=text(url=True))
+    api_key: str | None = field(default=None, metadata=text(secret=True))
+    model: str | None = field(default=None, metadata=text())
+    context_window: int | None = field(default=None, metadata=whole(1, optional=True))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Endpoint:
-    """A resolved endpoint: where to send requests, with which key and model."""
+    """A resolved endpoint: where to send requests, with which key and model (``repr`` hides the key)."""
 
     base_url: str
-    api_key: str
+    api_key: str = field(metadata=text(secret=True))
     model: str
     context_window: int | None = None
+
+    def __repr__(self) -> str:
+        return masked_repr(self)
 
 
 DEFAULT_PRICES: dict[str, Price] = {
@@ -172,21 +183,23 @@ DEFAULT_CONTEXT_WINDOWS: dict[str, int] = {
 }
 
 _SECTIONS = {"http": HTTPSettings, "retry": RetrySettings, "limits": LimitSettings}
+_WINDOW = SettingRule(int, low=1)
 
 
-@dataclass
-class Settings:
+@dataclass(repr=False)
+class Settings(CheckedFields):
     """Everything configurable. Build with :meth:`Settings.load`; derive with :meth:`replace`."""
 
-    profile: str | None = None
+    profile: str | None = field(default=None, metadata=text())
     profiles: dict[str, Profile] = field(default_factory=dict)
-    model: str | None = None
-    base_url: str | None = None
-    api_key: str | None = None
-    context_window: int | None = None
-    stream: bool = False
-    count_tokens: bool = True
-    embedded: bool = True  # with no endpoint configured, fall back to the embedded local model
+    model: str | None = field(default=None, metadata=text())
+    base_url: str | None = field(default=None, metadata=text(url=True))
+    api_key: str | None = field(default=None, metadata=text(secret=True))
+    context_window: int | None = field(default=None, metadata=whole(1, optional=True))
+    stream: bool = field(default=False, metadata=flag())
+    count_tokens: bool = field(default=True, metadata=flag())
+    # with no endpoint configured, fall back to the embedded local model
+    embedded: bool = field(default=True, metadata=flag())
     http: HTTPSettings = field(default_factory=HTTPSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
@@ -205,12 +218,15 @@ class Settings:
     def load(
         cls, config_path: str | Path | None = None, *, env: Mapping[str, str] | None = None, **overrides: Any
     ) -> Settings:
-        """Defaults, then the TOML file, then the environment, then ``overrides`` (per-call arguments)."""
+        """Defaults, then the TOML file, then the environment, then ``overrides`` (per-call arguments).
+
+        The file is ``config_path``, else ``$NBAGENT_CONFIG``, else ``config.toml`` in :func:`config_dir`, else
+        (with a one-time warning) in :func:`user_dir`, where older versions kept it.
+        """
         env = os.environ if env is None else env
-        s = cls(home=user_dir(env))
-        path = Path(config_path) if config_path else Path(env["NBAGENT_CONFIG"]) if env.get("NBAGENT_CONFIG") else None
-        if path is None and (s.home / "config.toml").is_file():
-            path = s.home / "config.toml"
+        s = _defaults(cls)._copy()
+        object.__setattr__(s, "home", user_dir(env))
+        path = Path(config_path).expanduser() if config_path else find_config_file(env, s.home)
         if path is not None:
             s._apply_file(path)
         s._apply_env(env)
@@ -228,49 +244,45 @@ class Settings:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         self.config_path = path
+        source = f"in {path}"
         for key, value in data.items():
             if key in _SECTIONS:
-                _update_dataclass(getattr(self, key), value, f"[{key}]")
+                update_section(getattr(self, key), value, key, source)
             elif key == "profiles":
-                for name, prof in _table(value, "[profiles]").items():
+                for name, prof in _table(value, "profiles", source).items():
                     p = Profile()
-                    _update_dataclass(p, prof, f"[profiles.{name}]")
+                    update_section(p, prof, f"profiles.{name}", source)
                     self.profiles[name] = p
             elif key == "prices":
-                for model, price in _table(value, "[prices]").items():
+                for model, price in _table(value, "prices", source).items():
                     pr = Price()
-                    _update_dataclass(pr, price, f'[prices."{model}"]')
+                    update_section(pr, price, f'prices."{model}"', source)
                     self.prices[model] = pr
             elif key == "context_windows":
-                self.context_windows.update({k: int(v) for k, v in _table(value, "[context_windows]").items()})
+                self.context_windows.update({k: coerce(v, _WINDOW, f'context_windows."{k}"', source)
+                                             for k, v in _table(value, "context_windows", source).items()})
             elif key == "sandbox":
-                self.sandbox.update(_table(value, "[sandbox]"))
+                self.sandbox.update(_table(value, "sandbox", source))
             elif key == "policy":
-                self.policy.update(_table(value, "[policy]"))
+                self.policy.update(_table(value, "policy", source))
             elif key == "cache":
-                self.cache.update(_table(value, "[cache]"))
+                self.cache.update(_table(value, "cache", source))
             elif key == "otel":
-                self.otel.update(_table(value, "[otel]"))
-            elif key in {"profile", "model", "base_url", "api_key", "context_window", "stream", "count_tokens",
-                         "embedded"}:
-                setattr(self, key, _coerce(value, type(getattr(self, key)) if getattr(self, key) is not None
-                                           else type(value), key))
+                self.otel.update(_table(value, "otel", source))
+            elif (rule := _top_rule(key)) is not None:
+                object.__setattr__(self, key, coerce(value, rule, key, source))
             else:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
 
     def _apply_env(self, env: Mapping[str, str]) -> None:
-        for var, attr in (("NBAGENT_PROFILE", "profile"), ("NBAGENT_MODEL", "model")):
-            if env.get(var):
-                setattr(self, attr, env[var])
-        base_url = env.get("NBAGENT_BASE_URL") or env.get("OPENAI_BASE_URL")
-        if base_url:
-            self.base_url = base_url
-        api_key = env.get("NBAGENT_API_KEY") or env.get("OPENAI_API_KEY")
-        if api_key:
-            self.api_key = api_key
-        for var, attr in (("NBAGENT_STREAM", "stream"), ("NBAGENT_EMBEDDED", "embedded")):
-            if env.get(var):
-                setattr(self, attr, _coerce(env[var], bool, var))
+        for var, attr in (("NBAGENT_PROFILE", "profile"), ("NBAGENT_MODEL", "model"), ("NBAGENT_BASE_URL", "base_url"),
+                          ("OPENAI_BASE_URL", "base_url"), ("NBAGENT_API_KEY", "api_key"),
+                          ("OPENAI_API_KEY", "api_key"), ("NBAGENT_STREAM", "stream"),
+                          ("NBAGENT_EMBEDDED", "embedded")):
+            if env.get(var) and not (var.startswith("OPENAI_") and env.get("NBAGENT_" + var[len("OPENAI_"):])):
+                rule = _top_rule(attr)
+                assert rule is not None
+                object.__setattr__(self, attr, coerce(env[var], rule, attr, f"from environment variable {var}"))
         for var, value in env.items():
             if not var.startswith("NBAGENT_") or "__" not in var:
                 continue
@@ -280,38 +292,41 @@ class Settings:
             elif section == "otel":
                 self.otel[fname] = value
             elif section in _SECTIONS:
-                _update_dataclass(getattr(self, section), {fname: value}, var)
+                update_section(getattr(self, section), {fname: value}, section, f"from environment variable {var}")
             else:
-                raise ConfigError(f"unknown settings section in {var}")
+                raise ConfigError(f"unknown settings section {section!r} in environment variable {var} "
+                                  f"(sections: {', '.join([*_SECTIONS, 'sandbox'])})")
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with top-level fields or ``section__field`` keys replaced (None values are ignored)."""
-        new = dataclasses.replace(
-            self,
-            http=dataclasses.replace(self.http),
-            retry=dataclasses.replace(self.retry),
-            limits=dataclasses.replace(self.limits),
-            profiles=dict(self.profiles),
-            prices=dict(self.prices),
-            sandbox=dict(self.sandbox),
-            policy=dict(self.policy),
-            cache=dict(self.cache),
-            otel=dict(self.otel),
-        )
+        new = self._copy()
         for key, value in overrides.items():
             if value is None:
                 continue
+            source = f"from argument {key}"
             if "__" in key:
                 section, _, fname = key.partition("__")
                 if section not in _SECTIONS:
-                    raise ConfigError(f"unknown settings section {section!r}")
-                _update_dataclass(getattr(new, section), {fname: value}, key)
+                    raise ConfigError(f"unknown settings section {section!r} in argument {key} "
+                                      f"(sections: {', '.join(_SECTIONS)})")
+                update_section(getattr(new, section), {fname: value}, section, source)
             elif key in _SECTIONS and isinstance(value, Mapping):
-                _update_dataclass(getattr(new, key), value, key)
+                update_section(getattr(new, key), value, key, source)
+            elif (rule := _top_rule(key)) is not None:
+                object.__setattr__(new, key, coerce(value, rule, key, source))
             elif hasattr(new, key):
                 setattr(new, key, value)
             else:
                 raise ConfigError(f"unknown setting {key!r}")
+        return new
+
+    def _copy(self) -> Settings:
+        """A copy that shares nothing mutable; its values, already checked, are not checked again."""
+        new = _shallow_copy(self)
+        for name in _SECTIONS:
+            object.__setattr__(new, name, _shallow_copy(getattr(self, name)))
+        for name in ("profiles", "prices", "context_windows", "sandbox", "policy", "cache", "otel"):
+            object.__setattr__(new, name, dict(getattr(self, name)))
         return new
 
     # --- resolving ------------------------------------------------------------------------------
@@ -363,36 +378,30 @@ class Settings:
         return self.prices[best] if best else None
 
 
-def _table(value: Any, where: str) -> dict[str, Any]:
+def _table(value: Any, where: str, source: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a table")
+        raise ConfigError(f"{where} ({source}): must be a table, got {type(value).__name__}")
     return value
 
 
-def _coerce(value: Any, tp: type, where: str) -> Any:
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in {"1", "true", "yes", "on"}:
-            return True
-        if str(value).lower() in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    try:
-        return tp(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+def _shallow_copy(obj: Any) -> Any:
+    """A new instance with the same field values, set without going through the checks again."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    return new
 
 
-def _update_dataclass(obj: Any, values: Mapping[str, Any], where: str) -> None:
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in _table(dict(values), where).items():
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(fields)})")
-        current = getattr(obj, key)
-        if value is None or (isinstance(value, str) and value.lower() in {"none", ""} and current is None):
-            setattr(obj, key, None)
-            continue
-        ann = str(fields[key].type)
-        tp = bool if "bool" in ann else float if "float" in ann else int if "int" in ann else str
-        setattr(obj, key, _coerce(value, tp, f"{where} {key}"))
+_default_settings: dict[type, Settings] = {}
+
+
+def _defaults(cls: type[Settings]) -> Settings:
+    """The built-in defaults (built once per class and copied by :meth:`Settings.load`)."""
+    if cls not in _default_settings:
+        _default_settings[cls] = cls()
+    return _default_settings[cls]
+
+
+def _top_rule(key: str) -> SettingRule | None:
+    """The rule of a top-level field of :class:`Settings` (None for tables and unknown names)."""
+    f = Settings.__dataclass_fields__.get(key)
+    return None if f is None else rule_of(f)

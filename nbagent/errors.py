@@ -4,6 +4,7 @@
 
     NbAgentError
     ├── ConfigError                 bad settings, unknown profile, missing key
+    │   ├── InvalidSetting          a value of the wrong type, out of range or not one of its choices
     │   └── EndpointNotConfigured   no endpoint anywhere (the embedded model may stand in)
     ├── LLMError                    anything the model endpoint did wrong
     │   ├── TransientLLMError       worth a retry (the retry policy decides)
@@ -37,6 +38,7 @@ __all__ = [
     "ContextLengthExceeded",
     "ContextWindowExceeded",
     "EndpointNotConfigured",
+    "InvalidSetting",
     "LLMConnectionError",
     "LLMError",
     "LLMTimeout",
@@ -60,6 +62,21 @@ class NbAgentError(Exception):
 
 class ConfigError(NbAgentError):
     """Settings are missing or wrong (unknown profile, bad TOML, missing API key...)."""
+
+
+class InvalidSetting(ConfigError):
+    """A setting's value is of the wrong type, out of range, not finite or not one of its choices.
+
+    ``key`` names the setting (``limits.max_steps``), ``source`` says where the value came from
+    (``from environment variable NBAGENT_LIMITS__MAX_STEPS``, ``in /path/config.toml``, ``from argument
+    max_steps``) and ``allowed`` what it may be (``a whole number >= 1``).
+    """
+
+    def __init__(self, message: str, *, key: str, source: str, allowed: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.source = source
+        self.allowed = allowed
 
 
 class EndpointNotConfigured(ConfigError):

@@ -3,6 +3,9 @@
 ``nbagent execute notebooks/quickstart.ipynb --out artifacts`` writes ``artifacts/quickstart.ipynb`` (with
 outputs) and ``artifacts/quickstart.html``, which a person can open in any browser: every run leaves a
 static summary with its numbers beside the live widget, so the HTML shows them.
+
+Needs the ``execute`` extra: ``pip install 'nbagent[execute]'`` (nbclient and nbconvert, on top of the
+``notebook`` extra).
 """
 
 from __future__ import annotations
@@ -31,12 +34,17 @@ def execute_notebook(path: str | Path, out_dir: str | Path = "artifacts", *, tim
     """Run every cell of ``path`` in a fresh kernel; save the executed copy and its HTML in ``out_dir``.
 
     A cell that raises stops the run; the notebook is still saved (with the error in it) and the error is
-    reported in ``errors``.
+    reported in ``errors``. Raises ``ImportError`` naming the extra to install when nbclient or nbconvert is
+    missing.
     """
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-    from nbconvert import HTMLExporter
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+        from nbclient.exceptions import CellExecutionError
+        from nbconvert import HTMLExporter
+    except ImportError as exc:
+        raise ImportError(f"running a notebook headless needs {exc.name or 'nbclient and nbconvert'}: "
+                          f"pip install 'nbagent[execute]'", name=exc.name) from None
 
     src = Path(path)
     out = Path(out_dir)

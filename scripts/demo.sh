@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-bash scripts/setup.sh notebook local
+bash scripts/setup.sh notebook execute local
 bash scripts/setup-notebook.sh >/dev/null
 echo "==> running notebooks/quickstart.ipynb against the embedded model"
 .venv/bin/nbagent execute notebooks/quickstart.ipynb --out artifacts "$@"

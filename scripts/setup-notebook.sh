@@ -6,10 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 if [ ! -x "$PY" ]; then
-  bash scripts/setup.sh dev notebook
+  bash scripts/setup.sh dev notebook execute profile
 fi
 
-# Python packages (normally already there through the `notebook` and `test` extras)
+# Python packages (normally already there through the `notebook`, `execute` and `test` extras)
 if ! "$PY" -c "import ipykernel, ipywidgets, plotly, anywidget, nest_asyncio2, numpy, psutil, nbclient, nbformat, \
 nbconvert, jupyterlab, playwright" 2>/dev/null; then
   echo "==> installing the notebook packages into .venv"

@@ -1,4 +1,4 @@
-"""Shared fixtures: every test gets its own nbagent home dir; a simulated server over real HTTP."""
+"""Shared fixtures: every test gets its own nbagent home and config dirs; a simulated server over real HTTP."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from nbagent.testing import SimServer
 def _nbagent_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path_factory.mktemp("nbagent-home")
     monkeypatch.setenv("NBAGENT_HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))  # no user's config file reaches a test
     for var in list(os.environ):
         if var.startswith(("OPENAI_", "NBAGENT_")) and var not in ("NBAGENT_HOME", "NBAGENT_REQUIRE_SANDBOXES"):
             monkeypatch.delenv(var)

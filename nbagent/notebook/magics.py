@@ -6,6 +6,8 @@ live in :mod:`nbagent.notebook.session`, :mod:`~nbagent.notebook.state` and :mod
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 import shlex
 from collections.abc import Callable
@@ -15,8 +17,10 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
-from traitlets import Bool, Enum, Float, Integer, List, Unicode, observe
+from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, observe, validate
 
+from ..config_rules import SettingRule, coerce
+from ..errors import InvalidSetting
 from . import static
 from .integrations import (
     CACHE_MODES,
@@ -34,6 +38,14 @@ from .widgets import RunOutput
 __all__ = ["AgentMagics", "shutdown"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# what the numeric traits may be: finite, in range (the settings' own rules)
+_TRAIT_RULES = {
+    "max_steps": SettingRule(int, optional=True, low=1),
+    "timeout": SettingRule(float, optional=True, low=0, above=True),
+    "refresh_hz": SettingRule(float, low=0, above=True),
+    "lag_threshold": SettingRule(float, low=0, above=True),
+}
+log = logging.getLogger(__name__)
 
 
 def _html(html: str, text: str) -> None:
@@ -66,17 +78,25 @@ class AgentMagics(Magics):
     lag_threshold = Float(0.1, help="Event-loop lag (seconds) reported as a block.").tag(config=True)
 
     def __init__(self, shell: Any = None, registry: RunRegistry | None = None, **kwargs: Any) -> None:
+        _forget_refused_config(shell)
         super().__init__(shell=shell, **kwargs)
         self.registry = registry or current()
         self._apply_rates()
+
+    @validate(*_TRAIT_RULES)
+    def _check_number(self, proposal: Any) -> Any:
+        """``%config AgentMagics.refresh_hz = -1`` is refused in one line and the old value kept."""
+        name = proposal["trait"].name
+        try:
+            return coerce(proposal["value"], _TRAIT_RULES[name], f"AgentMagics.{name}", "from %config")
+        except InvalidSetting as exc:
+            raise TraitError(f"{exc}; the old value is kept") from None
 
     @observe("refresh_hz", "lag_threshold")
     def _rates_changed(self, _change: Any) -> None:
         self._apply_rates()
 
     def _apply_rates(self) -> None:
-        if self.refresh_hz <= 0 or self.lag_threshold <= 0:
-            raise UsageError("refresh_hz and lag_threshold must be > 0")
         self.registry.refresh_hz = self.refresh_hz
         self.registry.monitor.threshold = self.lag_threshold
 
@@ -138,8 +158,8 @@ class AgentMagics(Magics):
             raise UsageError(f"-o {args.out!r} is not a valid variable name")
         if args.max_steps is not None and args.max_steps < 1:
             raise UsageError("--max-steps must be at least 1")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UsageError("--timeout must be > 0 seconds")
+        if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+            raise UsageError(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
         ns = self.shell.user_ns if self.shell is not None else {}
         prompt = cell.strip() if args.raw else interpolate(cell.strip(), ns)
         policy = resolve_policy(args.policy if args.policy is not None else self.policy, ns)
@@ -322,8 +342,8 @@ class AgentMagics(Magics):
             latency = float(rest[2]) if len(rest) > 2 else 0.05
         except ValueError:
             raise UsageError("%agent bench: expected RUNS CONCURRENCY LATENCY, e.g. %agent bench 100 20 0.05") from None
-        if runs < 1 or concurrency < 1 or latency < 0:
-            raise UsageError("%agent bench: runs and concurrency must be >= 1 and latency >= 0")
+        if runs < 1 or concurrency < 1 or not (math.isfinite(latency) and latency >= 0):
+            raise UsageError("%agent bench: runs and concurrency must be >= 1 and latency a finite number >= 0")
         result = run_bench(runs=runs, concurrency=concurrency, latency=latency, progress=False)
         _html(result.to_html(), result.summary())
         display(result.figure())
@@ -392,6 +412,22 @@ def _stored_runs(registry: RunRegistry, limit: int) -> list[dict[str, Any]]:
         return st.runs(limit=limit)
     finally:
         st.close()
+
+
+def _forget_refused_config(shell: Any) -> None:
+    """Drop values the magics refused from the shell's config (``%config`` stores them there too), with a
+    warning, so that loading the extension again starts from the defaults instead of failing."""
+    config = getattr(shell, "config", None)
+    if config is None or "AgentMagics" not in config:
+        return
+    section = config["AgentMagics"]
+    for name, rule in _TRAIT_RULES.items():
+        if name in section:
+            try:
+                coerce(section[name], rule, f"AgentMagics.{name}", "from %config")
+            except InvalidSetting as exc:
+                log.warning("nbagent: %s; the default is used", exc)
+                del section[name]
 
 
 def shutdown() -> None:
