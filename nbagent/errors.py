@@ -64,7 +64,7 @@ class ConfigError(NbAgentError):
     """Settings are missing or wrong (unknown profile, bad TOML, missing API key...)."""
 
 
-class InvalidSetting(ConfigError):
+class InvalidSetting(ConfigError, ValueError):
     """A setting's value is of the wrong type, out of range, not finite or not one of its choices.
 
     ``key`` names the setting (``limits.max_steps``), ``source`` says where the value came from

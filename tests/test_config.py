@@ -91,7 +91,7 @@ def test_user_dir_env_override(tmp_path):
 @pytest.mark.parametrize(
     ("var", "value", "key", "allowed"),
     [
-        ("NBAGENT_HTTP__TRANSPORT", "foo", "http.transport", "one of 'aiohttp', 'httpx'"),
+        ("NBAGENT_HTTP__TRANSPORT", "foo", "http.transport", "one of 'direct', 'sdk', 'aiohttp', 'httpx'"),
         ("NBAGENT_LIMITS__MAX_STEPS", "-1", "limits.max_steps", "a whole number >= 1"),
         ("NBAGENT_LIMITS__MAX_STEPS", "2.5", "limits.max_steps", "a whole number >= 1"),
         ("NBAGENT_HTTP__READ_TIMEOUT", "nan", "http.read_timeout", "a finite number > 0"),

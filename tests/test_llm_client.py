@@ -250,7 +250,7 @@ async def test_an_error_page_that_is_not_json_is_classified(transport: str, sim:
 
 
 def test_an_unknown_transport_is_refused(sim: SimServer) -> None:
-    with pytest.raises(ValueError, match="^http.transport must be one of direct, sdk"):
+    with pytest.raises(ValueError, match="^http.transport = 'curl'.*must be one of 'direct', 'sdk'"):
         LLMClient(sim_settings(sim, http__transport="curl"), bus=EventBus())
 
 

@@ -211,6 +211,8 @@ ALLOWED = {
     ("metrics/profile.py", "_trace_started_here"): "tracemalloc is process-wide",
     ("metrics/profile.py", "_trace_lock"): "guards the above",
     ("llm/tokens.py", "_ENCODING"): "the tokenizer, loaded once and never changed",
+    ("config.py", "_default_settings"): "the built-in defaults, built once per Settings class and copied by load()",
+    ("config_paths.py", "_noted_old_files"): "an old-place config file is pointed out once per process",
     ("local_model.py", "_shared"): "one embedded model in memory per process (the runtime that starts it stops it)",
 }
 _MUTABLE_CALLS = {"dict", "list", "set", "deque", "WeakSet", "WeakKeyDictionary", "WeakValueDictionary",

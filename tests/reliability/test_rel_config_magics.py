@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
-from nbagent.notebook.registry import RunRegistry
 from support import sim_settings
 
 from nbagent.events import EventBus
 from nbagent.notebook import register, unregister
 from nbagent.notebook.magics import AgentMagics
+from nbagent.notebook.session import RunRegistry
 from nbagent.testing import SimServer
 
 

@@ -98,8 +98,8 @@ def test_an_assignment_is_checked_and_a_refused_one_changes_nothing(field: tuple
 
 @pytest.mark.parametrize("cls", [HTTPSettings, RetrySettings, LimitSettings, Price, Profile, Settings])
 def test_every_plain_field_has_a_rule(cls: type) -> None:
-    tables = {"profiles", "http", "retry", "limits", "prices", "context_windows", "sandbox", "policy", "home",
-              "config_path"}
+    tables = {"profiles", "http", "retry", "limits", "prices", "context_windows", "sandbox", "policy", "cache",
+              "otel", "mcp", "home", "config_path"}
     missing = [f.name for f in dataclasses.fields(cls) if rule_of(f) is None and f.name not in tables]
     assert not missing, f"{cls.__name__}: fields without a rule: {missing}"
 

@@ -37,15 +37,14 @@ def test_usage_limits_that_are_fine() -> None:
 @pytest.mark.parametrize("name", ["read_timeout", "request_timeout", "ttft_timeout", "idle_timeout",
                                   "connect_timeout"])
 def test_client_timeouts(sim: SimServer, name: str, value: float) -> None:
-    settings = sim_settings(sim, **{f"http__{name}": value})
-    with pytest.raises(ValueError, match=rf"^http\.{name} must be a finite number > 0"):
-        LLMClient(settings, bus=EventBus())
+    with pytest.raises(ValueError, match=rf"^http\.{name}\b.*must be a finite number > 0"):  # refused at load
+        LLMClient(sim_settings(sim, **{f"http__{name}": value}), bus=EventBus())
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -1.0])
 @pytest.mark.parametrize("name", ["budget_ratio", "budget_min", "base_delay", "max_delay", "max_retry_after"])
 def test_client_retry_settings(sim: SimServer, name: str, value: float) -> None:
-    with pytest.raises(ValueError, match=rf"^retry\.{name} must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=rf"^retry\.{name}\b.*must be a finite number >= 0"):
         LLMClient(sim_settings(sim, **{f"retry__{name}": value}), bus=EventBus())
 
 
