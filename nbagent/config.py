@@ -32,6 +32,10 @@ The config file is ``$NBAGENT_CONFIG`` or ``<home>/config.toml``; ``home`` is ``
     [sandbox]
     backend = "auto"
 
+    [mcp.servers.time]               # MCP servers whose tools runs may use (docs/mcp.md)
+    command = "uvx"
+    args = ["mcp-server-time"]
+
 Environment: ``NBAGENT_PROFILE``, ``NBAGENT_MODEL``, ``NBAGENT_BASE_URL`` (else ``OPENAI_BASE_URL``),
 ``NBAGENT_API_KEY`` (else ``OPENAI_API_KEY``), ``NBAGENT_EMBEDDED=0`` (never fall back to the embedded
 local model), and ``NBAGENT_<SECTION>__<FIELD>`` for any field of a
@@ -195,6 +199,7 @@ class Settings:
     context_windows: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CONTEXT_WINDOWS))
     sandbox: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)  # [policy] table: see nbagent.policy.Policy.from_settings
+    mcp: dict[str, Any] = field(default_factory=dict)  # [mcp.servers.NAME] tables: see nbagent.mcp.MCPServer
     home: Path = field(default_factory=user_dir)
     config_path: Path | None = None
 
@@ -242,6 +247,8 @@ class Settings:
                 self.sandbox.update(_table(value, "[sandbox]"))
             elif key == "policy":
                 self.policy.update(_table(value, "[policy]"))
+            elif key == "mcp":
+                self.mcp.update(_table(value, "[mcp]"))
             elif key in {"profile", "model", "base_url", "api_key", "context_window", "stream", "count_tokens",
                          "embedded"}:
                 setattr(self, key, _coerce(value, type(getattr(self, key)) if getattr(self, key) is not None
@@ -284,6 +291,7 @@ class Settings:
             prices=dict(self.prices),
             sandbox=dict(self.sandbox),
             policy=dict(self.policy),
+            mcp=dict(self.mcp),
         )
         for key, value in overrides.items():
             if value is None:
