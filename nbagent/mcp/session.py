@@ -140,6 +140,9 @@ class MCPSession:
                                                 seconds=time.perf_counter() - t0, error=msg))
                 self.mark_failed(msg)
                 ready.set_exception(MCPStartError(msg))
+            elif isinstance(exc, asyncio.CancelledError):
+                if self.state == "ready":
+                    self.state = "idle"  # its loop is ending (asyncio.run's clean-up): not a failure
             elif self.state == "ready":
                 self.mark_failed(f"the session ended: {_describe(exc)}")
             if isinstance(exc, asyncio.CancelledError) and self.state != "closed":

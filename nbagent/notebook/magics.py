@@ -112,7 +112,7 @@ class AgentMagics(Magics):
 
         The cell returns at once and the run shows its progress in a widget (Stop cancels it). As a line
         magic, ``%agent`` manages the runs: ``list``, ``cancel NAME|all``, ``wait [NAME...]``,
-        ``stats [NAME]``, ``history [N]``, ``config``, ``cache``, ``sandboxes``, ``dashboard``,
+        ``stats [NAME]``, ``history [N]``, ``config``, ``cache``, ``sandboxes``, ``mcp``, ``dashboard``,
         ``bench [RUNS [CONCURRENCY [LATENCY]]]``, ``help``.
         Defaults of the flags below: ``%config AgentMagics``.
         """
