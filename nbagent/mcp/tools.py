@@ -44,6 +44,7 @@ class MCPTool(Tool):
         schema = dict(spec.input_schema or {})
         schema.setdefault("type", "object")
         schema.setdefault("properties", {})
+        schema.setdefault("required", [])  # the same schema; the agent's argument check reads the key
         self.parameters = schema
         self._param_names = set(schema["properties"])
         self.schema = {"type": "function",
