@@ -103,11 +103,11 @@ class MCPSession:
 
     async def _own(self, ready: asyncio.Future[Any], stop: asyncio.Event, run_id: str | None, tool: str) -> None:
         """The owner task: enter the transport and the session, serve until stopped, exit both here."""
-        from mcp.client.session import ClientSession
-
         t0 = time.perf_counter()
         ntools = 0
         try:
+            from mcp.client.session import ClientSession  # in the try: a missing SDK fails the start, at once
+
             if self.server.command is not None and self._errlog is None:
                 self._errlog = await asyncio.to_thread(_temp_log)
             async with contextlib.AsyncExitStack() as stack:
