@@ -207,3 +207,19 @@ async def test_streamable_http_with_secret_headers(rt: Runtime, http_server: str
         while not any(isinstance(e, MCPToolsChanged) for e in events):
             await asyncio.sleep(0.01)
     assert "grown" in {t.name for t in await mcp_tools_async(server, runtime=rt)}
+
+
+async def test_the_tool_policy_applies_to_mcp_tools(rt: Runtime, sim: SimServer) -> None:
+    from nbagent.policy import Policy, Rule
+
+    tools = await mcp_tools_async(TIME, runtime=rt, include=["get_current_time", "convert_time"])
+    policy = Policy([Rule("convert_time", "deny", reason="no conversions"),
+                     Rule("*", "allow", facts={"mcp_server": "time"})], default="deny")
+    sim.script(Reply(tool_calls=[("convert_time", {"source_timezone": "UTC", "time": "12:00",
+                                                   "target_timezone": "Asia/Tokyo"}),
+                                 ("get_current_time", {"timezone": "UTC"})]), Reply(text="ok"))
+    result = await asyncio.wait_for(Agent("sim", tools, runtime=rt, policy=policy).run("convert"), 120)
+    denied, allowed = [m["content"] for m in sim.history[-1]["messages"] if m["role"] == "tool"]
+    assert "was not run" in denied and "no conversions" in denied
+    assert '"timezone": "UTC"' in allowed
+    assert result.ok and mcp_pool(rt).session("time").health()["calls"] == 1  # the denied call never reached it
