@@ -38,6 +38,7 @@ _LAZY: dict[str, str] = {
     "errors": "nbagent.errors",
     "events": "nbagent.events",
     "map": "nbagent.fanout",
+    "mcp_tools": "nbagent.mcp",
     "run_bench": "nbagent.bench",
     "run_many": "nbagent.fanout",
     "runtime": "nbagent.runtime",
@@ -72,6 +73,7 @@ __all__ = [
     "errors",
     "events",
     "load_ipython_extension",
+    "mcp_tools",
     "run_bench",
     "run_many",
     "runtime",
@@ -94,6 +96,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .fanout import BatchResult, amap, run_many
     from .fanout import map as map  # noqa: A004 - an attribute, not exported by *
     from .llm import LLMClient, ModelRequest, ModelResponse, UsageLimits
+    from .mcp import mcp_tools
     from .record import RunRecord, Span
     from .runtime import Runtime, runtime, set_runtime
     from .store import RunStore

@@ -15,6 +15,10 @@ when the config directory has none, with a one-time warning. Every setting is in
     [limits]                          # also [http], [retry], [prices."model"], [sandbox], [policy]
     max_steps = 20
 
+    [mcp.servers.time]               # MCP servers whose tools runs may use (docs/mcp.md)
+    command = "uvx"
+    args = ["mcp-server-time"]
+
 Environment: ``NBAGENT_PROFILE``, ``NBAGENT_MODEL``, ``NBAGENT_BASE_URL`` (else ``OPENAI_BASE_URL``),
 ``NBAGENT_API_KEY`` (else ``OPENAI_API_KEY``), ``NBAGENT_EMBEDDED=0`` (never fall back to the embedded
 local model), and ``NBAGENT_<SECTION>__<FIELD>`` for any field of a section, e.g.
@@ -209,6 +213,7 @@ class Settings(CheckedFields):
     policy: dict[str, Any] = field(default_factory=dict)  # [policy] table: see nbagent.policy.Policy.from_settings
     cache: dict[str, Any] = field(default_factory=dict)  # [cache] table: tiers, tier_options (nbagent.cache)
     otel: dict[str, Any] = field(default_factory=dict)  # [otel] table: see nbagent.exporters.otel_config
+    mcp: dict[str, Any] = field(default_factory=dict)  # [mcp.servers.NAME] tables: see nbagent.mcp.MCPServer
     home: Path = field(default_factory=user_dir)
     config_path: Path | None = None
 
@@ -269,6 +274,8 @@ class Settings(CheckedFields):
                 self.cache.update(_table(value, "cache", source))
             elif key == "otel":
                 self.otel.update(_table(value, "otel", source))
+            elif key == "mcp":
+                self.mcp.update(_table(value, "mcp", source))
             elif (rule := _top_rule(key)) is not None:
                 object.__setattr__(self, key, coerce(value, rule, key, source))
             else:
@@ -325,7 +332,7 @@ class Settings(CheckedFields):
         new = _shallow_copy(self)
         for name in _SECTIONS:
             object.__setattr__(new, name, _shallow_copy(getattr(self, name)))
-        for name in ("profiles", "prices", "context_windows", "sandbox", "policy", "cache", "otel"):
+        for name in ("profiles", "prices", "context_windows", "sandbox", "policy", "cache", "otel", "mcp"):
             object.__setattr__(new, name, dict(getattr(self, name)))
         return new
 

@@ -108,7 +108,8 @@ class AgentMagics(Magics):
     @argument("--base-url", help="OpenAI-compatible base URL.")
     @argument("-s", "--system", help="System prompt.")
     @argument("-t", "--tools", action="append", default=[], metavar="NAMES",
-              help="Tools by name, comma-separated or repeated; '*' for every @tool in the notebook.")
+              help="Tools by name, comma-separated or repeated; '*' for every @tool in the notebook; "
+                   "mcp:NAME for every tool of an MCP server, mcp:NAME/TOOL for one.")
     @argument("--max-steps", type=int, help="Most model calls in the run.")
     @argument("--timeout", type=float, help="Wall-time limit in seconds.")
     @argument("--sandbox", metavar="BACKEND",
@@ -134,8 +135,8 @@ class AgentMagics(Magics):
         The cell returns at once and the run shows its progress in a widget (Stop cancels it). As a line
         magic, ``%agent`` manages the runs: ``list``, ``cancel NAME|all``, ``wait [NAME...]``,
         ``stats [NAME]``, ``show NAME``, ``history [N] [--hosts]``, ``compare A B [C...]``, ``config``,
-        ``cache``, ``sandboxes``, ``dashboard [--by model|tag]``, ``bench [RUNS [CONCURRENCY [LATENCY]]]``,
-        ``help``.
+        ``cache``, ``sandboxes``, ``mcp``, ``dashboard [--by model|tag]``, ``bench [RUNS [CONCURRENCY
+        [LATENCY]]]``, ``help``.
         Defaults of the flags below: ``%config AgentMagics``.
         """
         if cell is None:
@@ -178,7 +179,8 @@ class AgentMagics(Magics):
             raise UsageError(f"--sandbox: unknown backend {spec.sandbox!r}; registered: "
                              f"{', '.join(sandbox_backends())}")
         builtin = sandbox_tools(spec.sandbox) if spec.sandbox or spec.tools else {}
-        tools = resolve_tools(spec.tools, ns, {**builtin, **self.registry.tools})
+        names, mcp = _mcp_tools(spec.tools, self.registry.runtime)
+        tools = resolve_tools(names, ns, {**builtin, **self.registry.tools}) + mcp
         if spec.first_tool is not None and spec.first_tool not in {t.name for t in tools} | set(builtin):
             raise UsageError(f"--first-tool {spec.first_tool!r} is not one of the run's tools")
         if spec.sandbox and not any(t.name in builtin for t in tools):
@@ -370,6 +372,20 @@ class AgentMagics(Magics):
             return
         _html(static.table_html(["sandboxes", "value"], list(stats.items())), str(stats))
 
+    def _cmd_mcp(self, rest: list[str]) -> None:
+        from ..mcp.names import health_rows
+
+        try:
+            header, rows = health_rows(self.registry.runtime)
+        except ValueError as exc:  # a bad [mcp.servers.NAME] table
+            raise UsageError(f"%agent mcp: {exc}") from None
+        if not rows:
+            print("no MCP servers: add a [mcp.servers.NAME] table to the config, or use mcp_tools(MCPServer(...))")
+            return
+        _html(static.table_html(header, rows, caption="MCP servers"),
+              "\n".join(f"{r[0]} ({r[1]}): {r[2]}; tools: {r[3]}; calls {r[4]}, errors {r[5]}, restarts {r[7]}"
+                        for r in rows))
+
     def _cmd_dashboard(self, rest: list[str]) -> None:
         """``%agent dashboard [--by model|tag]``: the histograms split by model or tag when asked."""
         from .dashboard import Dashboard
@@ -385,7 +401,7 @@ class AgentMagics(Magics):
 
 
 _SUBCOMMANDS = ("list", "cancel", "wait", "stats", "show", "history", "compare", "config", "cache", "sandboxes",
-                "dashboard", "bench", "help")
+                "mcp", "dashboard", "bench", "help")
 
 
 def _tags(values: list[str]) -> list[str]:
@@ -428,6 +444,19 @@ def _forget_refused_config(shell: Any) -> None:
             except InvalidSetting as exc:
                 log.warning("nbagent: %s; the default is used", exc)
                 del section[name]
+
+
+def _mcp_tools(names: list[str], runtime: Any) -> tuple[list[str], list[Any]]:
+    """``-t mcp:NAME`` / ``mcp:NAME/TOOL``: the other names, and the MCP tools (the server starts if needed)."""
+    if not any("mcp:" in n for n in names):
+        return names, []
+    from ..errors import ToolError
+    from ..mcp.names import split_mcp_names
+
+    try:
+        return split_mcp_names(names, runtime)
+    except (ImportError, ValueError, RuntimeError, ToolError) as exc:  # unknown server or tool; no mcp SDK
+        raise UsageError(f"-t: {exc}") from None
 
 
 def shutdown() -> None:

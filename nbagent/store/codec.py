@@ -27,7 +27,7 @@ _SAFE_TEXT = frozenset({
     "finish_reason", "error_type", "limit", "sandbox_id", "backend", "image", "lang", "budget", "metric", "stat",
 })  # not "stop_reason" nor "reason": an error's stop reason quotes its message, a policy's reason its rule
 # modules whose events may be in a store; imported on demand when an unknown kind is read
-_EVENT_MODULES = ("nbagent.sandbox.events", "nbagent.metrics.budgets", "nbagent.policy")
+_EVENT_MODULES = ("nbagent.sandbox.events", "nbagent.metrics.budgets", "nbagent.policy", "nbagent.mcp.events")
 
 _dumps = json.JSONEncoder(ensure_ascii=False, default=str, check_circular=False, separators=(",", ":")).encode
 # the same encoder's C core, called directly: ``JSONEncoder.encode`` builds it anew on every call (about 1 us)
