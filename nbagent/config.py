@@ -16,6 +16,7 @@ The config file is ``$NBAGENT_CONFIG`` or ``<home>/config.toml``; ``home`` is ``
 
     [http]                            # pool sizes and timeouts
     max_connections = 1000
+    concurrency = "adaptive"          # or a fixed number of requests in flight per endpoint
     read_timeout = 120
 
     [retry]
@@ -93,6 +94,10 @@ class HTTPSettings:
     request_timeout: float = 600.0  # the whole request, retries not included
     ttft_timeout: float = 120.0  # streams: time to the first token
     idle_timeout: float = 60.0  # streams: longest gap between two chunks
+    concurrency: str = "adaptive"  # requests in flight per endpoint: "adaptive" or a fixed number
+    concurrency_initial: int = 32  # where an adaptive limit starts
+    concurrency_max: int = 1000  # an adaptive limit never exceeds this (nor max_connections)
+    concurrency_tolerance: float = 1.5  # latency over this x the baseline counts as queueing
 
 
 @dataclass

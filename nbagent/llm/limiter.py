@@ -1,0 +1,386 @@
+"""Concurrency that finds its own limit: one adaptive limit per endpoint, in front of the HTTP pool.
+
+Every attempt of a model call takes a slot from its endpoint's :class:`EndpointLimiter` and gives it back with
+its outcome. The limit moves by a control law (:class:`AdaptiveLimit`) that reads two signals:
+
+* **overload** (HTTP 429, 503, 529, a timeout): the limit is cut at once by ``backoff``, and again at the next
+  success to ``backoff`` × the requests in flight then (what the server really accepted, since rejections come
+  back fast). An overload counts once per *episode*: only a request sent after the last cut can cut again, so
+  a burst of rejections of requests already in flight cuts once, and the next cut can come one round trip
+  later (no fixed cooldown).
+* **latency**: each *round* (the successes of at least one baseline latency, at least ``min_samples`` of
+  them; it is judged at the first success after it) has a median latency;
+  the baseline is the lowest round median of the last ``window`` rounds. When a round's median exceeds
+  ``tolerance`` × the baseline, requests are queueing at the server: the limit goes to the in-flight count that
+  Little's law says the server serves without a queue (``peak × baseline / median``, at most halving). This
+  sees queueing before any error.
+
+A round is judged on the requests sent since the limit last moved (none back yet: no decision), so every
+change, up or down, waits for its own effect: one step per round trip, never a fixed cooldown.
+
+Otherwise, when the limit was the bottleneck in the round (a request waited for a slot, or all slots were
+used), it grows: ×``growth`` per round until the first signal (slow start), then by ``max(1, limit / 50)`` per
+round. A limit that is not used never grows.
+
+``[http] concurrency = "adaptive"`` (the default) or a number (a fixed limit). Changes are
+:class:`ConcurrencyChanged` events, the ``llm.concurrency`` gauge (the last endpoint that changed) and the
+``llm.concurrency.<endpoint>`` gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import ConfigError, LLMTimeout
+from ..events import Event, EventBus, _frozen
+from ..metrics.registry import MetricsRegistry, register_handler
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Endpoint, HTTPSettings
+
+__all__ = ["AdaptiveLimit", "ConcurrencyChanged", "EndpointLimiter", "FixedLimit", "Limiters", "is_overload"]
+
+#: HTTP statuses that say the server is over its capacity.
+OVERLOAD_STATUS = frozenset({429, 503, 529})
+
+
+@dataclass(**_frozen)  # type: ignore[call-overload]
+class ConcurrencyChanged(Event):
+    """The concurrency limit of an endpoint changed (``reason``: slow_start, increase, overload, latency, set). ``rtt`` and ``baseline`` are the round's median latency and the baseline, when known."""
+
+    kind: ClassVar[str] = "concurrency_changed"
+    endpoint: str = ""
+    limit: int = 0
+    previous: int = 0
+    reason: str = ""
+    in_flight: int = 0
+    rtt: float | None = None
+    baseline: float | None = None
+
+
+def is_overload(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says the server is over capacity (429, 503, 529 or a timeout)."""
+    if exc is None:
+        return False
+    return isinstance(exc, LLMTimeout) or getattr(exc, "status_code", None) in OVERLOAD_STATUS
+
+
+class FixedLimit:
+    """A limit that never moves (``[http] concurrency = N``); the same interface as :class:`AdaptiveLimit`."""
+
+    adaptive = False
+
+    def __init__(self, limit: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if limit < 1:
+            raise ValueError(f"a concurrency limit must be >= 1, got {limit}")
+        self.limit = int(limit)
+        self.reason = "set"
+        self.rtt: float | None = None
+        self.baseline: float | None = None
+        self._clock = clock
+
+    def started(self, in_flight: int) -> float:
+        return self._clock()
+
+    def blocked(self) -> None:
+        pass
+
+    def finished(self, start: float, outcome: str, in_flight: int) -> bool:
+        return False
+
+    def set(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a concurrency limit must be >= 1, got {limit}")
+        self.limit = int(limit)
+
+
+class AdaptiveLimit:
+    """The control law of an adaptive limit (no I/O, no awaits; ``clock`` is injectable for tests).
+
+    Call :meth:`started` when a request takes a slot (it returns the start time to hand back), :meth:`blocked`
+    when a request has to wait for one, and :meth:`finished` with the outcome (``"ok"``, ``"overload"`` or
+    ``"ignore"``) and the requests still in flight; it returns True when :attr:`limit` changed (then
+    :attr:`reason` says why).
+    """
+
+    adaptive = True
+
+    def __init__(
+        self,
+        initial: int = 32,
+        *,
+        min_limit: int = 1,
+        max_limit: int = 1000,
+        tolerance: float = 1.5,
+        backoff: float = 0.9,
+        growth: float = 1.5,
+        window: int = 100,
+        min_samples: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= min_limit <= max_limit:
+            raise ValueError(f"need 1 <= min_limit <= max_limit, got {min_limit} and {max_limit}")
+        if not tolerance > 1.0:
+            raise ValueError(f"tolerance must be > 1, got {tolerance}")
+        if not 0.0 < backoff < 1.0:
+            raise ValueError(f"backoff must be within (0, 1), got {backoff}")
+        if not growth > 1.0:
+            raise ValueError(f"growth must be > 1, got {growth}")
+        self.min_limit, self.max_limit = min_limit, max_limit
+        self.tolerance, self.backoff, self.growth = tolerance, backoff, growth
+        self.min_samples = max(1, min_samples)
+        self._clock = clock
+        self._value = float(min(max(initial, min_limit), max_limit))
+        self.limit = int(self._value)
+        self.reason = "start"
+        self.slow_start = True
+        self.rtt: float | None = None  # the last round's median latency
+        self.baseline: float | None = None
+        self._medians: deque[float] = deque(maxlen=max(1, window))
+        self._last_cut = -math.inf  # requests sent before this cannot cut again
+        self._recheck = False  # an overload was seen: cap the limit at the next success
+        self._round_start: float | None = None
+        self._samples: list[tuple[float, float]] = []  # (start, latency) of the round's successes
+        self._changed_at = -math.inf  # when the limit last moved
+        self._last_sample = -math.inf
+        self._peak = 0
+        self._blocked = False
+        self._overloads = 0
+
+    # --- inputs ------------------------------------------------------------------------------------
+
+    def started(self, in_flight: int) -> float:
+        now = self._clock()
+        if self._round_start is None:
+            self._round_start = now
+        if in_flight > self._peak:
+            self._peak = in_flight
+        return now
+
+    def blocked(self) -> None:
+        self._blocked = True
+
+    def finished(self, start: float, outcome: str, in_flight: int) -> bool:
+        now = self._clock()
+        if outcome == "overload":
+            self._overloads += 1
+            if start >= self._last_cut:  # a fresh episode: requests sent after the last cut are rejected too
+                self._recheck = True
+                return self._cut(self._value * self.backoff, "overload", now)
+            return False
+        if outcome != "ok":
+            return False
+        changed = False
+        if self._recheck:  # rejections come back fast: the requests still in flight are what the server took
+            self._recheck = False
+            if (in_flight + 1) * self.backoff < self._value:
+                changed = self._cut((in_flight + 1) * self.backoff, "overload", now)
+        rs = self._round_start if self._round_start is not None else start
+        if (len(self._samples) >= min(self.min_samples, self.limit) and now > self._last_sample
+                and (self.baseline is None or now - rs >= self.baseline)):  # the round is over: judge it
+            changed = self._end_round(now, in_flight) or changed
+        self._samples.append((start, now - start))
+        self._last_sample = now
+        return changed
+
+    # --- the law -----------------------------------------------------------------------------------
+
+    def _set(self, value: float, reason: str) -> bool:
+        self._value = min(max(value, float(self.min_limit)), float(self.max_limit))
+        new = int(self._value)
+        if new == self.limit:
+            return False
+        self.limit, self.reason = new, reason
+        self._changed_at = self._clock()
+        return True
+
+    def _cut(self, value: float, reason: str, now: float) -> bool:
+        self.slow_start = False
+        self._last_cut = now
+        return self._set(min(value, self._value), reason)
+
+    def _end_round(self, now: float, in_flight: int) -> bool:
+        samples, changed_at = self._samples, self._changed_at
+        self._medians.append(statistics.median(rtt for _, rtt in samples))
+        self.baseline = min(self._medians)
+        # only requests sent under the current limit say what it does: judge them, or nothing yet
+        fresh = [rtt for start, rtt in samples if start >= changed_at]
+        binding = self._blocked or self._peak >= self.limit
+        peak, overloads = self._peak, self._overloads
+        self._samples, self._round_start, self._blocked = [], now, False
+        self._peak, self._overloads = in_flight, 0
+        if overloads or not fresh:  # the overload rule acted in this round, or the last change is not seen yet
+            return False
+        median = self.rtt = statistics.median(fresh)
+        if median > self.tolerance * self.baseline:  # queueing: go to what the server serves without a queue
+            target = max(peak * self.baseline / median, self._value * 0.5)
+            return self._cut(target, "latency", now)
+        if not binding:
+            return False
+        if self.slow_start:
+            return self._set(max(self._value * self.growth, self._value + 1), "slow_start")
+        return self._set(self._value + max(1.0, self._value / 50), "increase")
+
+    def set(self, limit: int) -> None:
+        """Move the limit to ``limit`` by hand (it keeps adapting from there)."""
+        self.slow_start = False
+        self._set(float(limit), "set")
+        self.reason = "set"
+
+
+class EndpointLimiter:
+    """The slots of one endpoint: ``token = await acquire()`` before an attempt, ``release(token, error)`` after.
+
+    Waiters are served in order. The fast path (a free slot, nobody waiting) does not suspend.
+    """
+
+    def __init__(self, name: str, law: AdaptiveLimit | FixedLimit, bus: EventBus | None = None) -> None:
+        self.name = name
+        self.law = law
+        self.bus = bus
+        self.in_flight = 0
+        self.waits = 0  # acquisitions that had to wait for a slot
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def limit(self) -> int:
+        return self.law.limit
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> float:
+        """Take a slot (waiting for one if the limit is reached); returns the token for :meth:`release`."""
+        if self.in_flight < self.law.limit and not self._waiters:
+            self.in_flight += 1
+            return self.law.started(self.in_flight)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self.waits += 1
+        self.law.blocked()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # the slot was handed to us: pass it on
+                self.in_flight -= 1
+                self._wake()
+            else:
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+            raise
+        return self.law.started(self.in_flight)
+
+    def release(self, token: float, error: BaseException | None = None) -> None:
+        """Give a slot back with the attempt's outcome (``error`` None: a success)."""
+        self.in_flight -= 1
+        if error is None:
+            outcome = "ok"
+        elif is_overload(error):
+            outcome = "overload"
+        else:
+            outcome = "ignore"
+        previous = self.law.limit
+        if self.law.finished(token, outcome, self.in_flight):
+            self._changed(previous)
+        self._wake()
+
+    def set_limit(self, limit: int) -> None:
+        """Set the limit by hand (an adaptive limit keeps adapting from there)."""
+        previous = self.law.limit
+        self.law.set(limit)
+        if self.law.limit != previous:
+            self._changed(previous)
+        self._wake()
+
+    def _changed(self, previous: int) -> None:
+        if self.bus is not None:
+            law = self.law
+            self.bus.emit(ConcurrencyChanged(endpoint=self.name, limit=law.limit, previous=previous,
+                                             reason=law.reason, in_flight=self.in_flight, rtt=law.rtt,
+                                             baseline=law.baseline))
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters and self.in_flight < self.law.limit:
+            fut = waiters.popleft()
+            if fut.done():
+                continue
+            self.in_flight += 1
+            fut.set_result(None)
+
+    def stats(self) -> dict[str, Any]:
+        law = self.law
+        return {"limit": law.limit, "adaptive": law.adaptive, "in_flight": self.in_flight,
+                "waiting": self.waiting, "waits": self.waits, "rtt": law.rtt, "baseline": law.baseline}
+
+
+class Limiters:
+    """One :class:`EndpointLimiter` per endpoint (base URL and model), made from the ``[http]`` settings."""
+
+    def __init__(self, http: HTTPSettings, *, bus: EventBus | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.mode, self.fixed = parse_concurrency(getattr(http, "concurrency", "adaptive"))
+        self.initial = int(getattr(http, "concurrency_initial", 32))
+        self.max_limit = int(min(getattr(http, "concurrency_max", 1000), http.max_connections))
+        self.tolerance = float(getattr(http, "concurrency_tolerance", 1.5))
+        if self.initial < 1 or self.max_limit < 1:
+            raise ConfigError("http.concurrency_initial and http.concurrency_max must be >= 1")
+        if not self.tolerance > 1.0:
+            raise ConfigError(f"http.concurrency_tolerance must be > 1, got {self.tolerance}")
+        self.bus = bus
+        self._clock = clock
+        self._by_key: dict[tuple[str, str], EndpointLimiter] = {}
+
+    def of(self, endpoint: Endpoint) -> EndpointLimiter:
+        """The limiter of ``endpoint`` (made on first use, at the initial limit: the first change is an event)."""
+        key = (endpoint.base_url, endpoint.model)
+        lim = self._by_key.get(key)
+        if lim is None:
+            law: AdaptiveLimit | FixedLimit
+            if self.fixed is not None:
+                law = FixedLimit(self.fixed, clock=self._clock)
+            else:
+                law = AdaptiveLimit(min(self.initial, self.max_limit), max_limit=self.max_limit,
+                                    tolerance=self.tolerance, clock=self._clock)
+            lim = self._by_key[key] = EndpointLimiter(f"{endpoint.model}@{endpoint.base_url}", law, self.bus)
+        return lim
+
+    def __iter__(self) -> Any:
+        return iter(self._by_key.values())
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per endpoint: limit, adaptive or not, in flight, waiting, waits, last round latency and baseline."""
+        return {lim.name: lim.stats() for lim in self._by_key.values()}
+
+
+def parse_concurrency(value: Any) -> tuple[str, int | None]:
+    """``"adaptive"`` -> ("adaptive", None); ``32`` or ``"32"`` -> ("fixed", 32); anything else: ConfigError."""
+    if isinstance(value, str) and value.strip().lower() == "adaptive":
+        return "adaptive", None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f'http.concurrency must be "adaptive" or a number >= 1, got {value!r}') from None
+    if n < 1 or isinstance(value, bool):
+        raise ConfigError(f'http.concurrency must be "adaptive" or a number >= 1, got {value!r}')
+    return "fixed", n
+
+
+def _on_changed(reg: MetricsRegistry, e: Any) -> None:
+    reg.gauge("llm.concurrency", unit="requests").set(e.limit)  # the endpoint that changed last
+    reg.gauge(f"llm.concurrency.{e.endpoint}", unit="requests").set(e.limit)
+    if e.previous and e.limit < e.previous:
+        reg.counter("llm.concurrency.cuts", unit="changes").value += 1
+
+
+register_handler(ConcurrencyChanged, _on_changed)
