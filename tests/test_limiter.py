@@ -120,6 +120,16 @@ def test_queueing_latency_shrinks_the_limit_to_what_the_server_serves_without_a_
     assert law.baseline is not None and law.baseline < 1.05
 
 
+def test_a_limit_that_starts_on_a_standing_queue_probes_for_the_baseline_and_comes_down() -> None:
+    clock = Clock()
+    law = AdaptiveLimit(64, clock=clock)
+    changes = drive(law, clock, 500, 40.0, lambda n, t: max(1.0, n / 8))  # 8 served at once
+    reasons = [reason for reason, _, _ in changes]
+    assert reasons[:2] == ["probe", "probe"] and "latency" in reasons
+    assert law.baseline is not None and law.baseline < 1.05
+    assert 4 <= law.limit <= 8 * 1.6
+
+
 def test_latency_within_the_tolerance_only_grows_the_limit() -> None:
     clock = Clock()
     law = AdaptiveLimit(40, clock=clock)

@@ -12,8 +12,12 @@ its outcome. The limit moves by a control law (:class:`AdaptiveLimit`) that read
   them; it is judged at the first success after it) has a median latency;
   the baseline is the lowest round median of the last ``window`` rounds. When a round's median exceeds
   ``tolerance`` × the baseline, requests are queueing at the server: the limit goes to the in-flight count that
-  Little's law says the server serves without a queue (``peak × baseline / median``, at most halving). This
-  sees queueing before any error.
+  Little's law says keeps the latency within the tolerance (``peak × tolerance × baseline / median``, at most
+  halving). This sees queueing before any error.
+
+A limit that starts far too high on a queueing server would take the queue for the baseline, so after the
+first round (and every ``probe_every`` rounds) one round runs at an eighth of the limit (``probe``): its latency
+joins the baseline, then the limit goes back and the latency rule does the rest.
 
 A round is judged on the requests sent since the limit last moved (none back yet: no decision), so every
 change, up or down, waits for its own effect: one step per round trip, never a fixed cooldown.
@@ -53,7 +57,8 @@ OVERLOAD_STATUS = frozenset({429, 503, 529})
 
 @dataclass(**_frozen)  # type: ignore[call-overload]
 class ConcurrencyChanged(Event):
-    """The concurrency limit of an endpoint changed (``reason``: slow_start, increase, overload, latency, set). ``rtt`` and ``baseline`` are the round's median latency and the baseline, when known."""
+    """The concurrency limit of an endpoint changed (``reason``: slow_start, increase, overload, latency, probe,
+    set). ``rtt`` and ``baseline`` are the round's median latency and the baseline, when known."""
 
     kind: ClassVar[str] = "concurrency_changed"
     endpoint: str = ""
@@ -123,6 +128,7 @@ class AdaptiveLimit:
         growth: float = 1.5,
         window: int = 100,
         min_samples: int = 3,
+        probe_every: int = 100,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= min_limit <= max_limit:
@@ -153,6 +159,9 @@ class AdaptiveLimit:
         self._peak = 0
         self._blocked = False
         self._overloads = 0
+        self._judged = 0  # rounds judged since the last probe
+        self._probe_saved: float | None = None  # the limit to go back to after a probe
+        self.probe_every = max(2, probe_every)
 
     # --- inputs ------------------------------------------------------------------------------------
 
@@ -171,6 +180,8 @@ class AdaptiveLimit:
         now = self._clock()
         if outcome == "overload":
             self._overloads += 1
+            if self._probe_saved is not None:  # the probe ends here: cut from where it started
+                self._value, self._probe_saved = self._probe_saved, None
             if start >= self._last_cut:  # a fresh episode: requests sent after the last cut are rejected too
                 self._recheck = True
                 return self._cut(self._value * self.backoff, "overload", now)
@@ -201,6 +212,11 @@ class AdaptiveLimit:
         self._changed_at = self._clock()
         return True
 
+    @property
+    def probe_limit(self) -> float:
+        """The limit during a probe: an eighth of the limit, at least ``min_limit`` and 4."""
+        return min(self._probe_saved or self._value, max(float(self.min_limit), 4.0, self._value / 8))
+
     def _cut(self, value: float, reason: str, now: float) -> bool:
         self.slow_start = False
         self._last_cut = now
@@ -219,8 +235,19 @@ class AdaptiveLimit:
         if overloads or not fresh:  # the overload rule acted in this round, or the last change is not seen yet
             return False
         median = self.rtt = statistics.median(fresh)
+        self._judged += 1
+        if self._probe_saved is not None:  # a probe round: few in flight, so no queue of ours at the server
+            self._medians.append(median)
+            self.baseline = min(self._medians)
+            saved, self._probe_saved, self._judged = self._probe_saved, None, 1
+            return self._set(saved, "probe")
+        first = self._judged == 1 and self.slow_start and self._value > self.probe_limit * 2  # no cut so far
+        if (first or self._judged > self.probe_every) and peak > self.probe_limit:  # something to drain
+            # the baseline may hold a queue that was there from the start: measure it with few in flight
+            self._probe_saved = self._value
+            return self._set(self.probe_limit, "probe")
         if median > self.tolerance * self.baseline:  # queueing: go to what the server serves without a queue
-            target = max(peak * self.baseline / median, self._value * 0.5)
+            target = max(peak * self.tolerance * self.baseline / median, self._value * 0.5)
             return self._cut(target, "latency", now)
         if not binding:
             return False

@@ -77,6 +77,12 @@ class SimCore:
         self.max_in_flight = 0
         self._fault_counts: dict[str, int] = {}
         self._rejected: dict[str, int] = {"auth": 0, "context_length": 0, "bad_request": 0}
+        # capacity mode (touched on the server's loop only; read from any thread)
+        self.active = 0
+        self.max_active = 0
+        self.overload_rejected = 0
+        self.overload_queued = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/chat/completions"): self._chat,
@@ -123,6 +129,8 @@ class SimCore:
             self.max_in_flight = self.in_flight
             self._fault_counts = {}
             self._rejected = {key: 0 for key in self._rejected}
+            self.overload_rejected = self.overload_queued = 0
+            self.max_active = self.active
 
     def history(self) -> list[dict[str, Any]]:
         """Return a copy of the recorded request bodies."""
@@ -142,6 +150,9 @@ class SimCore:
                 "pending_faults": len(self._faults),
                 "pending_replies": len(self._replies),
                 "history": len(self._history),
+                "capacity": {"limit": self.config.capacity, "mode": self.config.overload, "active": self.active,
+                             "max_active": self.max_active, "waiting": len(self._waiting),
+                             "queued": self.overload_queued, "rejected": self.overload_rejected},
             }
 
     # ----------------------------------------------------------------- HTTP
@@ -215,10 +226,59 @@ class SimCore:
             if self.in_flight > self.max_in_flight:
                 self.max_in_flight = self.in_flight
         try:
-            return await self._chat_inner(request, config)
+            if config.capacity is None:
+                return await self._chat_inner(request, config)
+            if not await self._admit(config):
+                headers = ({"Retry-After": format_retry_after(config.overload_retry_after)}
+                           if config.overload_retry_after is not None else None)
+                return _error(429, f"The server is at capacity ({config.capacity} requests); try again later "
+                              "(simulated).", "rate_limit_error", "overloaded", headers)
+            try:
+                return await self._chat_inner(request, config)
+            finally:
+                self._leave()
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+    async def _admit(self, config: SimConfig) -> bool:
+        """Take a place within the capacity: at once, after waiting (``queue``), or not at all (``reject``)."""
+        assert config.capacity is not None
+        if self.active < config.capacity and not self._waiting:
+            self._enter()
+            return True
+        if config.overload == "reject":
+            self.overload_rejected += 1
+            return False
+        self.overload_queued += 1
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        try:
+            await fut  # _leave counts us in before waking us
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._leave()
+            else:
+                try:
+                    self._waiting.remove(fut)
+                except ValueError:
+                    pass
+            raise
+        return True
+
+    def _enter(self) -> None:
+        self.active += 1
+        if self.active > self.max_active:
+            self.max_active = self.active
+
+    def _leave(self) -> None:
+        self.active -= 1
+        capacity = self.config.capacity
+        while self._waiting and (capacity is None or self.active < capacity):
+            fut = self._waiting.popleft()
+            if not fut.done():
+                self._enter()
+                fut.set_result(None)
 
     def _take_fault(self, config: SimConfig) -> Fault | None:
         with self._lock:
