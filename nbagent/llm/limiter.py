@@ -3,28 +3,28 @@
 Every attempt of a model call takes a slot from its endpoint's :class:`EndpointLimiter` and gives it back with
 its outcome. The limit moves by a control law (:class:`AdaptiveLimit`) that reads two signals:
 
-* **overload** (HTTP 429, 503, 529, a timeout): the limit is cut at once by ``backoff``, and again at the next
-  success to ``backoff`` × the requests in flight then (what the server really accepted, since rejections come
-  back fast). An overload counts once per *episode*: only a request sent after the last cut can cut again, so
-  a burst of rejections of requests already in flight cuts once, and the next cut can come one round trip
-  later (no fixed cooldown).
+* **overload** (HTTP 429, 503, 529, a timeout): the limit is cut at once by ``backoff``; at the next success it
+  is set from the requests in flight then (what the server really took, since rejections come back fast):
+  ``(1 + backoff) / 2`` × that, or × the limit before the episode if lower. An overload counts once per
+  *episode*: only a request sent after the last cut can cut again, so a burst of rejections of requests
+  already in flight cuts once, and the next cut can come one round trip later (no fixed cooldown).
 * **latency**: each *round* (the successes of at least one baseline latency, at least ``min_samples`` of
-  them; it is judged at the first success after it) has a median latency;
-  the baseline is the lowest round median of the last ``window`` rounds. When a round's median exceeds
-  ``tolerance`` × the baseline, requests are queueing at the server: the limit goes to the in-flight count that
-  Little's law says keeps the latency within the tolerance (``peak × tolerance × baseline / median``, at most
-  halving). This sees queueing before any error.
-
-A limit that starts far too high on a queueing server would take the queue for the baseline, so after the
-first round (and every ``probe_every`` rounds) one round runs at an eighth of the limit (``probe``): its latency
-joins the baseline, then the limit goes back and the latency rule does the rest.
+  them; judged at the first success after it) has a median latency; the baseline is the lowest round median
+  of the last ``window`` rounds. When a round's median exceeds ``tolerance`` × the baseline, requests are
+  queueing at the server: the limit goes to the in-flight count that Little's law says keeps the latency
+  within the tolerance (``peak × tolerance × baseline / median``, at most halving). This sees queueing
+  before any error.
 
 A round is judged on the requests sent since the limit last moved (none back yet: no decision), so every
-change, up or down, waits for its own effect: one step per round trip, never a fixed cooldown.
+change waits for its own effect: one step per round trip, never a fixed cooldown.
 
-Otherwise, when the limit was the bottleneck in the round (a request waited for a slot, or all slots were
-used), it grows: ×``growth`` per round until the first signal (slow start), then by ``max(1, limit / 50)`` per
-round. A limit that is not used never grows.
+When the limit is the bottleneck (a request waited for a slot, or all slots were used) and no signal came, it
+grows: until the first signal by ``growth - 1`` per success (slow start: ×``growth`` per round trip), then by
+``max(1, limit / 50)`` per round. A limit that is not used never grows.
+
+A limit that starts far too high on a queueing server would take the queue for the baseline, so after the
+first round (and every ``probe_every`` rounds) one round runs at an eighth of the limit (``probe``): its
+latency joins the baseline, then the limit goes back and the latency rule does the rest.
 
 ``[http] concurrency = "adaptive"`` (the default) or a number (a fixed limit). Changes are
 :class:`ConcurrencyChanged` events, the ``llm.concurrency`` gauge (the last endpoint that changed) and the
@@ -152,6 +152,7 @@ class AdaptiveLimit:
         self._medians: deque[float] = deque(maxlen=max(1, window))
         self._last_cut = -math.inf  # requests sent before this cannot cut again
         self._recheck = False  # an overload was seen: cap the limit at the next success
+        self._before_cut = self._value
         self._round_start: float | None = None
         self._samples: list[tuple[float, float]] = []  # (start, latency) of the round's successes
         self._changed_at = -math.inf  # when the limit last moved
@@ -183,7 +184,8 @@ class AdaptiveLimit:
             if self._probe_saved is not None:  # the probe ends here: cut from where it started
                 self._value, self._probe_saved = self._probe_saved, None
             if start >= self._last_cut:  # a fresh episode: requests sent after the last cut are rejected too
-                self._recheck = True
+                if not self._recheck:
+                    self._recheck, self._before_cut = True, self._value
                 return self._cut(self._value * self.backoff, "overload", now)
             return False
         if outcome != "ok":
@@ -191,8 +193,11 @@ class AdaptiveLimit:
         changed = False
         if self._recheck:  # rejections come back fast: the requests still in flight are what the server took
             self._recheck = False
-            if (in_flight + 1) * self.backoff < self._value:
-                changed = self._cut((in_flight + 1) * self.backoff, "overload", now)
+            self._last_cut = now
+            changed = self._set(min(in_flight + 1, self._before_cut) * (1 + self.backoff) / 2, "overload")
+        if self.slow_start and self._probe_saved is None and (self._blocked or self._peak >= self.limit):
+            # slow start: every success while the limit is the bottleneck adds growth - 1 (x growth per round trip)
+            changed = self._set(self._value + self.growth - 1.0, "slow_start", mark=False) or changed
         rs = self._round_start if self._round_start is not None else start
         if (len(self._samples) >= min(self.min_samples, self.limit) and now > self._last_sample
                 and (self.baseline is None or now - rs >= self.baseline)):  # the round is over: judge it
@@ -203,13 +208,14 @@ class AdaptiveLimit:
 
     # --- the law -----------------------------------------------------------------------------------
 
-    def _set(self, value: float, reason: str) -> bool:
+    def _set(self, value: float, reason: str, *, mark: bool = True) -> bool:
         self._value = min(max(value, float(self.min_limit)), float(self.max_limit))
         new = int(self._value)
         if new == self.limit:
             return False
         self.limit, self.reason = new, reason
-        self._changed_at = self._clock()
+        if mark:  # slow start does not mark: its rounds are judged on every sample since the last cut
+            self._changed_at = self._clock()
         return True
 
     @property
@@ -249,10 +255,8 @@ class AdaptiveLimit:
         if median > self.tolerance * self.baseline:  # queueing: go to what the server serves without a queue
             target = max(peak * self.tolerance * self.baseline / median, self._value * 0.5)
             return self._cut(target, "latency", now)
-        if not binding:
+        if not binding or self.slow_start:  # slow start grows on each success (see finished)
             return False
-        if self.slow_start:
-            return self._set(max(self._value * self.growth, self._value + 1), "slow_start")
         return self._set(self._value + max(1.0, self._value / 50), "increase")
 
     def set(self, limit: int) -> None:
@@ -274,7 +278,7 @@ class EndpointLimiter:
         self.bus = bus
         self.in_flight = 0
         self.waits = 0  # acquisitions that had to wait for a slot
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[float]] = deque()
 
     @property
     def limit(self) -> int:
@@ -289,12 +293,12 @@ class EndpointLimiter:
         if self.in_flight < self.law.limit and not self._waiters:
             self.in_flight += 1
             return self.law.started(self.in_flight)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self.waits += 1
         self.law.blocked()
         try:
-            await fut
+            return await fut  # the token is taken when the slot is handed over
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():  # the slot was handed to us: pass it on
                 self.in_flight -= 1
@@ -305,7 +309,6 @@ class EndpointLimiter:
                 except ValueError:
                     pass
             raise
-        return self.law.started(self.in_flight)
 
     def release(self, token: float, error: BaseException | None = None) -> None:
         """Give a slot back with the attempt's outcome (``error`` None: a success)."""
@@ -343,7 +346,7 @@ class EndpointLimiter:
             if fut.done():
                 continue
             self.in_flight += 1
-            fut.set_result(None)
+            fut.set_result(self.law.started(self.in_flight))
 
     def stats(self) -> dict[str, Any]:
         law = self.law
