@@ -278,6 +278,7 @@ class EndpointLimiter:
         self.bus = bus
         self.in_flight = 0
         self.waits = 0  # acquisitions that had to wait for a slot
+        self._emitted = law.limit  # the limit last told in an event
         self._waiters: deque[asyncio.Future[float]] = deque()
 
     @property
@@ -333,8 +334,11 @@ class EndpointLimiter:
         self._wake()
 
     def _changed(self, previous: int) -> None:
+        law = self.law
+        if law.reason in ("slow_start", "increase") and law.limit < self._emitted * 1.1:
+            return  # growth is told in steps of 10 % (cuts, probes and settings always)
+        previous, self._emitted = self._emitted, law.limit
         if self.bus is not None:
-            law = self.law
             self.bus.emit(ConcurrencyChanged(endpoint=self.name, limit=law.limit, previous=previous,
                                              reason=law.reason, in_flight=self.in_flight, rtt=law.rtt,
                                              baseline=law.baseline))
