@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from .behavior import Behavior, Reply, default_behavior, estimate_prompt_tokens, first_tool_name
+from .capacity import CapacityGate
 from .config import SimConfig
 from .faults import STATUS_FAULTS, Fault, error_body, format_retry_after
 from .wire import (
@@ -77,12 +78,7 @@ class SimCore:
         self.max_in_flight = 0
         self._fault_counts: dict[str, int] = {}
         self._rejected: dict[str, int] = {"auth": 0, "context_length": 0, "bad_request": 0}
-        # capacity mode (touched on the server's loop only; read from any thread)
-        self.active = 0
-        self.max_active = 0
-        self.overload_rejected = 0
-        self.overload_queued = 0
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self.capacity = CapacityGate(lambda: self.config.capacity)
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/chat/completions"): self._chat,
@@ -129,8 +125,7 @@ class SimCore:
             self.max_in_flight = self.in_flight
             self._fault_counts = {}
             self._rejected = {key: 0 for key in self._rejected}
-            self.overload_rejected = self.overload_queued = 0
-            self.max_active = self.active
+            self.capacity.reset()
 
     def history(self) -> list[dict[str, Any]]:
         """Return a copy of the recorded request bodies."""
@@ -150,9 +145,7 @@ class SimCore:
                 "pending_faults": len(self._faults),
                 "pending_replies": len(self._replies),
                 "history": len(self._history),
-                "capacity": {"limit": self.config.capacity, "mode": self.config.overload, "active": self.active,
-                             "max_active": self.max_active, "waiting": len(self._waiting),
-                             "queued": self.overload_queued, "rejected": self.overload_rejected},
+                "capacity": self.capacity.stats(self.config.capacity, self.config.overload),
             }
 
     # ----------------------------------------------------------------- HTTP
@@ -228,7 +221,7 @@ class SimCore:
         try:
             if config.capacity is None:
                 return await self._chat_inner(request, config)
-            if not await self._admit(config):
+            if not await self.capacity.admit(config.overload):
                 headers = ({"Retry-After": format_retry_after(config.overload_retry_after)}
                            if config.overload_retry_after is not None else None)
                 return _error(429, f"The server is at capacity ({config.capacity} requests); try again later "
@@ -236,49 +229,10 @@ class SimCore:
             try:
                 return await self._chat_inner(request, config)
             finally:
-                self._leave()
+                self.capacity.leave()
         finally:
             with self._lock:
                 self.in_flight -= 1
-
-    async def _admit(self, config: SimConfig) -> bool:
-        """Take a place within the capacity: at once, after waiting (``queue``), or not at all (``reject``)."""
-        assert config.capacity is not None
-        if self.active < config.capacity and not self._waiting:
-            self._enter()
-            return True
-        if config.overload == "reject":
-            self.overload_rejected += 1
-            return False
-        self.overload_queued += 1
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)
-        try:
-            await fut  # _leave counts us in before waking us
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self._leave()
-            else:
-                try:
-                    self._waiting.remove(fut)
-                except ValueError:
-                    pass
-            raise
-        return True
-
-    def _enter(self) -> None:
-        self.active += 1
-        if self.active > self.max_active:
-            self.max_active = self.active
-
-    def _leave(self) -> None:
-        self.active -= 1
-        capacity = self.config.capacity
-        while self._waiting and (capacity is None or self.active < capacity):
-            fut = self._waiting.popleft()
-            if not fut.done():
-                self._enter()
-                fut.set_result(None)
 
     def _take_fault(self, config: SimConfig) -> Fault | None:
         with self._lock:
