@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["BatchControl", "Gate", "before_model_call"]
@@ -78,7 +79,7 @@ class BatchControl:
         self.in_flight = 0
         self.started = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._listeners: list[Any] = []
+        self._listeners: list[Callable[[], None]] = []
 
     @property
     def paused(self) -> bool:
@@ -111,9 +112,11 @@ class BatchControl:
         for name, value in limits.items():
             setattr(target, name, value)
 
-    def on_change(self, fn: Any) -> None:
-        """Call ``fn()`` after every change of concurrency or pause (the batch grows its workers there)."""
+    def on_change(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn()`` after every change of concurrency or pause (the batch grows its workers there); returns
+        the function that stops it."""
         self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 
     def _notify(self) -> None:
         self._wake()

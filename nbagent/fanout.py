@@ -283,7 +283,7 @@ async def _run_local(agent: Agent, specs: list[RunSpec], control: BatchControl, 
         for _ in range(min(control.concurrency, len(specs)) - live):
             tasks.append(asyncio.ensure_future(worker()))
 
-    control.on_change(grow)
+    stop_growing = control.on_change(grow)
     grow()
     try:
         while True:
@@ -295,6 +295,7 @@ async def _run_local(agent: Agent, specs: list[RunSpec], control: BatchControl, 
                 if t.done() and not t.cancelled() and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
     finally:
+        stop_growing()
         for t in tasks:
             t.cancel()
     return [r for r in results if r is not None]

@@ -263,7 +263,7 @@ async def _drive(agent: Any, prompt: str, runs: int, control: BatchControl, ramp
         for _ in range(min(control.concurrency, runs) - live):
             tasks.append(asyncio.ensure_future(worker(len(tasks))))
 
-    control.on_change(grow)
+    stop_growing = control.on_change(grow)
     grow()
     timed_out = False
     deadline = None if timeout is None else time.perf_counter() + timeout
@@ -284,6 +284,7 @@ async def _drive(agent: Any, prompt: str, runs: int, control: BatchControl, ramp
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
     finally:
+        stop_growing()
         sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampling
