@@ -12,7 +12,19 @@ when the config directory has none, with a one-time warning. Every setting is in
     model = "smollm2"
     context_window = 8192
 
-    [limits]                          # also [http], [retry], [prices."model"], [sandbox], [policy]
+    [profiles.openai]
+    base_url = "https://api.openai.com/v1"
+    model = "gpt-4o-mini"             # api_key comes from OPENAI_API_KEY
+
+    [http]                            # pool sizes and timeouts
+    max_connections = 1000
+    concurrency = "adaptive"          # or a fixed number of requests in flight per endpoint
+    read_timeout = 120
+
+    [retry]
+    max_attempts = 5
+
+    [limits]                          # also [prices."model"], [sandbox], [policy], [cache], [otel], [mcp]
     max_steps = 20
 
     [mcp.servers.time]               # MCP servers whose tools runs may use (docs/mcp.md)
@@ -89,6 +101,12 @@ class HTTPSettings(CheckedFields):
     request_timeout: float = field(default=600.0, metadata=number(0, above=True))
     ttft_timeout: float = field(default=120.0, metadata=number(0, above=True))  # streams: time to the first token
     idle_timeout: float = field(default=60.0, metadata=number(0, above=True))  # streams: longest gap between chunks
+    # requests in flight per endpoint: "adaptive" or a fixed number
+    concurrency: str = field(default="adaptive", metadata=text())
+    concurrency_initial: int = field(default=32, metadata=whole(1))  # where an adaptive limit starts
+    concurrency_max: int = field(default=1000, metadata=whole(1))  # an adaptive limit never exceeds this
+    # latency over this x the baseline counts as queueing
+    concurrency_tolerance: float = field(default=1.5, metadata=number(1, above=True))
 
 
 @dataclass(repr=False)

@@ -105,6 +105,8 @@ def coerce(value: Any, rule: SettingRule, key: str, source: str) -> Any:
             return word in _TRUE
         raise _invalid(value, rule, key, source)
     if kind is str:
+        if isinstance(value, int) and not isinstance(value, bool) and not rule.choices:
+            value = str(value)  # e.g. [http] concurrency = 32 (a number or "adaptive")
         if not isinstance(value, str):
             raise _invalid(value, rule, key, source)
         if rule.choices:

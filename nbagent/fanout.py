@@ -31,6 +31,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .control import BatchControl
 from .metrics import MetricsRegistry
 
 if TYPE_CHECKING:
@@ -133,10 +134,44 @@ class BatchResult:
 
 
 class Batch:
-    """A batch running on the current event loop: ``await batch`` gives the :class:`BatchResult`."""
+    """A batch running on the current event loop: ``await batch`` gives the :class:`BatchResult`.
 
-    def __init__(self, task: asyncio.Task[BatchResult]) -> None:
+    Live control (local executor): :meth:`pause`, :meth:`resume`, :meth:`set_concurrency`, :meth:`set_limits`
+    (see :mod:`nbagent.control`).
+    """
+
+    def __init__(self, task: asyncio.Task[BatchResult], control: BatchControl | None = None) -> None:
         self.task = task
+        self.control = control
+
+    def _control(self) -> BatchControl:
+        if self.control is None:
+            raise RuntimeError("live control needs executor='local'")
+        return self.control
+
+    def pause(self) -> None:
+        """Start no new run, and no new model call in the runs in flight (their current call finishes)."""
+        self._control().pause()
+
+    def resume(self) -> None:
+        self._control().resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._control().paused
+
+    def set_concurrency(self, n: int) -> None:
+        """At most ``n`` runs in flight from now on (more workers start if needed; none is cancelled)."""
+        self._control().set_concurrency(n)
+
+    def set_limits(self, **limits: Any) -> None:
+        """Change the usage limits of the batch's agent (``max_steps=``, ``max_cost=``...): new runs get
+        them and runs in flight see them at their next step."""
+        self._control().set_limits(**limits)
+
+    def stats(self) -> dict[str, Any]:
+        """Paused or not, concurrency, runs in flight and started."""
+        return self._control().stats()
 
     def cancel(self) -> None:
         self.task.cancel()
@@ -161,13 +196,15 @@ def map(  # noqa: A001 - nbagent.map is the public name
     on that loop and returns a :class:`Batch` to ``await``; otherwise it blocks and returns the
     :class:`BatchResult`. Options: ``agent_factory``, ``workers``, ``address``, ``store``, ``desc``.
     """
-    coro = amap(items, agent=agent, concurrency=concurrency, executor=executor, progress=progress, **options)
+    control = BatchControl(concurrency, agent=agent) if executor == "local" else None
+    coro = amap(items, agent=agent, concurrency=concurrency, executor=executor, progress=progress, control=control,
+                **options)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         pass
     else:
-        return Batch(loop.create_task(coro, name="nbagent:map"))
+        return Batch(loop.create_task(coro, name="nbagent:map"), control)
 
     async def main() -> BatchResult:
         try:
@@ -197,12 +234,14 @@ async def amap(
     address: str | None = None,
     store: Any = None,
     desc: str = "map",
+    control: BatchControl | None = None,
 ) -> BatchResult:
     """Run a batch and return its :class:`BatchResult` (see the module docs).
 
     Without ``agent`` or ``agent_factory`` the agent comes from the settings and environment. ``store`` (a
     :class:`~nbagent.store.RunStore`, None for the default runtime's, or False) keeps the runs that come back
-    from Ray workers; local runs are kept by the store of the agent's runtime.
+    from Ray workers; local runs are kept by the store of the agent's runtime. ``control`` (a
+    :class:`~nbagent.control.BatchControl`) pauses the batch or changes its concurrency while it runs.
     """
     specs = [RunSpec.of(i) for i in items]
     if concurrency < 1:
@@ -213,7 +252,10 @@ async def amap(
         if executor == "local":
             if agent is None:
                 agent = agent_factory() if agent_factory is not None else _default_agent()
-            results = await _run_local(agent, specs, concurrency, bar)
+            if control is None:
+                control = BatchControl(concurrency)
+            control.agent = agent
+            results = await _run_local(agent, specs, control, bar)
             worker_stats = [agent.client.pool_stats()] if hasattr(agent, "client") else []
             regs: list[Any] = [r.metrics() for r in results]
         elif executor == "ray":
@@ -233,21 +275,40 @@ async def amap(
                        executor=executor, workers=worker_stats, started_at=started_at)
 
 
-async def _run_local(agent: Agent, specs: list[RunSpec], concurrency: int, bar: Any) -> list[RunResult]:
+async def _run_local(agent: Agent, specs: list[RunSpec], control: BatchControl, bar: Any) -> list[RunResult]:
     results: list[RunResult | None] = [None] * len(specs)
     todo = iter(range(len(specs)))
+    tasks: list[asyncio.Task[None]] = []
 
     async def worker() -> None:
         for i in todo:
             spec = specs[i]
-            results[i] = await agent.run(spec.prompt, name=spec.name, deps=spec.deps)
+            await control.start_run()  # waits while paused or at the concurrency
+            try:
+                results[i] = await agent.run(spec.prompt, name=spec.name, deps=spec.deps)
+            finally:
+                control.end_run()
             if bar is not None:
                 bar.update(1)
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(specs)) or 1)]
+    def grow() -> None:  # one worker per run that may be in flight
+        live = sum(1 for t in tasks if not t.done())
+        for _ in range(min(control.concurrency, len(specs)) - live):
+            tasks.append(asyncio.ensure_future(worker()))
+
+    stop_growing = control.on_change(grow)
+    grow()
     try:
-        await asyncio.gather(*tasks)
+        while True:
+            pending = [t for t in tasks if not t.done()]
+            if not pending:
+                break
+            await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
     finally:
+        stop_growing()
         for t in tasks:
             t.cancel()
     return [r for r in results if r is not None]

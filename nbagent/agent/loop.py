@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..config import Endpoint, Settings
+from ..control import before_model_call
 from ..errors import EndpointNotConfigured, NbAgentError, UsageLimitExceeded
 from ..events import (
     Event,
@@ -407,6 +408,7 @@ class Agent:
                 choice = {"type": "function", "function": {"name": self.first_tool}}
             req = ModelRequest(model=model_name, messages=messages, tools=self._tool_schemas, tool_choice=choice,
                                params=self.params, stream=self.stream)
+            await before_model_call()  # a paused batch holds its runs here
             t0 = time.perf_counter()
             resp = await model.request(req, run_id=ctx.run_id, on_text=on_text)
             state.model_time += time.perf_counter() - t0

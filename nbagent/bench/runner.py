@@ -18,6 +18,7 @@ from typing import Any
 
 from nbagent.runtime import Runtime
 
+from ..control import BatchControl
 from ..events import Event, EventBus
 from ..fanout import progress_bar
 from ..metrics.histogram import Histogram
@@ -130,6 +131,7 @@ async def bench(
     sim: str = "process",
     timeout: float | None = None,
     sample_interval: float = 0.25,
+    control: BatchControl | None = None,
 ) -> BenchResult:
     """Run ``runs`` agent runs, ``concurrency`` at a time, and measure them.
 
@@ -139,7 +141,8 @@ async def bench(
     answer, ``fault_rate`` (e.g. 0.05) of faults of ``fault_kinds``, and ``tool_calls`` tool calls per run.
     ``ramp_up`` seconds spread the start of the ``concurrency`` workers linearly. ``budgets`` (a
     :func:`~nbagent.metrics.budgets.parse_budgets` spec) are checked on every run. Failed runs are counted,
-    never raised. ``timeout`` cancels what is still running after that many seconds.
+    never raised. ``timeout`` cancels what is still running after that many seconds. ``control`` (a
+    :class:`~nbagent.control.BatchControl`) pauses the bench or changes its concurrency while it runs.
     """
     if runs < 1 or concurrency < 1:
         raise ValueError("runs and concurrency must be >= 1")
@@ -171,7 +174,10 @@ async def bench(
             stack.callback(bar.close)
         if client is not None:
             stack.push_async_callback(client.aclose)
-        result = await _drive(agent, prompt, runs, concurrency, ramp_up, timeout, sample_interval, collector, bar)
+        if control is None:
+            control = BatchControl(concurrency)
+        control.agent = agent
+        result = await _drive(agent, prompt, runs, control, ramp_up, timeout, sample_interval, collector, bar)
         pool = agent.client.pool_stats() if hasattr(agent, "client") else {}
     result.config = config
     result.pool = pool
@@ -203,8 +209,9 @@ def _default_agent(url: str, model: str | None, api_key: str | None, settings: A
     return Agent(s.model, [lookup], runtime=Runtime(s, bus=bus, client=client), stream=stream), client
 
 
-async def _drive(agent: Any, prompt: str, runs: int, concurrency: int, ramp_up: float, timeout: float | None,
+async def _drive(agent: Any, prompt: str, runs: int, control: BatchControl, ramp_up: float, timeout: float | None,
                  sample_interval: float, collector: _Collector, bar: Any) -> BenchResult:
+    concurrency = control.concurrency
     next_index = iter(range(runs))
     overhead = Histogram()
     breakdown_totals: dict[str, float] = {}
@@ -217,10 +224,14 @@ async def _drive(agent: Any, prompt: str, runs: int, concurrency: int, ramp_up: 
 
     async def worker(w: int) -> None:
         nonlocal done
-        if ramp_up > 0:
+        if ramp_up > 0 and w < concurrency:  # the first workers ramp up; those added later start at once
             await asyncio.sleep(ramp_up * w / concurrency)
         for i in next_index:
-            result = await agent.run(prompt, name=f"bench-{i}")
+            await control.start_run()  # waits while paused or at the concurrency
+            try:
+                result = await agent.run(prompt, name=f"bench-{i}")
+            finally:
+                control.end_run()
             overhead.record(result.timings.get("overhead", 0.0))
             for k, v in result.timings.items():
                 breakdown_totals[k] = breakdown_totals.get(k, 0.0) + v
@@ -245,19 +256,35 @@ async def _drive(agent: Any, prompt: str, runs: int, concurrency: int, ramp_up: 
                                 errors=sum(v for k, v in collector.statuses.items() if k != "ok"), refresh=False)
 
     sampling = asyncio.ensure_future(sampler())
-    tasks = [asyncio.ensure_future(worker(w)) for w in range(concurrency)]
+    tasks: list[asyncio.Task[None]] = []
+
+    def grow() -> None:  # one worker per run that may be in flight
+        live = sum(1 for t in tasks if not t.done())
+        for _ in range(min(control.concurrency, runs) - live):
+            tasks.append(asyncio.ensure_future(worker(len(tasks))))
+
+    stop_growing = control.on_change(grow)
+    grow()
     timed_out = False
+    deadline = None if timeout is None else time.perf_counter() + timeout
     try:
-        finished, pending = await asyncio.wait(tasks, timeout=timeout)
+        while True:
+            pending = {t for t in tasks if not t.done()}
+            left = None if deadline is None else deadline - time.perf_counter()
+            if not pending or (left is not None and left <= 0):
+                break
+            await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_EXCEPTION)
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        pending = {t for t in tasks if not t.done()}
         if pending:
             timed_out = True
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for t in finished:
-            if not t.cancelled() and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
     finally:
+        stop_growing()
         sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampling

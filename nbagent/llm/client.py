@@ -36,6 +36,7 @@ from ..events import (
     default_bus,
 )
 from .jsonio import loads
+from .limiter import Limiters
 from .retry import RetryPolicy, retry_reason
 from .stream import HAS_TIMEOUT_CM, Deadline, Delivery
 from .text import escape_unencodable
@@ -117,6 +118,7 @@ class LLMClient:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.pool_waits = 0  # requests that started while every connection was busy
+        self.limiters = Limiters(self.settings.http, bus=self.bus)  # adaptive concurrency per endpoint
 
     # --- pool ----------------------------------------------------------------------------------
 
@@ -145,6 +147,7 @@ class LLMClient:
             "pool_waits": self.pool_waits,
             "max_connections": self.settings.http.max_connections,
             "transport": self.settings.http.transport,
+            "concurrency": self.limiters.stats(),
         }
         if self._transport is not None:
             stats.update(self._transport.pool_stats())
@@ -180,12 +183,19 @@ class LLMClient:
         started = time.perf_counter()
         self.retry.budget.deposit()
         delivery = Delivery() if req.stream else None
+        limiter = self.limiters.of(endpoint)
         attempt = 1
         while True:
             bus.emit(LLMRequestStarted(run_id=run_id, request_id=request_id, model=req.model, attempt=attempt,
                                        stream=req.stream, input_tokens_local=local_prompt))
             try:
-                resp = await self._attempt(req, endpoint, run_id, request_id, on_text, delivery)
+                token = await limiter.acquire()  # a slot of the endpoint's (adaptive) concurrency limit
+                try:
+                    resp = await self._attempt(req, endpoint, run_id, request_id, on_text, delivery)
+                except BaseException as exc:
+                    limiter.release(token, exc)
+                    raise
+                limiter.release(token)
                 break
             except LLMError as exc:
                 wait = self.retry.wait_before_retry(attempt, exc)

@@ -297,6 +297,12 @@ class Dashboard(widgets.VBox):
             f"loop lag p99 {fmt_seconds(mon['lag_p99'])}, {mon['blocks']} blocks",  # type: ignore[arg-type]
             f"kernel CPU {cpu:.0f}% · {mib:.0f} MiB",
         ]
+        limits = {n[len("llm.concurrency."):]: int(g.value) for n, g in reg.gauges.items()
+                  if n.startswith("llm.concurrency.")}  # set by the adaptive limiter when a limit moves
+        if limits:
+            parts.append("LLM concurrency limit " + ", ".join(
+                f"<b>{n}</b>" if len(limits) == 1 else f"{html.escape(e.split('@', 1)[0])} <b>{n}</b>"
+                for e, n in limits.items()))
         sb = sandbox_stats(self.registry.runtime, create=False)
         if sb:
             parts.append(f"sandboxes {sb.get('active', 0)} active / {sb.get('idle', 0)} idle / "

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-delay", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--no-history", dest="record_history", action="store_const", const=False)
+    p.add_argument("--capacity", type=int, help="at most this many chat requests at once")
+    p.add_argument("--overload", choices=("queue", "reject"), help="beyond the capacity: queue, or 429")
+    p.add_argument("--overload-retry-after", type=float, help="Retry-After of a rejection (seconds)")
     p.add_argument("--watch-stdin", action="store_true", help="exit when standard input reaches end of file")
     p.add_argument("--quiet", action="store_true", help="print only the port")
     return p
@@ -58,6 +61,9 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "fault_delay",
         "seed",
         "record_history",
+        "capacity",
+        "overload",
+        "overload_retry_after",
     ):
         value = getattr(args, name)
         if value is not None:

@@ -8,6 +8,9 @@ from typing import Any
 
 from .faults import FAULT_KINDS
 
+#: What a server at capacity does with one more request.
+OVERLOAD_MODES = ("queue", "reject")
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -25,6 +28,9 @@ class SimConfig:
     seed: int = 0
     record_history: bool = True
     fault_delay: float = 1.0
+    capacity: int | None = None  # at most this many chat requests at once; beyond it, ``overload`` says what
+    overload: str = "queue"  # "queue": wait for a free place; "reject": 429 with ``Retry-After``
+    overload_retry_after: float | None = 1.0  # the ``Retry-After`` of a rejection (None: no header)
 
     def __post_init__(self) -> None:
         kinds = (self.fault_kinds,) if isinstance(self.fault_kinds, str) else tuple(self.fault_kinds)
@@ -41,6 +47,12 @@ class SimConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.ttft is not None and self.ttft < 0:
             raise ValueError("ttft must be >= 0")
+        if self.capacity is not None and self.capacity < 1:
+            raise ValueError("capacity must be >= 1 (or None for no limit)")
+        if self.overload not in OVERLOAD_MODES:
+            raise ValueError(f"overload must be one of {', '.join(OVERLOAD_MODES)}, got {self.overload!r}")
+        if self.overload_retry_after is not None and self.overload_retry_after < 0:
+            raise ValueError("overload_retry_after must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as a JSON-serialisable dict."""

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from .behavior import Behavior, Reply, default_behavior, estimate_prompt_tokens, first_tool_name
+from .capacity import CapacityGate
 from .config import SimConfig
 from .faults import STATUS_FAULTS, Fault, error_body, format_retry_after
 from .wire import (
@@ -77,6 +78,7 @@ class SimCore:
         self.max_in_flight = 0
         self._fault_counts: dict[str, int] = {}
         self._rejected: dict[str, int] = {"auth": 0, "context_length": 0, "bad_request": 0}
+        self.capacity = CapacityGate(lambda: self.config.capacity)
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/chat/completions"): self._chat,
@@ -123,6 +125,7 @@ class SimCore:
             self.max_in_flight = self.in_flight
             self._fault_counts = {}
             self._rejected = {key: 0 for key in self._rejected}
+            self.capacity.reset()
 
     def history(self) -> list[dict[str, Any]]:
         """Return a copy of the recorded request bodies."""
@@ -142,6 +145,7 @@ class SimCore:
                 "pending_faults": len(self._faults),
                 "pending_replies": len(self._replies),
                 "history": len(self._history),
+                "capacity": self.capacity.stats(self.config.capacity, self.config.overload),
             }
 
     # ----------------------------------------------------------------- HTTP
@@ -215,7 +219,17 @@ class SimCore:
             if self.in_flight > self.max_in_flight:
                 self.max_in_flight = self.in_flight
         try:
-            return await self._chat_inner(request, config)
+            if config.capacity is None:
+                return await self._chat_inner(request, config)
+            if not await self.capacity.admit(config.overload):
+                headers = ({"Retry-After": format_retry_after(config.overload_retry_after)}
+                           if config.overload_retry_after is not None else None)
+                return _error(429, f"The server is at capacity ({config.capacity} requests); try again later "
+                              "(simulated).", "rate_limit_error", "overloaded", headers)
+            try:
+                return await self._chat_inner(request, config)
+            finally:
+                self.capacity.leave()
         finally:
             with self._lock:
                 self.in_flight -= 1

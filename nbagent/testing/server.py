@@ -64,6 +64,9 @@ class SimServer:
       kind drawn from ``fault_kinds`` by ``random.Random(seed)``; ``fault_delay`` is the delay of the random
       ``slow_first_token`` and ``stall`` faults.
     * ``record_history``: keep every request body in :attr:`history`.
+    * ``capacity``: at most this many chat requests are served at once; beyond it, with ``overload="queue"``
+      a request waits for a free place (first come, first served), with ``overload="reject"`` it gets 429
+      with ``Retry-After: overload_retry_after``. ``stats()["capacity"]`` counts both.
 
     ``behavior`` replaces the default deterministic behaviour: a callable receiving the request body and
     returning a :class:`Reply`. Queued faults (:meth:`inject`) and replies (:meth:`script`) take precedence.
@@ -86,6 +89,9 @@ class SimServer:
         seed: int = 0,
         record_history: bool = True,
         fault_delay: float = 1.0,
+        capacity: int | None = None,
+        overload: str = "queue",
+        overload_retry_after: float | None = 1.0,
         behavior: Behavior | None = None,
     ) -> None:
         config = SimConfig(
@@ -101,6 +107,9 @@ class SimServer:
             seed=seed,
             record_history=record_history,
             fault_delay=fault_delay,
+            capacity=capacity,
+            overload=overload,
+            overload_retry_after=overload_retry_after,
         )
         self.host = host
         self._requested_port = port

@@ -189,3 +189,18 @@ def test_sandbox_events_feed_the_dashboard_histograms() -> None:
         dash.close()
     finally:
         registry.close()
+
+
+def test_the_dashboard_shows_the_adaptive_concurrency_limit() -> None:
+    from nbagent.llm.limiter import ConcurrencyChanged
+
+    registry = RunRegistry(EventBus())
+    try:
+        dash = Dashboard(registry)
+        assert "concurrency limit" not in dash.header_html()  # no limit has moved yet
+        registry.bus.emit(ConcurrencyChanged(endpoint="sim@http://127.0.0.1:1/v1", limit=48, previous=32,
+                                             reason="slow_start"))
+        assert "LLM concurrency limit <b>48</b>" in dash.header_html()
+        dash.close()
+    finally:
+        registry.close()
