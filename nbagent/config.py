@@ -102,7 +102,7 @@ class HTTPSettings(CheckedFields):
     ttft_timeout: float = field(default=120.0, metadata=number(0, above=True))  # streams: time to the first token
     idle_timeout: float = field(default=60.0, metadata=number(0, above=True))  # streams: longest gap between chunks
     # requests in flight per endpoint: "adaptive" or a fixed number
-    concurrency: str = field(default="adaptive", metadata=text())
+    concurrency: str = field(default="adaptive", metadata=text(numbers=True))
     concurrency_initial: int = field(default=32, metadata=whole(1))  # where an adaptive limit starts
     concurrency_max: int = field(default=1000, metadata=whole(1))  # an adaptive limit never exceeds this
     # latency over this x the baseline counts as queueing

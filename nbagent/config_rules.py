@@ -41,6 +41,7 @@ class SettingRule:
     choices: tuple[str, ...] = ()
     secret: bool = False
     url: bool = False
+    numbers: bool = False  # a text setting that also takes a whole number (``[http] concurrency = 32``)
 
     def allowed(self) -> str:
         """What the rule accepts, in words: ``a whole number >= 1``, ``one of 'aiohttp', 'httpx'``..."""
@@ -78,9 +79,9 @@ def choice(*options: str) -> dict[str, Any]:
     return _meta(SettingRule(str, choices=options))
 
 
-def text(*, secret: bool = False, url: bool = False) -> dict[str, Any]:
+def text(*, secret: bool = False, url: bool = False, numbers: bool = False) -> dict[str, Any]:
     """Field metadata: an optional string; ``secret`` ones are masked, ``url`` ones must be http(s)."""
-    return _meta(SettingRule(str, optional=True, secret=secret, url=url))
+    return _meta(SettingRule(str, optional=True, secret=secret, url=url, numbers=numbers))
 
 
 def flag() -> dict[str, Any]:
@@ -105,7 +106,7 @@ def coerce(value: Any, rule: SettingRule, key: str, source: str) -> Any:
             return word in _TRUE
         raise _invalid(value, rule, key, source)
     if kind is str:
-        if isinstance(value, int) and not isinstance(value, bool) and not rule.choices:
+        if rule.numbers and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # e.g. [http] concurrency = 32 (a number or "adaptive")
         if not isinstance(value, str):
             raise _invalid(value, rule, key, source)
