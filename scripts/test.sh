@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-bash scripts/setup.sh dev notebook execute profile local
+bash scripts/setup.sh dev notebook execute profile local otel mcp fast
 export NBAGENT_REQUIRE_LOCAL_MODEL=1
 bash scripts/setup-sandbox.sh
 export NBAGENT_REQUIRE_SANDBOXES=1
