@@ -299,15 +299,10 @@ class Agent:
         except RuntimeError:
             loop = None
         if loop is not None:
-            try:
-                import nest_asyncio2
-            except ImportError:
-                raise RuntimeError(
-                    "run_sync() inside a running event loop (such as a Jupyter kernel) needs nest-asyncio2 "
-                    "(pip install 'nbagent[notebook]'); or use `await agent.run(...)`, or `agent.start(...)`"
-                ) from None
-            nest_asyncio2.apply(loop)
-            return loop.run_until_complete(self.run(prompt, **kwargs))
+            from ..reenter import wait_in_running_loop
+
+            return wait_in_running_loop(loop, self.run(prompt, **kwargs), what="run_sync()",
+                                        instead="`await agent.run(...)`, or `agent.start(...)`")
 
         async def main() -> RunResult:
             try:

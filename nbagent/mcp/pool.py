@@ -78,13 +78,10 @@ class MCPPool:
         except RuntimeError:
             loop = None
         if loop is not None:
-            try:
-                import nest_asyncio2
-            except ImportError:
-                raise RuntimeError("mcp_tools() inside a running event loop needs nest-asyncio2 (pip install "
-                                   "'nbagent[notebook]'); or use `await mcp_tools_async(...)`") from None
-            nest_asyncio2.apply(loop)
-            return loop.run_until_complete(self.tools(spec, include))
+            from ..reenter import wait_in_running_loop
+
+            return wait_in_running_loop(loop, self.tools(spec, include), what="mcp_tools()",
+                                        instead="`await mcp_tools_async(...)`")
         listing = self._listings.get(spec.name)
         if listing is None:
             listing = self._listings[spec.name] = asyncio.run(_list_once(spec, self))

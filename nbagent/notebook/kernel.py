@@ -100,7 +100,6 @@ def block_on(awaitable: Awaitable[T], loop: asyncio.AbstractEventLoop | None = N
         finally:
             if loop is None:
                 own.close()
-    import nest_asyncio2
+    from ..reenter import wait_in_running_loop
 
-    nest_asyncio2.apply(running)
-    return running.run_until_complete(awaitable)
+    return wait_in_running_loop(running, awaitable, what="waiting for a run", instead="`await`")
