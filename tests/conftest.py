@@ -12,6 +12,8 @@ from nbagent.events import Event, EventBus
 from nbagent.llm import LLMClient
 from nbagent.testing import SimServer
 
+pytest_plugins = ["sandbox_gates"]  # the local_root fixture of the sandbox tests (integration, reliability)
+
 
 @pytest.fixture(autouse=True)
 def _nbagent_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,20 +12,18 @@ a bound in bytes, not a timing. Both backends skip when missing, unless ``NBAGEN
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_gates import checked_bwrap, docker_client_or_skip
 
 from nbagent.agent.tools import RunContext
 from nbagent.events import EventBus
 from nbagent.sandbox import (
-    DEFAULT_IMAGE,
     PoolConfig,
     Sandbox,
     SandboxManager,
@@ -42,42 +40,12 @@ BACKENDS = ["docker", "local"]
 MiB = 1 << 20
 
 
-def _unavailable(what: str, why: str) -> None:
-    if os.environ.get("NBAGENT_REQUIRE_SANDBOXES") == "1":
-        pytest.fail(f"{what} is required (NBAGENT_REQUIRE_SANDBOXES=1) but unavailable: {why}; "
-                    "run `bash scripts/setup-sandbox.sh` (as root)", pytrace=False)
-    pytest.skip(f"{what} unavailable: {why}")
-
-
 def _docker_client() -> Any:
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-        client.images.get(DEFAULT_IMAGE)
-    except Exception as e:
-        _unavailable("Docker", f"{type(e).__name__}: {e}")
-    return client
+    return docker_client_or_skip()
 
 
 def _bwrap() -> str:
-    path = shutil.which("bwrap")
-    if path is None:
-        _unavailable("bubblewrap", "bwrap is not installed")
-        raise AssertionError("unreachable")
-    probe = subprocess.run([path, "--unshare-all", "--ro-bind", "/", "/", "true"], capture_output=True, timeout=30)
-    if probe.returncode != 0:
-        _unavailable("bubblewrap", probe.stderr.decode().strip())
-    return path
-
-
-@pytest.fixture
-def local_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="nbagent-rel-"))
-    os.chmod(root, 0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    return checked_bwrap()
 
 
 @pytest.fixture
