@@ -264,3 +264,14 @@ def test_exported_classes_have_unique_names() -> None:
     assert {n: o for n, o in owners.items() if len(o) > 1} == {}
     modules = [p.name for p in pathlib.Path(nbagent.__file__).parent.rglob("registry.py")]
     assert len(modules) <= 1
+
+
+def test_mcp_env_that_is_not_a_secret_is_not_redacted() -> None:
+    pytest.importorskip("mcp")
+    from nbagent.mcp import MCPServer
+    from nbagent.store.redact import redact
+
+    MCPServer(command="true", env={"PYTHONPATH": "/opt/some-project-dir", "SERVICE_API_KEY": "zq-7781-secret-x"},
+              name="envcheck")
+    assert redact("at /opt/some-project-dir/x.py") == "at /opt/some-project-dir/x.py"
+    assert "zq-7781-secret-x" not in redact("key zq-7781-secret-x")

@@ -114,6 +114,7 @@ class LLMClient:
         self._given_http = http_client
         self._transport: Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._others: list[tuple[asyncio.AbstractEventLoop, Transport]] = []  # pools of loops used before
         self._ids = itertools.count(1)
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -126,6 +127,8 @@ class LLMClient:
         """This loop's transport (a new loop gets a new pool: connections belong to a loop)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._transport is None:
+            if self._transport is not None and self._loop is not None and not self._loop.is_closed():
+                self._others.append((self._loop, self._transport))  # closed by aclose, on its own loop
             self._loop = loop
             self._transport = make_transport(self.settings.http, self._given_http)
         return self._transport
@@ -154,11 +157,19 @@ class LLMClient:
         return stats
 
     async def aclose(self) -> None:
-        """Close the HTTP pool (unless it was given to us)."""
-        transport, self._transport = self._transport, None
-        self._loop = None
-        if transport is not None:
-            await transport.aclose()
+        """Close the HTTP pools (unless given to us). A pool belongs to the loop it was made on: this loop's is
+        closed here, a running other loop's on that loop, and one whose loop has ended is dropped (its
+        connections went with the loop)."""
+        pools = [*self._others, (self._loop, self._transport)]
+        self._others, self._transport, self._loop = [], None, None
+        current = asyncio.get_running_loop()
+        for loop, transport in pools:
+            if transport is None or loop is None:
+                continue
+            if loop is current:
+                await transport.aclose()
+            elif loop.is_running() and not loop.is_closed():
+                asyncio.run_coroutine_threadsafe(transport.aclose(), loop)
 
     # --- requests -------------------------------------------------------------------------------
 

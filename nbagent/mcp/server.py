@@ -33,6 +33,8 @@ from ..errors import ConfigError
 
 __all__ = ["MCPServer", "servers_from_settings"]
 
+# env variables and headers whose values are secrets (API keys, tokens, passwords, authorization)
+_SECRET_NAME = re.compile(r"(?i)key|token|secret|passw|auth|cookie|credential|session|signature")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -72,7 +74,9 @@ class MCPServer:
             raise ValueError(f"MCP server {self.name}: startup_timeout must be > 0 seconds")
         from ..store.redact import add_secret
 
-        for value in (*self.env.values(), *self.headers.values()):
+        for name, value in (*self.env.items(), *self.headers.items()):
+            if not _SECRET_NAME.search(name):
+                continue  # PATH, PYTHONPATH, Accept...: redacting them would garble unrelated text
             add_secret(value)
             # "Bearer <token>": the token alone may show up elsewhere (an error message, a log line)
             add_secret(value.split(" ", 1)[1] if " " in value else None)

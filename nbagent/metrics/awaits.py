@@ -29,6 +29,12 @@ def await_chain(task: asyncio.Task[Any]) -> tuple[str, ...]:
     obj: Any = task.get_coro()
     while obj is not None and len(out) < _MAX_DEPTH:
         frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None) or getattr(obj, "ag_frame", None)
+        if frame is not None and frame.f_code.co_name == "__await__" and "asyncio" in frame.f_code.co_filename:
+            # the pure-Python Future.__await__ (asyncio patched, e.g. by nest-asyncio2): the future itself
+            obj = getattr(current, "_fut_waiter", None) or frame.f_locals.get("self", obj)
+            frame = None
+            if obj is None:
+                break
         if frame is not None:
             code = frame.f_code
             out.append(f"{getattr(code, 'co_qualname', code.co_name)} "
