@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from nbagent.metrics import builtin as _builtin  # noqa: F401, I001 - registers the built-in mapping
 from nbagent.metrics.histogram import DEFAULT_ACCURACY, Histogram
+from nbagent.metrics.index import RunMetricsIndex
 from nbagent.metrics.registry import (
     DEFAULT_HANDLERS,
     Counter,
@@ -25,7 +26,6 @@ from nbagent.metrics.registry import (
     HandlerTable,
     Metric,
     MetricsRegistry,
-    RunMetricsIndex,
     register_handler,
 )
 

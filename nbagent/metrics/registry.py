@@ -3,7 +3,7 @@
 A :class:`MetricsRegistry` holds named metrics, created on first use. ``registry.attach(bus)`` taps an
 :class:`~nbagent.events.EventBus` so every event updates the metrics inline; ``observe`` dispatches on
 ``type(event)`` with one dict lookup, so the cost per event is a few hundred nanoseconds per metric touched.
-:class:`RunMetricsIndex` keeps one global registry plus one registry per ``run_id`` (a bounded LRU).
+:class:`~nbagent.metrics.index.RunMetricsIndex` keeps one global registry plus one per ``run_id`` (bounded LRU).
 
 Registries are JSON-safe and mergeable (``to_dict`` / ``from_dict`` / ``merge``), so metrics gathered in
 several processes or workers fan in to one.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -40,7 +39,6 @@ __all__ = [
     "HandlerTable",
     "Metric",
     "MetricsRegistry",
-    "RunMetricsIndex",
     "register_handler",
 ]
 
@@ -476,81 +474,3 @@ class MetricsRegistry:
             f"MetricsRegistry(histograms={len(self._histograms)}, counters={len(self._counters)}, "
             f"gauges={len(self._gauges)})"
         )
-
-
-# --- per-run and global ---------------------------------------------------------------------------
-
-
-class RunMetricsIndex:
-    """One global registry plus one registry per ``run_id``, kept in a bounded LRU.
-
-    Every event updates :attr:`global_`; events with a ``run_id`` also update that run's registry. When more
-    than ``max_runs`` runs are held, the run whose last event is oldest is dropped (:attr:`evicted` counts
-    them). All the registries share one :class:`HandlerTable` (a child of :data:`DEFAULT_HANDLERS`), so
-    :meth:`register` applies to the global registry and to every run.
-    """
-
-    def __init__(self, max_runs: int = 1000, accuracy: float = DEFAULT_ACCURACY) -> None:
-        if max_runs < 1:
-            raise ValueError(f"max_runs must be >= 1, got {max_runs!r}")
-        self.max_runs = max_runs
-        self.accuracy = accuracy
-        self.handlers = HandlerTable(parent=DEFAULT_HANDLERS)
-        self.global_ = MetricsRegistry(accuracy, handlers=self.handlers)
-        self._runs: OrderedDict[str, MetricsRegistry] = OrderedDict()
-        self.evicted = 0
-
-    def observe(self, event: Event) -> None:
-        """Update the global registry and, if the event has a ``run_id``, that run's registry."""
-        self.global_.observe(event)
-        run_id = event.run_id
-        if run_id is None:
-            return
-        runs = self._runs
-        reg = runs.get(run_id)
-        if reg is None:
-            reg = runs[run_id] = MetricsRegistry(self.accuracy, handlers=self.handlers)
-            if len(runs) > self.max_runs:
-                runs.popitem(last=False)
-                self.evicted += 1
-        else:
-            runs.move_to_end(run_id)
-        reg.observe(event)
-
-    def attach(self, bus: EventBus) -> Callable[[], None]:
-        """Tap ``bus``. Returns a function that detaches again."""
-        return bus.tap(self.observe)
-
-    def register(self, event_type: type[Event], handler: Handler) -> Callable[[], None]:
-        """Add an event -> metric mapping to the global registry and every run's. Returns an unregister function."""
-        return self.handlers.register(event_type, handler)
-
-    def to_prometheus(self, prefix: str = "nbagent") -> str:
-        """The global metrics in the Prometheus text format (see :func:`nbagent.exporters.to_prometheus`)."""
-        return self.global_.to_prometheus(prefix)
-
-    def for_run(self, run_id: str) -> MetricsRegistry | None:
-        """The registry of ``run_id``, or None if that run was never seen or has been evicted."""
-        return self._runs.get(run_id)
-
-    def run_ids(self) -> list[str]:
-        """The runs held, least recently updated first."""
-        return list(self._runs)
-
-    def discard(self, run_id: str) -> MetricsRegistry | None:
-        """Drop one run's registry (returning it), if held."""
-        return self._runs.pop(run_id, None)
-
-    def clear(self) -> None:
-        """Forget every run and every global metric."""
-        self._runs.clear()
-        self.global_.clear()
-
-    def __contains__(self, run_id: object) -> bool:
-        return run_id in self._runs
-
-    def __len__(self) -> int:
-        return len(self._runs)
-
-    def __repr__(self) -> str:
-        return f"RunMetricsIndex(runs={len(self._runs)}, max_runs={self.max_runs}, evicted={self.evicted})"
