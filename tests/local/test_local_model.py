@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from nbagent import Agent, local_model, tool
 from nbagent.events import EventBus
 from nbagent.llm import LLMClient, ModelRequest
@@ -108,15 +110,19 @@ async def test_default_endpoint_falls_back_to_the_embedded_model(llama: LocalMod
     await agent.client.aclose()
 
 
-async def test_the_embedded_model_caps_each_answer(llama: LocalModelServer) -> None:
+async def test_the_embedded_model_caps_each_answer(llama: LocalModelServer,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from nbagent.config import Settings
 
+    assert local_model.default_max_tokens() == 256  # the default cap
+    # a small cap, so the test waits for 16 tokens, not 256, on a busy machine
+    monkeypatch.setenv("NBAGENT_EMBEDDED_MAX_TOKENS", "16")
     async with Runtime(Settings.load(env={})) as rt:
         agent = Agent(runtime=rt)  # no max_tokens of its own
         result = await agent.run("Write a very long story about a cat.")
     assert result.ok, result.stop_reason
-    assert agent.params["max_tokens"] == local_model.default_max_tokens() == 256
-    assert 0 < result.usage.tokens.output_tokens <= 256
+    assert agent.params["max_tokens"] == 16
+    assert 0 < result.usage.tokens.output_tokens <= 16
     assert llama.running  # a runtime that did not start the server leaves it running
 
 
