@@ -87,6 +87,7 @@ class Runtime:
         self._parts: dict[str, Any] = {}
         self._closers: list[Callable[[], Awaitable[None] | None]] = []
         self._store: RunStore | None = None
+        self._own_store = False
         self._detach_store: Callable[[], None] | None = None
         self._numbers = itertools.count(1)
         self.closed = False
@@ -178,18 +179,33 @@ class Runtime:
         from .store.runs import RunStore
 
         install_log_redaction()
+        self._own_store = store is None
         self._store = store if store is not None else RunStore(**options)
         self._detach_store = self._store.attach(self.bus)
         return self._store
 
     def disable_store(self) -> None:
-        """Stop keeping runs (the store is flushed and closed if this runtime opened it)."""
+        """Stop keeping runs (the store is flushed, and closed if this runtime opened it). Blocks until the
+        store has written what it holds: from a coroutine, use :meth:`aclose`."""
+        release = self._release_store()
+        if release is not None:
+            release()
+
+    def _release_store(self) -> Callable[[], None] | None:
+        """Detach the store; what is left to do with it (close if this runtime opened it, else flush)."""
         store, detach = self._store, self._detach_store
         self._store = self._detach_store = None
         if detach is not None:
             detach()
-        if store is not None:
+        if store is None:
+            return None
+        if self._own_store:
+            return store.close
+
+        def flush() -> None:  # a store given to the runtime stays open for its owner
             store.flush()
+
+        return flush
 
     def response_cache(self, mode: str = "read-write") -> Any | None:
         """The runtime's response cache in ``mode`` (one per mode), or None for ``off``."""
@@ -275,10 +291,9 @@ class Runtime:
         self._caches.clear()
         if self._sandboxes is not None and self._own_sandboxes:
             await _close(self._sandboxes, "sandbox manager")
-        store = self._store
-        self.disable_store()
-        if store is not None:
-            await asyncio.to_thread(store.close)
+        release = self._release_store()
+        if release is not None:
+            await asyncio.to_thread(release)  # the store's writer finishes off the loop
         for fn in reversed(self._closers):
             try:
                 out = fn()
