@@ -51,6 +51,13 @@ async def test_rerun_is_served_from_cache_and_charges_nothing(sim: SimServer, tm
     m = second.metrics()
     assert m.hit_rate("response") == 1.0 and m.counter("cache.response.tokens_saved").value > 0
     assert first.metrics().hit_rate("response") == 0.0
+    # the cache's stats and the runs' metrics are one fold of the same events: they agree to the last count
+    stats = cache.stats()
+    both = first.metrics().merge(m)
+    assert (stats.hits, stats.misses, stats.stores) == (3, 3, 3)
+    assert stats.hits == both.value("cache.response.hits") and stats.misses == both.value("cache.response.misses")
+    assert stats.tokens_saved == both.value("cache.response.tokens_saved") > 0
+    assert stats.lookup_p50["memory"] == both.histogram("cache.response.lookup.memory").p50
     await cache.aclose()
     await agent.client.aclose()
 

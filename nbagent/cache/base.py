@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
-from ..events import CacheEvicted, CacheStored, CacheWarning, EventBus, default_bus
+from ..events import CacheEvicted, CacheStored, CacheWarning, Event, EventBus, default_bus
 from ..llm.text import encodable
 from ..llm.types import ModelResponse
+from ..metrics import MetricsRegistry
 from .memory import CacheEntry, MemoryTier, encode_response
 from .sqlite import EvictionPolicy, Outcome, SQLiteStore
-from .stats import CacheStats, Tally
+from .stats import CacheStats, cache_stats
 from .tier_registry import BUILTIN_TIERS, CacheTier, make_tier
 
 __all__ = ["MEMORY_ONLY", "MODES", "CacheCore", "CacheMode"]
@@ -68,7 +69,8 @@ class CacheCore:
         else:
             self.store = SQLiteStore(path, max_entries=max_entries, max_bytes=max_bytes, policy=eviction,
                                      clock=clock)
-        self.tally = Tally()
+        self.facts = MetricsRegistry()
+        """This cache's own events, folded by the metrics handlers: what :meth:`stats` reads."""
         self.tiers: list[tuple[str, CacheTier]] = []
         """Tiers after memory and SQLite (:mod:`nbagent.cache.tier_registry`), by name, in lookup order."""
         for t in tiers:
@@ -104,8 +106,7 @@ class CacheCore:
         assert self.memory is not None
         gone, self.memory.evicted[:] = list(self.memory.evicted), []
         for key, reason in gone:
-            self.tally.evictions += 1
-            bus.emit(CacheEvicted(run_id=run_id, cache=self.kind, tier="memory", key=key, reason=reason))
+            self._emit(bus, CacheEvicted(run_id=run_id, cache=self.kind, tier="memory", key=key, reason=reason))
 
     async def _disk_get(self, key: str, bus: EventBus, run_id: str | None,
                         decode: Callable[[str], Any]) -> CacheEntry | None:
@@ -193,8 +194,7 @@ class CacheCore:
                              report=lambda o: self._handle(o, bus, run_id))
         if self.tiers:
             self._put_tiers(entry, text, bus, run_id)
-        self.tally.stores += 1
-        bus.emit(CacheStored(run_id=run_id, cache=self.kind, tier=tier, key=entry.key))
+        self._emit(bus, CacheStored(run_id=run_id, cache=self.kind, tier=tier, key=entry.key))
 
     def _touch(self, key: str) -> None:
         if self.store is not None and self.store.usable:
@@ -204,8 +204,7 @@ class CacheCore:
         if outcome.warning is not None:
             self._warn(bus, run_id, outcome.warning)
         for kind, key, reason in outcome.evicted:
-            self.tally.evictions += 1
-            bus.emit(CacheEvicted(run_id=run_id, cache=kind, tier="sqlite", key=key, reason=reason))
+            self._emit(bus, CacheEvicted(run_id=run_id, cache=kind, tier="sqlite", key=key, reason=reason))
 
     def _pending_warning(self, store: SQLiteStore, bus: EventBus, run_id: str | None) -> None:
         warning = store.take_warning()
@@ -213,16 +212,20 @@ class CacheCore:
             self._warn(bus, run_id, warning)
 
     def _warn(self, bus: EventBus, run_id: str | None, message: str) -> None:
-        self.tally.warnings += 1
-        bus.emit(CacheWarning(run_id=run_id, cache=self.kind, message=message))
+        self._emit(bus, CacheWarning(run_id=run_id, cache=self.kind, message=message))
+
+    def _emit(self, bus: EventBus, event: Event) -> None:
+        """Publish ``event`` and fold it into :attr:`facts`, so the stats and the bus see the same facts."""
+        self.facts.observe(event)
+        bus.emit(event)
 
     # --- management -----------------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
         """Hits and misses by tier, hit rates, sizes, what the hits saved and lookup medians."""
         store = self.store
-        return self.tally.snapshot(
-            cache=self.kind, namespace=self.namespace, mode=self._mode,
+        return cache_stats(
+            self.facts, cache=self.kind, namespace=self.namespace, mode=self._mode,
             memory_entries=len(self.memory) if self.memory is not None else 0,
             entries=store.entries if store else 0, nbytes=store.bytes if store else 0,
             persistent=store.state if store else "off")

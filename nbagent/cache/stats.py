@@ -1,13 +1,13 @@
-"""Hit/miss accounting of one cache and the :class:`CacheStats` snapshot it gives."""
+"""The :class:`CacheStats` snapshot of one cache, read from the fold of its own events."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..metrics.histogram import Histogram
+from ..metrics import MetricsRegistry
 
-__all__ = ["CacheStats", "Tally"]
+__all__ = ["CacheStats", "cache_stats"]
 
 TIERS = ("memory", "inflight", "sqlite")
 
@@ -59,45 +59,33 @@ class CacheStats:
                 f"{self.stores} stored, {self.evictions} evicted, {self.warnings} warnings; lookup p50 {p50}")
 
 
-@dataclass
-class Tally:
-    """Running counters of one cache (updated on the event loop)."""
+def cache_stats(facts: MetricsRegistry, *, cache: str, namespace: str, mode: str, memory_entries: int,
+                entries: int, nbytes: int, persistent: str) -> CacheStats:
+    """A :class:`CacheStats` read from ``facts``: the cache's own events, folded by the metrics handlers.
 
-    hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
-    misses: int = 0
-    lookups: dict[str, Histogram] = field(default_factory=dict)
-    tokens_saved: int = 0
-    latency_saved: float = 0.0
-    stores: int = 0
-    evictions: int = 0
-    warnings: int = 0
-
-    def hit(self, tier: str, lookup: float, tokens: int, latency: float) -> None:
-        self.hits[tier] = self.hits.get(tier, 0) + 1
-        self._lookup(tier, lookup)
-        self.tokens_saved += tokens
-        self.latency_saved += latency
-
-    def miss(self, lookup: float) -> None:
-        self.misses += 1
-        self._lookup("miss", lookup)
-
-    def _lookup(self, tier: str, seconds: float) -> None:
-        h = self.lookups.get(tier)
-        if h is None:
-            h = self.lookups[tier] = Histogram()
-        h.record(seconds)
-
-    def snapshot(self, *, cache: str, namespace: str, mode: str, memory_entries: int, entries: int, nbytes: int,
-                 persistent: str) -> CacheStats:
-        hits = sum(self.hits.values())
-        total = hits + self.misses
-        p50 = {t: h.p50 for t, h in self.lookups.items() if h.p50 is not None}
-        return CacheStats(
-            cache=cache, namespace=namespace, mode=mode, hits=hits, misses=self.misses,
-            hits_by_tier=dict(self.hits), hit_rate=hits / total if total else None,
-            hit_rate_by_tier={t: (n / total if total else 0.0) for t, n in self.hits.items()},
-            memory_entries=memory_entries, entries=entries, bytes=nbytes, tokens_saved=self.tokens_saved,
-            latency_saved=self.latency_saved, stores=self.stores, evictions=self.evictions, warnings=self.warnings,
-            lookup_p50={t: float(v) for t, v in p50.items()}, persistent=persistent,
-        )
+    A cache feeds each event it emits to its own :class:`~nbagent.metrics.MetricsRegistry` as well as to the
+    bus, so ``cache.stats()`` and the runtime's metrics are one fold of the same events, never two counts.
+    """
+    prefix = f"cache.{cache}."
+    counters = facts.counters
+    hits_by_tier = dict.fromkeys(TIERS, 0)
+    lookup_p50: dict[str, float] = {}
+    for name, counter in counters.items():
+        if name.startswith(prefix + "hits."):
+            hits_by_tier[name[len(prefix) + 5:]] = int(counter.value)
+    for name, hist in facts.histograms.items():
+        if name.startswith(prefix + "lookup.") and hist.p50 is not None:
+            lookup_p50[name[len(prefix) + 7:]] = float(hist.p50)
+    hits = sum(hits_by_tier.values())
+    misses = int(facts.value(prefix + "misses"))
+    total = hits + misses
+    return CacheStats(
+        cache=cache, namespace=namespace, mode=mode, hits=hits, misses=misses, hits_by_tier=hits_by_tier,
+        hit_rate=hits / total if total else None,
+        hit_rate_by_tier={t: (n / total if total else 0.0) for t, n in hits_by_tier.items()},
+        memory_entries=memory_entries, entries=entries, bytes=nbytes,
+        tokens_saved=int(facts.value(prefix + "tokens_saved")),
+        latency_saved=float(facts.value(prefix + "latency_saved")),
+        stores=int(facts.value(prefix + "stores")), evictions=int(facts.value(prefix + "evictions")),
+        warnings=int(facts.value(prefix + "warnings")), lookup_p50=lookup_p50, persistent=persistent,
+    )

@@ -175,8 +175,7 @@ class ResponseCache(CacheCore):
 
     def _miss(self, bus: EventBus, key: str, t0: float, run_id: str | None) -> None:
         lookup = time.perf_counter() - t0
-        self.tally.miss(lookup)
-        bus.emit(CacheMissEvent(run_id=run_id, cache="response", key=key, lookup_seconds=lookup))
+        self._emit(bus, CacheMissEvent(run_id=run_id, cache="response", key=key, lookup_seconds=lookup))
 
     async def _call(self, cm: CachedModel, req: ModelRequest, key: str, run_id: str | None,
                     on_text: TextCallback | None, fut: asyncio.Future[CacheEntry] | None = None) -> ModelResponse:
@@ -208,10 +207,9 @@ class ResponseCache(CacheCore):
                 bus.emit(LLMTextDelta(run_id=run_id, request_id=request_id, text=chunk))
         resp = _copy(src, cached=True, latency=lookup, ttft=lookup if req.stream else None, chunks=chunks)
         resp.attempts = 0
-        self.tally.hit(tier, lookup, entry.tokens, entry.latency)
         self._touch(key)
-        bus.emit(CacheHit(run_id=run_id, cache="response", tier=tier, key=key, lookup_seconds=lookup,
-                          tokens_saved=entry.tokens, latency_saved=entry.latency))
+        self._emit(bus, CacheHit(run_id=run_id, cache="response", tier=tier, key=key, lookup_seconds=lookup,
+                                 tokens_saved=entry.tokens, latency_saved=entry.latency))
         bus.emit(LLMResponse(run_id=run_id, request_id=request_id, model=src.model or cm.model_name, latency=lookup,
                              ttft=resp.ttft, attempts=0, input_tokens=0, output_tokens=0, cached_tokens=0,
                              usage_source=src.usage_source, finish_reason=src.finish_reason,

@@ -64,16 +64,14 @@ class ToolCache(CacheCore):
             entry, tier = await self._lookup(key, bus, run_id, str)
         lookup = time.perf_counter() - t0
         if entry is None:
-            self.tally.miss(lookup)
             if len(self._started) > 10_000:
                 self._started.clear()
             self._started[key] = time.perf_counter()
-            bus.emit(CacheMissEvent(run_id=run_id, cache="tool", key=key, lookup_seconds=lookup))
+            self._emit(bus, CacheMissEvent(run_id=run_id, cache="tool", key=key, lookup_seconds=lookup))
             return None
-        self.tally.hit(tier, lookup, 0, entry.latency)
         self._touch(key)
-        bus.emit(CacheHit(run_id=run_id, cache="tool", tier=tier, key=key, lookup_seconds=lookup,
-                          tokens_saved=0, latency_saved=entry.latency))
+        self._emit(bus, CacheHit(run_id=run_id, cache="tool", tier=tier, key=key, lookup_seconds=lookup,
+                                 tokens_saved=0, latency_saved=entry.latency))
         return str(entry.value)
 
     async def put(self, tool: str, arguments: dict[str, Any], output: str, *, run_id: str | None = None,

@@ -47,7 +47,7 @@ from .events import SandboxDestroyed, SandboxLeased, SandboxLeaseTimedOut, Sandb
 from .pool import Pool
 from .sandbox import Sandbox, exec_event
 from .spec import ExecResult, PoolConfig, SandboxSpec
-from .stats import SampleWindow, SandboxStats
+from .stats import SandboxStats, percentiles
 
 __all__ = ["SandboxManager", "default_manager"]
 
@@ -89,8 +89,6 @@ class SandboxManager:
         self._arriving: set[int] = set()  # tickets of requests still waiting for start-up
         self._started: asyncio.Future[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
-        self._lease_waits = SampleWindow()
-        self._exec_times = SampleWindow()
         ref = weakref.ref(self)
         self._atexit = lambda: _atexit_cleanup(ref)
         atexit.register(self._atexit)
@@ -151,12 +149,7 @@ class SandboxManager:
             exec_timeouts=t["exec_timeouts"],
             exec_errors=t["exec_errors"],
             destroyed=dict(p.destroyed),
-            lease_wait_p50=self._lease_waits.p(50),
-            lease_wait_p95=self._lease_waits.p(95),
-            exec_p50=self._exec_times.p(50),
-            exec_p95=self._exec_times.p(95),
-            create_p50=p.create_times.p(50),
-            create_p95=p.create_times.p(95),
+            **percentiles(p.facts),
         )
 
     def reap(self) -> int:
@@ -193,7 +186,7 @@ class SandboxManager:
                     continue
                 removed.append(record)
                 self._pool.destroyed["orphan"] += 1
-                self.bus.emit(SandboxDestroyed(sandbox_id=record.id, backend=record.backend, reason="orphan"))
+                self._pool.emit(SandboxDestroyed(sandbox_id=record.id, backend=record.backend, reason="orphan"))
         if removed:
             log.info("removed %d orphaned sandbox(es)", len(removed))
         return removed
@@ -291,7 +284,7 @@ class SandboxManager:
             if not done:
                 pool.abandon(waiter)
                 pool.totals["lease_timeouts"] += 1
-                self.bus.emit(SandboxLeaseTimedOut(run_id=run_id, backend=key.backend,
+                self._pool.emit(SandboxLeaseTimedOut(run_id=run_id, backend=key.backend,
                                                    wait=self._clock() - started, waiting=len(pool.waiters)))
                 raise LeaseTimeout(
                     f"no {key.backend} sandbox became free within {limit:g}s "
@@ -300,11 +293,10 @@ class SandboxManager:
             entry = waiter.fut.result()  # a failed creation raises here
         entry.leases += 1
         wait = self._clock() - started
-        self._lease_waits.add(wait)
         pool.totals["leases"] += 1
         pool.totals["warm_leases"] += warm
         sb = Sandbox(entry, self, run_id)
-        self.bus.emit(SandboxLeased(run_id=run_id, sandbox_id=sb.id, backend=sb.backend, wait=wait,
+        self._pool.emit(SandboxLeased(run_id=run_id, sandbox_id=sb.id, backend=sb.backend, wait=wait,
                                     reuse_count=entry.leases - 1, warm=warm))
         return sb
 
@@ -320,7 +312,7 @@ class SandboxManager:
         if not sb._open:
             return
         sb._close()
-        self.bus.emit(SandboxReleased(run_id=sb.run_id, sandbox_id=sb.id, backend=sb.backend,
+        self._pool.emit(SandboxReleased(run_id=sb.run_id, sandbox_id=sb.id, backend=sb.backend,
                                       held=time.monotonic() - sb.leased_at, execs=sb.execs))
         self._pool.release(sb._entry)
 
@@ -332,9 +324,8 @@ class SandboxManager:
         if result is None:
             totals["exec_errors"] += 1
         else:
-            self._exec_times.add(seconds)
             totals["exec_timeouts"] += result.timed_out
-        self.bus.emit(exec_event(sb, lang, seconds, result, error))
+        self._pool.emit(exec_event(sb, lang, seconds, result, error))
 
     # --- plumbing -------------------------------------------------------------------------------
 

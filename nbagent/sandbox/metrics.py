@@ -8,6 +8,8 @@ SandboxExec         ``sandbox.exec``          histogram   s
                     ``sandbox.execs``         counter     execs
                     ``sandbox.exec_errors``   counter     execs
 SandboxLeaseTimed…  ``sandbox.lease_timeouts``  counter   leases
+SandboxCreated      ``sandbox.create``        histogram   s (successful creations)
+                    ``sandbox.create_failures``  counter  sandboxes
 ==================  ========================  ==========  ==========
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..metrics.registry import MetricsRegistry, register_handler
-from .events import SandboxExec, SandboxLeased, SandboxLeaseTimedOut
+from .events import SandboxCreated, SandboxExec, SandboxLeased, SandboxLeaseTimedOut
 
 __all__: list[str] = []
 
@@ -36,6 +38,14 @@ def _on_lease_timeout(reg: MetricsRegistry, e: Any) -> None:
     reg.counter("sandbox.lease_timeouts", unit="leases").value += 1
 
 
+def _on_created(reg: MetricsRegistry, e: Any) -> None:
+    if e.ok:
+        reg.histogram("sandbox.create", unit="s").record(e.seconds)
+    else:
+        reg.counter("sandbox.create_failures", unit="sandboxes").value += 1
+
+
+register_handler(SandboxCreated, _on_created)
 register_handler(SandboxLeased, _on_leased)
 register_handler(SandboxExec, _on_exec)
 register_handler(SandboxLeaseTimedOut, _on_lease_timeout)

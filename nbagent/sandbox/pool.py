@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import SandboxError
-from ..events import EventBus
+from ..events import Event, EventBus
+from ..metrics import MetricsRegistry
 from .backend import SandboxBackend, SandboxDriver, SandboxLabels
 from .events import SandboxChecked, SandboxCreated, SandboxDestroyed
 from .spec import PoolConfig, SandboxSpec
-from .stats import SampleWindow
 
 __all__ = ["PoolEntry", "Pool", "State", "Waiter"]
 
@@ -97,11 +97,17 @@ class Pool:
         self._backoff = 1.0
         self.totals: Counter[str] = Counter()
         self.destroyed: Counter[str] = Counter()
-        self.create_times = SampleWindow()
+        self.facts = MetricsRegistry()
+        """The pool's and its manager's own events, folded by the metrics handlers (what ``stats()`` reads)."""
         self.on_returned: Callable[[], None] | None = None
 
     # --- leases ---------------------------------------------------------------------------------
 
+
+    def emit(self, event: Event) -> None:
+        """Publish ``event`` and fold it into :attr:`facts`."""
+        self.facts.observe(event)
+        self.bus.emit(event)
     def take_idle(self, key: SandboxSpec) -> PoolEntry | None:
         """The newest idle sandbox of ``key``, leased, if nobody queued for it first."""
         idle = self.idle.get(key)
@@ -219,13 +225,12 @@ class Pool:
         seconds = self._clock() - started
         self._backoff = 1.0
         self.totals["created"] += 1
-        self.create_times.add(seconds)
-        self.bus.emit(SandboxCreated(sandbox_id=driver.id, backend=driver.backend, image=spec.image, seconds=seconds))
+        self.emit(SandboxCreated(sandbox_id=driver.id, backend=driver.backend, image=spec.image, seconds=seconds))
         self._offer(PoolEntry(driver, spec, self._clock()))
 
     def _create_failed(self, spec: SandboxSpec, e: Exception, seconds: float) -> None:
         self.totals["create_failures"] += 1
-        self.bus.emit(SandboxCreated(backend=spec.backend, image=spec.image, seconds=seconds, ok=False,
+        self.emit(SandboxCreated(backend=spec.backend, image=spec.image, seconds=seconds, ok=False,
                                      error=f"{type(e).__name__}: {e}"))
         err = e if isinstance(e, SandboxError) else SandboxError(f"could not create a {spec.backend} sandbox: {e}")
         if err is not e:
@@ -268,7 +273,7 @@ class Pool:
             problem = f"the health check failed: {type(e).__name__}: {e}"
         finally:
             self.checking[entry.spec] -= 1
-        self.bus.emit(SandboxChecked(sandbox_id=entry.driver.id, backend=entry.driver.backend,
+        self.emit(SandboxChecked(sandbox_id=entry.driver.id, backend=entry.driver.backend,
                                      seconds=self._clock() - started, problem=problem))
         if problem is not None:
             log.info("sandbox %s failed its check and is replaced: %s", entry.driver.id, problem)
@@ -298,7 +303,7 @@ class Pool:
             self._evicting -= eviction
             self.total -= 1
         self.destroyed[reason] += 1
-        self.bus.emit(SandboxDestroyed(sandbox_id=entry.driver.id, backend=entry.driver.backend, reason=reason,
+        self.emit(SandboxDestroyed(sandbox_id=entry.driver.id, backend=entry.driver.backend, reason=reason,
                                        lifetime=self._clock() - entry.created, leases=entry.leases, error=error))
         self.pump()
 

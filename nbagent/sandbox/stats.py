@@ -1,40 +1,29 @@
-"""Pool gauges, totals and simple percentiles (sorted-list percentiles over a bounded window)."""
+"""Pool gauges, totals and percentiles, the percentiles read from the pool's fold of its own events."""
 
 from __future__ import annotations
 
-import math
-from collections import deque
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SampleWindow", "SandboxStats", "percentile"]
+from ..metrics import MetricsRegistry
+
+__all__ = ["SandboxStats", "percentiles"]
 
 
-def percentile(values: Iterable[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100, nearest rank) of ``values``; None when there are none."""
-    data = sorted(values)
-    if not data:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(data)))
-    return data[min(rank, len(data)) - 1]
+def percentiles(facts: MetricsRegistry) -> dict[str, float | None]:
+    """p50/p95 of lease wait, exec and create times, read from a pool's fold of its own events.
 
-
-class SampleWindow:
-    """The last ``size`` samples of one measurement."""
-
-    __slots__ = ("_values", "count")
-
-    def __init__(self, size: int = 4096) -> None:
-        self._values: deque[float] = deque(maxlen=size)
-        self.count = 0
-
-    def add(self, value: float) -> None:
-        self._values.append(value)
-        self.count += 1
-
-    def p(self, q: float) -> float | None:
-        return percentile(self._values, q)
+    The same handlers fold the same events into the runtime's metrics (``sandbox.lease_wait``,
+    ``sandbox.exec``, ``sandbox.create``), so the manager's stats and the dashboard agree by construction.
+    """
+    hists = facts.histograms
+    out: dict[str, float | None] = {}
+    for field_name, metric in (("lease_wait", "sandbox.lease_wait"), ("exec", "sandbox.exec"),
+                               ("create", "sandbox.create")):
+        h = hists.get(metric)
+        out[f"{field_name}_p50"] = h.p50 if h is not None else None
+        out[f"{field_name}_p95"] = h.p95 if h is not None else None
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,7 +33,7 @@ class SandboxStats:
     Gauges: ``active`` (leased), ``idle``, ``creating``, ``checking`` (returned, being wiped and checked),
     ``destroying``, ``waiting`` (lease requests queued) and ``total`` (all that exist, at most
     ``max_total``). Totals count since the manager started; ``destroyed`` is keyed by reason.
-    Percentiles are seconds over the most recent samples (None before the first).
+    Percentiles are seconds, from the same histograms as the metrics (None before the first sample).
     """
 
     active: int

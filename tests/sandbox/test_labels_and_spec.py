@@ -20,7 +20,6 @@ from nbagent.sandbox.backend import (
     process_start_time,
 )
 from nbagent.sandbox.spec import parse_size
-from nbagent.sandbox.stats import percentile
 
 from .fakes import FakeBackend
 
@@ -110,13 +109,6 @@ def test_exec_result_summary() -> None:
         slow.raise_for_timeout()
     oom = ExecResult(stdout="", stderr="", exit_code=137, duration=1.0, oom_killed=True)
     assert "out of memory" in oom.summary()
-
-
-def test_percentile() -> None:
-    assert percentile([], 50) is None
-    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert percentile(range(1, 101), 95) == 95
-    assert percentile([5.0], 95) == 5.0
 
 
 def test_public_names_and_cheap_import() -> None:
