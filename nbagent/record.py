@@ -338,6 +338,21 @@ class RecordIndex:
     def all(self) -> list[RunRecord]:
         return [*self._done.values(), *self._live.values()]
 
+    def totals(self) -> dict[str, float | None]:
+        """What the kept runs add up to: runs, steps, LLM calls (endpoint and cached), attempts, retries, errors,
+        tool calls, tokens and cost (None when some call had no price). The runtime's metrics fold the same
+        events and agree with these figures while no record has been dropped (a test checks)."""
+        recs = self.all()
+        out: dict[str, float | None] = {"runs": float(len(recs))}
+        for name in _SUMMED:
+            out[name] = float(sum(getattr(r, name) for r in recs))
+        out["cost"] = None if any(r.unpriced_calls for r in recs) else sum(r.priced_cost for r in recs)
+        return out
+
+
+_SUMMED = ("steps", "llm_calls", "cached_calls", "attempts", "retries", "llm_errors", "tool_calls", "tool_errors",
+           "input_tokens", "output_tokens", "cached_tokens", "unpriced_calls")
+
 
 def format_cost(cost: float | None) -> str:
     """A cost as every view shows it: ``$0.000038`` (six decimals), or ``unknown`` when a price is missing."""

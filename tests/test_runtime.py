@@ -18,7 +18,7 @@ from nbagent.fanout import AgentRecipe
 from nbagent.policy import Policy, PolicyDecided, Rule
 from nbagent.record import BREAKDOWN_KEYS, RunRecord, format_cost
 from nbagent.runtime import set_runtime
-from nbagent.testing import SimServer
+from nbagent.testing import Fault, SimServer
 
 
 @tool
@@ -129,6 +129,26 @@ async def test_the_stored_record_equals_the_live_one(sim: SimServer, tmp_path: p
     # no price for "sim": the cost is unknown, not $0
     assert live.cost is None and live.unpriced_calls == 3 and format_cost(live.cost) == "unknown"
     assert result.usage.known_cost is None and "cost unknown" in result.summary()
+
+
+async def test_the_global_metrics_agree_with_the_sum_of_the_records(sim: SimServer) -> None:
+    sim.configure(tool_calls_per_run=2)
+    sim.inject(Fault("500"))  # one retried attempt
+    async with Runtime(sim_settings(sim), store=False) as rt:
+        m = rt.metrics.global_  # attached on first use, as the notebook's dashboard does
+        agent = Agent("sim", [lookup], runtime=rt, cache=ResponseCache(":memory:"))
+        await asyncio.gather(*(agent.run(f"q{i % 2}") for i in range(4)))
+        await agent.run("q0")  # served from the cache
+        totals = rt.records.totals()
+    assert totals["runs"] == m.value("runs.finished") == 5
+    assert totals["retries"] == m.value("llm.retries") == 1
+    assert totals["llm_calls"] == m.value("llm.calls") and totals["cached_calls"] == m.value("llm.cached") > 0
+    assert totals["attempts"] == m.value("llm.attempts") == (totals["llm_calls"] or 0) + 1
+    assert totals["tool_calls"] == m.value("tool.calls") > 0
+    for name in ("input", "output", "cached"):
+        assert totals[f"{name}_tokens"] == m.value(f"tokens.{name}")
+    assert totals["unpriced_calls"] == m.value("cost.unpriced_calls") and totals["cost"] is None
+    assert totals["steps"] == m.histogram("run.steps").sum
 
 
 async def test_breakdown_sums_to_the_wall_time(sim: SimServer) -> None:
