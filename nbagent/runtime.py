@@ -113,12 +113,22 @@ class Runtime:
 
     @property
     def metrics(self) -> RunMetricsIndex:
-        """The global and per-run metrics of every run on this runtime's bus (a bounded index)."""
+        """The global and per-run metrics of every run on this runtime's bus (a bounded index).
+
+        Made on first use: the runs already kept in :attr:`records` are folded in first (from their events, in
+        the order they came), so metrics asked for after a batch agree with its records. Session events before
+        that (no ``run_id``: concurrency changes, sandbox creations) are not kept by records and not counted.
+        """
         if self._metrics is None:
             from .metrics import RunMetricsIndex
 
-            self._metrics = RunMetricsIndex(max_runs=max(self.max_runs, 100))
-            self._closers.append(self._metrics.attach(self.bus))
+            index = RunMetricsIndex(max_runs=max(self.max_runs, 100))
+            backlog = [ev for rec in self.records.all() for ev in rec.events]
+            backlog.sort(key=lambda ev: ev.ts)
+            for ev in backlog:
+                index.observe(ev)
+            self._metrics = index
+            self._closers.append(index.attach(self.bus))
         return self._metrics
 
     @property
