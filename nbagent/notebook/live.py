@@ -33,6 +33,8 @@ _SCROLL_ESM = HIDE_STATIC_JS + r"""
 function render({ model, el }) {
   hideStatic();
   el.classList.add("nbagent-live");
+  const head = document.createElement("div");
+  el.appendChild(head);
   const box = document.createElement("div");
   box.className = "nbagent-scroll";
   box.style.cssText = "overflow:auto;max-height:" + model.get("max_height");
@@ -42,13 +44,17 @@ function render({ model, el }) {
     follow = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
   });
   const draw = () => {
+    head.innerHTML = model.get("head");
     const top = box.scrollTop;
     box.innerHTML = model.get("value");
     box.scrollTop = follow ? box.scrollHeight : top;
   };
-  model.on("change:value", draw);
+  // drawn before the box is on the page (no height yet) or shown again later: go to the bottom once it has one
+  const sized = new ResizeObserver(() => { if (follow) box.scrollTop = box.scrollHeight; });
+  sized.observe(box);
+  model.on("change:value change:head", draw);
   draw();
-  return () => model.off("change:value", draw);
+  return () => { model.off("change:value change:head", draw); sized.disconnect(); };
 }
 export default { render };
 """
@@ -58,9 +64,10 @@ class ScrollList(anywidget.AnyWidget):  # type: ignore[misc]
     """HTML in a box of at most ``max_height`` that keeps its scroll position across redraws.
 
     At the bottom, the box follows new content; scrolled up, it stays where the user put it. ``value`` is the
-    HTML (escaped by whoever builds it), like ``ipywidgets.HTML``.
+    HTML (escaped by whoever builds it), like ``ipywidgets.HTML``; ``head`` is HTML shown above the box.
     """
 
     _esm = _SCROLL_ESM
     value = traitlets.Unicode("").tag(sync=True)
+    head = traitlets.Unicode("").tag(sync=True)
     max_height = traitlets.Unicode("18em").tag(sync=True)

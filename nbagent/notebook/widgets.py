@@ -92,7 +92,7 @@ class RunWidget(widgets.VBox):
         self.answer.add_class("nbagent-answer")
         self.steps = ScrollList(layout=layout)  # keeps the user's scroll position; follows new steps at the bottom
         self.steps.add_class("nbagent-steps")
-        self.waterfall = widgets.HTML(layout=layout, style=style)
+        self.waterfall = ScrollList(layout=layout, max_height="24em")  # its newest rows in view while it grows
         self.waterfall.add_class("nbagent-live-waterfall")
         self._on_stop = on_stop
         self._name = name
@@ -174,8 +174,10 @@ class RunWidget(widgets.VBox):
         if not svg:
             return
         where = where_time_went(state)
-        self.waterfall.value = (f'<div style="font-size:11px;opacity:.8">where the time went: {html.escape(where)}'
-                                f'</div><div style="max-height:24em;overflow:auto">{svg}</div>')
+        with self.waterfall.hold_sync():  # one message for both traits
+            self.waterfall.head = (f'<div style="font-size:11px;opacity:.8">where the time went: '
+                                   f"{html.escape(where)}</div>")
+            self.waterfall.value = svg
 
 
 class ApprovalPanel(widgets.VBox):
