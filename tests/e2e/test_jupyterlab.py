@@ -89,6 +89,7 @@ SCALE_CELLS = [
     "%%agent -n grow -t lookup --max-steps 500 --base-url {slow_url}\nKeep looking until told to stop.",
     "for i in range(6):\n    get_ipython().run_cell_magic('agent', f'-n batch-{i} -t lookup', 'Look the key up.')",
     "%agent compare batch-0 batch-1",
+    "%%agent -n broken --base-url ftp://nowhere\nThis run cannot start.",
 ]
 
 
@@ -364,6 +365,17 @@ def test_jupyterlab_waterfall_scroll_compact_view_and_compare(lab: dict[str, Any
             table.wait_for(timeout=30_000)
             assert "batch-0" in table.inner_text() and "batch-1" in table.inner_text()
             page.screenshot(path=str(ARTIFACTS / "e2e-10-compare.png"), full_page=True)
+
+            # a run that fails says its error once: in the widget, with its static summary hidden beside it
+            page.keyboard.press("Shift+Enter")  # the compare cell ran: the broken run's cell is selected
+            broken = page.locator(".jp-Notebook .jp-Cell").nth(4)
+            broken.locator('.nbagent-status[data-status="error"]').wait_for(timeout=30_000)
+            broken.locator('.nbagent-summary[data-status="error"]').wait_for(state="attached", timeout=30_000)
+            shown = broken.locator(".jp-Cell-outputWrapper").inner_text()
+            assert shown.count("base URL must start with http") == 1, shown
+            page.screenshot(path=str(ARTIFACTS / "e2e-11-failed-once.png"), full_page=True)
+            # nbagent's own drawing is never named as what blocked the loop
+            assert "widgets.py" not in page.locator(".jp-Notebook").inner_text()
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "e2e-failure-scale.png"), full_page=True)
             raise

@@ -196,3 +196,18 @@ def test_an_unanswered_question_times_out_as_a_deny_in_a_kernel(kn: KernelNotebo
     assert text_of(done).strip() == "late: ok", dump(done)
     check = kn.run("print([(e.action, e.decided_by) for e in rlate.events if e.kind == 'policy_decided'])")
     assert text_of(check).strip() == "[('deny', 'timeout')]", dump(check)
+
+
+def test_many_runs_from_one_cell_are_one_compact_view_also_in_the_saved_notebook(kn: KernelNotebook,
+                                                                                   tmp_path: Path) -> None:
+    cell = kn.run("for i in range(5):\n    get_ipython().run_cell_magic('agent', f'-n fan-{i}', 'hello')")
+    kn.run("%agent wait " + " ".join(f"fan-{i}" for i in range(5)))
+    kn.run("pass")  # the next cell publishes the summaries of runs that ended between cells
+    views = [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) == 1, dump(cell)  # the first three runs' widgets were folded into the compact view
+    nb = nbformat.read(str(kn.save(tmp_path / "fan.ipynb")), as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    static = re.findall(r'<div class="nbagent-compact-static" data-runs="(\d+)"', body)
+    assert static == ["5"], static
+    lines = re.findall(r'<summary class="nbagent-line" data-run="(fan-\d)" data-status="(\w+)"', body)
+    assert sorted(lines) == [(f"fan-{i}", "ok") for i in range(5)], lines
