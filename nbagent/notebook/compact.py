@@ -224,11 +224,17 @@ class CellRuns:
         self.view.lines.rows = [_header(states), *(run_line_html(s, start=t0, end=t1, now=now) for s in states)]
 
     def publish(self, *, current: bool = False) -> None:
-        """Replace the static rendering with the current lines (and the summaries of the runs that ended)."""
+        """Replace the static rendering with the current lines (and the summaries of the runs that ended).
+
+        Sent when the last run ends, and again from the next cell (``current``): not once per run that ends,
+        since each rendering holds every ended run's summary (a frontend that draws the widget hides it).
+        """
         states = list(self.states.values())
+        if not current and not all(s.done for s in states):
+            return
         key = (current, tuple((s.name, s.version, s.done) for s in states))
         if key == self._published:
-            return  # every member publishes when it ends, and again from the next cell: once per change
+            return  # every member publishes, and again from the next cell: once per change
         self._published = key
         update_display(self._static, {"text/plain": "\n".join(f"{s.name}: {s.status}" for s in states),
                                       "text/html": static_html(states)},

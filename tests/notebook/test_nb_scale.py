@@ -127,6 +127,7 @@ def test_many_runs_from_one_cell_show_one_line_each(shell: InteractiveShell, in_
         s = group.states[f"r{i}"]
         s.finish(failed_result(f"r{i}", asyncio.CancelledError(), status="cancelled"))
         out.publish(s)
+        assert bool(group._published) == (i == 5)  # sent once the last run ends, not once per run
     page = compact.static_html(list(group.states.values()))
     assert 'class="nbagent-compact-static" data-runs="6"' in page
     assert page.count("<details style=\"margin:0\">") == 6 and page.count('class="nbagent-summary"') == 6
