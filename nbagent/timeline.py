@@ -22,7 +22,7 @@ from typing import Any
 from .record import BREAKDOWN_KEYS, RunRecord, Span
 
 __all__ = ["CATEGORY_LABELS", "Row", "Timeline", "batch_breakdown", "describe_breakdown", "format_seconds",
-           "timeline", "to_chrome_trace"]
+           "spark_svg", "timeline", "to_chrome_trace"]
 
 #: What each breakdown category is called in words, in reading order (``queueing`` only for batches).
 CATEGORY_LABELS: dict[str, str] = {
@@ -215,6 +215,32 @@ def timeline(record_or_records: RunRecord | Iterable[RunRecord], *, now: float |
     if hidden:
         rows = rows[-max_rows:] if tail else rows[:max_rows]
     return Timeline(records, t0, max(t1, t0), rows, hidden, batch, width, now)
+
+
+def spark_svg(record: RunRecord, *, start: float | None = None, end: float | None = None, now: float | None = None,
+              width: int = 160, height: int = 10) -> str:
+    """A one-line spark of a run's timeline: its wall time split by where the time went, as a small inline SVG.
+
+    ``start`` and ``end`` set the time axis (runs of a batch share one, so a late start shows as an empty
+    lead); by default the run's own. A running run is drawn to ``now`` (default: the current time). "" before
+    the run starts.
+    """
+    if record.started is None:
+        return ""
+    if record.ended is None and now is None:
+        now = time.time()
+    t0 = _start(record) if start is None else start
+    t1 = max(_end(record, now) if end is None else end, t0 + 1e-9)
+    scale = width / (t1 - t0)
+    bars = []
+    for s0, s1, cat in record.segments(now):
+        x = (s0 - t0) * scale
+        bars.append(f'<rect x="{x:.1f}" y="0" width="{max((s1 - s0) * scale, 0.5):.1f}" height="{height}" '
+                    f'fill="{COLORS.get(cat, "#78909c")}"><title>{_e(CATEGORY_LABELS.get(cat, cat))} '
+                    f"{_e(format_seconds(s1 - s0))}</title></rect>")
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="nbagent-spark" width="{width}" height="{height}" '
+            f'data-segments="{len(bars)}" style="display:inline-block;vertical-align:middle;background:#f5f5f5">'
+            f'{"".join(bars)}</svg>')
 
 
 # --- rows -------------------------------------------------------------------------------------------

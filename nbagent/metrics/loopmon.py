@@ -44,6 +44,10 @@ _LIBRARY_DIRS = tuple(
                                              sysconfig.get_path("platlib")) if p}
 )
 _OWN_FILE = os.path.normcase(os.path.abspath(__file__))
+#: nbagent's notebook layer (widgets, views, magics): a block inside it is nbagent drawing, not the user's code.
+_DISPLAY_DIR = os.path.normcase(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                             "notebook")) + os.sep
+_PACKAGE_DIR = os.path.dirname(_DISPLAY_DIR.rstrip(os.sep)) + os.sep
 
 
 @dataclass(**_frozen)  # type: ignore[call-overload]
@@ -66,17 +70,35 @@ def _is_library(filename: str) -> bool:
     return path == _OWN_FILE or path.startswith(_LIBRARY_DIRS) or filename.startswith("<frozen")
 
 
+def _in(filename: str, directory: str) -> bool:
+    return os.path.normcase(os.path.abspath(filename)).startswith(directory)
+
+
+def _frame_words(f: traceback.FrameSummary, *, with_line: bool = True) -> str:
+    line = (f.line or "").strip() if with_line else ""
+    return f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}" + (f": {line}" if line else "")
+
+
 def describe_stack(frame: object | None, limit: int = 12) -> tuple[str, str]:
-    """``(where, stack)`` for a frame: the innermost non-library frame and the last ``limit`` frames."""
+    """``(where, stack)`` for a frame: the innermost non-library frame and the last ``limit`` frames.
+
+    When that frame is in nbagent's own notebook layer (a view being drawn), ``where`` says so —
+    ``nbagent display (widgets.py:80 in __init__), called from cell.py:3 in <module>`` — naming the code
+    outside nbagent that called into it, if any, rather than the line of a button.
+    """
     if frame is None:
         return "", ""
     summary = traceback.extract_stack(frame)  # type: ignore[arg-type]
     if not summary:
         return "", ""
+    stack = "".join(traceback.format_list(summary[-limit:]))
     chosen = next((f for f in reversed(summary) if not _is_library(f.filename)), summary[-1])
-    line = (chosen.line or "").strip()
-    where = f"{os.path.basename(chosen.filename)}:{chosen.lineno} in {chosen.name}" + (f": {line}" if line else "")
-    return where, "".join(traceback.format_list(summary[-limit:]))
+    if not _in(chosen.filename, _DISPLAY_DIR):
+        return _frame_words(chosen), stack
+    caller = next((f for f in reversed(summary) if not _is_library(f.filename) and not _in(f.filename, _PACKAGE_DIR)),
+                  None)
+    where = f"nbagent display ({_frame_words(chosen, with_line=False)})"
+    return where + (f", called from {_frame_words(caller)}" if caller is not None else ""), stack
 
 
 class LoopMonitor:

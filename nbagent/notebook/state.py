@@ -146,7 +146,13 @@ class RunState:
             cards.append(StepCard(int(span.name.split()[-1]) if span.name[-1:].isdigit() else len(cards) + 1,
                                   _items(span.children)))
         self.dropped_cards = max(len(cards) - MAX_CARDS, 0)
-        return cards[-MAX_CARDS:]
+        cards = cards[-MAX_CARDS:]
+        if self.done:  # a run that ended without closing a call (cancelled from outside): nothing still waits
+            for card in cards:
+                for item in card.items:
+                    if not item.done:
+                        _close(item, self.status)
+        return cards
 
     # --- folding events -----------------------------------------------------------------------------
 
@@ -217,6 +223,13 @@ def _items(spans: list[Span]) -> list[StepItem]:
         if maker is not None:
             items.extend(maker(sp))
     return items
+
+
+def _close(item: StepItem, status: str) -> None:
+    """Mark a line of a call the run never finished: it says how the run ended instead of "waiting…"."""
+    how = "cancelled" if status == "cancelled" else f"not finished (the run ended: {status})"
+    item.detail = how if item.kind == "llm" else f"({item.detail}) {how}"
+    item.ok, item.done = False, True
 
 
 def _secs(sp: Span) -> float:

@@ -17,8 +17,8 @@ from ..record import format_cost
 from ..timeline import describe_breakdown, timeline
 from .state import RunState, StepItem
 
-__all__ = ["histogram_bins", "histogram_edges", "histogram_svg", "metrics_table", "run_summary_html", "svg_bars",
-           "table_html", "text_summary", "waterfall_html", "where_time_went"]
+__all__ = ["histogram_bins", "histogram_edges", "histogram_svg", "metrics_table", "run_summary_html", "stop_reason",
+           "svg_bars", "table_html", "text_summary", "waterfall_html", "where_time_went"]
 
 STATUS_COLORS = {"ok": "#2e7d32", "error": "#c62828", "cancelled": "#6d4c41", "limit": "#ef6c00",
                  "stuck": "#ef6c00", "running": "#1565c0", "starting": "#1565c0"}
@@ -41,6 +41,14 @@ def badge(status: str) -> str:
     color = STATUS_COLORS.get(status, "#555")
     return (f'<span style="background:{color};color:#fff;border-radius:3px;padding:0 6px;'
             f'font-weight:600">{_e(status)}</span>')
+
+
+def stop_reason(state: RunState) -> str:
+    """Why the run stopped, unless the error line says it already (a failed run's reason is its error)."""
+    reason = state.stop_reason
+    if reason and state.error and state.status != "ok" and reason in state.error:
+        return ""
+    return reason
 
 
 def text_summary(state: RunState) -> str:
@@ -109,7 +117,7 @@ def run_summary_html(state: RunState) -> str:
         f'data-input-tokens="{state.input_tokens}" data-output-tokens="{state.output_tokens}" '
         f'data-cached-tokens="{state.cached_tokens}" style="{_BOX}border-left:3px solid '
         f'{STATUS_COLORS.get(state.status, "#555")};padding:2px 8px">'
-        f"<div><b>{_e(state.name)}</b> {badge(state.status)} {_e(state.stop_reason)} · {state.elapsed():.2f} s · "
+        f"<div><b>{_e(state.name)}</b> {badge(state.status)} {_e(stop_reason(state))} · {state.elapsed():.2f} s · "
         f"{len(state.cards)} steps · {state.requests} model calls · {state.tool_calls} tool calls · "
         f"{tokens_line(state)} · {format_cost(state.cost)}</div>{error}{warnings}{where_line}{waterfall}"
         f"<details><summary>answer and steps</summary>"

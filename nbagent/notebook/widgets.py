@@ -18,9 +18,20 @@ from IPython.display import DisplayHandle, display
 from ipywidgets.widgets.widget_string import HTMLStyle
 
 from ..record import format_cost
+from .compact import CellRuns, cell_runs
 from .kernel import current_parent, update_display
+from .live import ScrollList
 from .state import RunState, StepCard
-from .static import STATUS_COLORS, badge, run_summary_html, text_summary, tokens_line, waterfall_html, where_time_went
+from .static import (
+    STATUS_COLORS,
+    badge,
+    run_summary_html,
+    stop_reason,
+    text_summary,
+    tokens_line,
+    waterfall_html,
+    where_time_went,
+)
 
 __all__ = ["ApprovalPanel", "RunOutput", "RunWidget"]
 
@@ -79,19 +90,29 @@ class RunWidget(widgets.VBox):
         self.header.add_class("nbagent-header")
         self.answer = widgets.HTML(layout=layout, style=style)
         self.answer.add_class("nbagent-answer")
-        self.steps = widgets.HTML(layout=layout, style=style)
+        self.steps = ScrollList(layout=layout)  # keeps the user's scroll position; follows new steps at the bottom
         self.steps.add_class("nbagent-steps")
-        self.waterfall = widgets.HTML(layout=layout, style=style)
+        self.waterfall = ScrollList(layout=layout, max_height="24em")  # its newest rows in view while it grows
         self.waterfall.add_class("nbagent-live-waterfall")
         self._on_stop = on_stop
         self._name = name
         self._cards_key: tuple[Any, ...] = ()
         self.stop.on_click(self._clicked)
-        self.approval = ApprovalPanel()
+        self._approval: ApprovalPanel | None = None  # built when a policy first asks: most runs never do
         top = widgets.HBox([self.stop, self.header], layout=layout)
-        super().__init__([top, self.approval, self.answer, self.steps, self.waterfall], layout=layout)
+        self._parts: list[widgets.Widget] = [top, self.answer, self.steps, self.waterfall]
+        super().__init__(self._parts, layout=layout)
         self.add_class("nbagent-run")
         self.render(RunState(name=name))
+
+    @property
+    def approval(self) -> ApprovalPanel:
+        """The approval panel (hidden until a call is asked about), made and placed on first use."""
+        if self._approval is None:
+            self._approval = ApprovalPanel()
+            top, *rest = self._parts
+            self.children = (top, self._approval, *rest)
+        return self._approval
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = super()._repr_mimebundle_(**kwargs)
@@ -104,7 +125,8 @@ class RunWidget(widgets.VBox):
         self.approval.show(tool, arguments, on_answer, waiting=waiting)
 
     def hide_approval(self) -> None:
-        self.approval.hide()
+        if self._approval is not None:
+            self._approval.hide()
 
     def _clicked(self, _button: Any) -> None:
         with self.stop.hold_sync():
@@ -119,7 +141,7 @@ class RunWidget(widgets.VBox):
         self.header.value = (
             f'<div style="border-left:3px solid {color};padding-left:6px">'
             f'<span class="nbagent-status" data-status="{html.escape(state.status)}">'
-            f"<b>{html.escape(state.name)}</b> {badge(state.status)} {html.escape(state.stop_reason)} · "
+            f"<b>{html.escape(state.name)}</b> {badge(state.status)} {html.escape(stop_reason(state))} · "
             f"{state.elapsed():.1f} s · {state.model and html.escape(state.model) + ' · '}{len(state.cards)} steps"
             f"</span><br>{tokens_line(state)} · {format_cost(state.cost)}"
             + (f'<div class="nbagent-pending" style="color:#ef6c00;font-weight:bold">waiting for approval: '
@@ -138,8 +160,7 @@ class RunWidget(widgets.VBox):
             self._cards_key = key
             more = len(state.cards) - len(cards) + state.dropped_cards
             older = f'<div style="opacity:.6;font-size:11px">{more} earlier steps</div>' if more else ""
-            self.steps.value = (f'<div style="max-height:18em;overflow:auto">{older}'
-                                f'{"".join(card_html(c) for c in cards)}</div>')
+            self.steps.value = f'{older}{"".join(card_html(c) for c in cards)}'
         self._render_waterfall(state)
         if state.done and self.stop.description not in ("Done", "Stopped"):
             with self.stop.hold_sync():  # one message for both traits
@@ -153,8 +174,10 @@ class RunWidget(widgets.VBox):
         if not svg:
             return
         where = where_time_went(state)
-        self.waterfall.value = (f'<div style="font-size:11px;opacity:.8">where the time went: {html.escape(where)}'
-                                f'</div><div style="max-height:24em;overflow:auto">{svg}</div>')
+        with self.waterfall.hold_sync():  # one message for both traits
+            self.waterfall.head = (f'<div style="font-size:11px;opacity:.8">where the time went: '
+                                   f"{html.escape(where)}</div>")
+            self.waterfall.value = svg
 
 
 class ApprovalPanel(widgets.VBox):
@@ -213,23 +236,47 @@ class RunOutput:
     """A run's output in the cell that started it: the live widget and a static rendering below it.
 
     The static part starts as one line and becomes the run's summary (HTML with the numbers) when the run
-    ends, so notebooks viewed without a widget manager (nbconvert, GitHub) still show the result.
+    ends, so notebooks viewed without a widget manager (nbconvert, GitHub) still show the result; a frontend
+    that draws the widget hides it (see :mod:`nbagent.notebook.live`). When the cell starts more than
+    :data:`~nbagent.notebook.compact.COMPACT_AFTER` runs, its runs show as one compact view instead
+    (:mod:`nbagent.notebook.compact`); a run's full widget is then made when its line is opened or its
+    policy asks a question.
     """
 
     def __init__(self, name: str, shell: Any = None, *, on_stop: Callable[[], None] | None = None,
                  live: bool = True, blocking: bool = False) -> None:
         self.shell = shell
         self.parent = current_parent(shell)
-        self.widget = RunWidget(name, on_stop) if live else None
-        if self.widget is not None and blocking:
-            # the kernel reads button clicks only between cells: a cell that waits is stopped by an interrupt
-            self.widget.stop.tooltip = "This cell waits for the run: interrupt the kernel (■) to stop it"
+        self.live = live
+        self.blocking = blocking
+        self._on_stop = on_stop
+        self._widget: RunWidget | None = None
         self._widget_handle: DisplayHandle | None = None
         self._static_handle: DisplayHandle | None = None
         self.name = name
+        self.group: CellRuns | None = None
+        self.compact = False
+
+    @property
+    def widget(self) -> RunWidget | None:
+        """The run's live widget (None without live widgets); in a compact view, made and opened on first use."""
+        if not self.live:
+            return None
+        if self._widget is None:
+            self._widget = RunWidget(self.name, self._on_stop)
+            if self.blocking:
+                # the kernel reads button clicks only between cells: a cell that waits is stopped by an interrupt
+                self._widget.stop.tooltip = "This cell waits for the run: interrupt the kernel (■) to stop it"
+            if self.compact and self.group is not None:
+                self.group.open(self.name)
+        return self._widget
 
     def show(self) -> RunOutput:
-        if self.widget is not None:
+        self.group = cell_runs(self.shell, self.parent)
+        if self.group is not None and self.group.add(self):
+            self.compact = True  # the cell's compact view shows this run
+            return self
+        if self.live:
             self._widget_handle = display(self.widget, display_id=True)
         bundle = {"text/plain": f"{self.name}: running", "text/html":
                   f'<div class="nbagent-summary" data-run="{html.escape(self.name)}" data-status="running" '
@@ -237,11 +284,27 @@ class RunOutput:
         self._static_handle = display(bundle, raw=True, display_id=True)
         return self
 
+    def collapse(self) -> None:
+        """Leave the cell to its compact view: what this run showed on its own is emptied."""
+        self.compact = True
+        for handle in (self._widget_handle, self._static_handle):
+            update_display(handle, {"text/plain": ""}, shell=self.shell, parent=self.parent)
+        self._widget_handle = self._static_handle = None
+
     def render(self, state: RunState) -> None:
+        if self.compact and self.group is not None:
+            self.group.render(self, state)
+            if self._widget is not None and self.group.is_open(self.name):
+                self._widget.render(state)
+            return
         if self.widget is not None:
             self.widget.render(state)
 
     def publish(self, state: RunState, *, current: bool = False) -> None:
         """Replace the static part with the run's summary (with the cell's header, or the current one)."""
+        if self.compact and self.group is not None:
+            self.group.render(self, state)
+            self.group.publish(current=current)
+            return
         bundle = {"text/plain": text_summary(state), "text/html": run_summary_html(state)}
         update_display(self._static_handle, bundle, shell=self.shell, parent=None if current else self.parent)

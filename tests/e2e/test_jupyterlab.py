@@ -83,9 +83,19 @@ NOTEBOOK_CELLS = [
 ]
 
 
-def _write_notebook(path: Path) -> None:
+SCALE_CELLS = [
+    "%load_ext nbagent\nimport os\nfrom nbagent import tool\nslow_url = os.environ['E2E_SLOW_URL']\n\n"
+    "@tool\ndef lookup(key: str) -> str:\n    '''Look a key up.'''\n    return 'v-' + key",
+    "%%agent -n grow -t lookup --max-steps 500 --base-url {slow_url}\nKeep looking until told to stop.",
+    "for i in range(6):\n    get_ipython().run_cell_magic('agent', f'-n batch-{i} -t lookup', 'Look the key up.')",
+    "%agent compare batch-0 batch-1",
+    "%%agent -n broken --base-url ftp://nowhere\nThis run cannot start.",
+]
+
+
+def _write_notebook(path: Path, sources: list[str] = NOTEBOOK_CELLS) -> None:
     cells = [{"cell_type": "code", "execution_count": None, "id": uuid.uuid4().hex[:8], "metadata": {},
-              "outputs": [], "source": src} for src in NOTEBOOK_CELLS]
+              "outputs": [], "source": src} for src in sources]
     nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                       "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
     path.write_text(json.dumps(nb))
@@ -99,6 +109,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     slow = SimServer(latency=0.5, tool_calls_per_run=1000).start()
     guard = SimServer(latency=0.2, tool_calls_per_run=1).start()
     _write_notebook(root / "e2e.ipynb")
+    _write_notebook(root / "scale.ipynb", SCALE_CELLS)
     port, token = _free_port(), uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "NBAGENT_", "JUPYTER"))}
     env.update(PYTHONPATH=str(ROOT), NBAGENT_BASE_URL=fast.url, NBAGENT_MODEL="sim", NBAGENT_HOME=str(home / "nb"),
@@ -158,8 +169,26 @@ def _status(run: Any) -> str:
     return str(run.locator(".nbagent-status").first.get_attribute("data-status"))
 
 
-def test_jupyterlab_run_widget_dashboard_and_stop(lab: dict[str, Any], tmp_path: Path) -> None:
+def _open_notebook(page: Any, lab: dict[str, Any], name: str) -> None:
+    """Open notebook ``name``, wait for its kernel to be idle and select its first cell (command mode)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    # a workspace of its own: JupyterLab does not reopen the notebooks of an earlier test beside it
+    page.goto(f"{lab['url']}/lab/workspaces/{Path(name).stem}/tree/{name}?token={lab['token']}")
+    # JupyterLab sometimes asks which kernel to start although the notebook names one: accept python3
+    kernel_dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    page.add_locator_handler(kernel_dialog, lambda dialog: dialog.locator(".jp-mod-accept").click())
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    try:
+        kernel_dialog.wait_for(timeout=5_000)
+        kernel_dialog.locator(".jp-mod-accept").click()
+    except PlaywrightTimeout:
+        pass
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=90_000)
+    page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()
+
+
+def test_jupyterlab_run_widget_dashboard_and_stop(lab: dict[str, Any], tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -169,18 +198,7 @@ def test_jupyterlab_run_widget_dashboard_and_stop(lab: dict[str, Any], tmp_path:
             viewport={"width": 1400, "height": 1800})
         page = context.new_page()
         try:
-            page.goto(f"{lab['url']}/lab/tree/e2e.ipynb?token={lab['token']}")
-            # JupyterLab sometimes asks which kernel to start although the notebook names one: accept python3
-            kernel_dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
-            page.add_locator_handler(kernel_dialog, lambda dialog: dialog.locator(".jp-mod-accept").click())
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            try:
-                kernel_dialog.wait_for(timeout=5_000)
-                kernel_dialog.locator(".jp-mod-accept").click()
-            except PlaywrightTimeout:
-                pass
-            page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=90_000)
-            page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()  # select cell 1, command mode
+            _open_notebook(page, lab, "e2e.ipynb")
 
             def run_cell() -> None:  # run the selected cell and select the next one
                 page.keyboard.press("Shift+Enter")
@@ -256,6 +274,110 @@ def test_jupyterlab_run_widget_dashboard_and_stop(lab: dict[str, Any], tmp_path:
             page.screenshot(path=str(ARTIFACTS / "e2e-5-approved.png"), full_page=True)
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "e2e-failure.png"), full_page=True)
+            raise
+        finally:
+            context.close()
+
+
+def _box_js(name: str) -> str:
+    """A JavaScript expression: the scrolling step list of run ``name``'s widget."""
+    return (f"[...document.querySelectorAll('.nbagent-run')].find(r => r.querySelector('.nbagent-header')"
+            f"?.innerText.includes('{name}'))?.querySelector('.nbagent-steps .nbagent-scroll')")
+
+
+def test_jupyterlab_waterfall_scroll_compact_view_and_compare(lab: dict[str, Any], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=_chromium(), headless=True, args=BROWSER_FLAGS,
+            viewport={"width": 1400, "height": 1800})
+        page = context.new_page()
+        try:
+            _open_notebook(page, lab, "scale.ipynb")
+            page.keyboard.press("Shift+Enter")  # %load_ext nbagent
+            page.keyboard.press("Shift+Enter")  # %%agent -n grow (a step every half second until stopped)
+
+            # the live waterfall's bars grow while the run is in flight: an open span is drawn to now (dashed),
+            # and new spans add bars
+            bars = "document.querySelectorAll('.nbagent-live-waterfall rect.nbagent-bar')"
+            page.wait_for_function(f"() => [...{bars}].some(b => b.getAttribute('stroke-dasharray'))",
+                                   timeout=60_000)
+            before = page.evaluate(f"() => {bars}.length")
+            page.wait_for_function(f"() => {bars}.length > {before}", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "e2e-6-live-waterfall.png"), full_page=True)
+
+            # the step list follows new steps while it is scrolled to the bottom
+            box = _box_js("grow")
+            page.wait_for_function(f"() => {{ const b = {box}; return b && b.scrollHeight > b.clientHeight + 80; }}",
+                                   timeout=60_000)
+            steps = f"({box}).querySelectorAll('.nbagent-step').length"
+            seen = page.evaluate(f"() => {steps}")
+            page.wait_for_function(f"() => {steps} > {seen}", timeout=30_000)
+            at_bottom = page.evaluate(f"() => {{ const b = {box}; return b.scrollHeight - b.scrollTop - "
+                                      f"b.clientHeight; }}")
+            assert at_bottom <= 4, at_bottom
+            # scrolled up by the user, it stays where it was put across redraws
+            page.evaluate(f"() => {{ const b = {box}; b.scrollTop = 40; b.dispatchEvent(new Event('scroll')); }}")
+            text = page.evaluate(f"() => ({box}).innerText")
+            page.wait_for_function(f"() => ({box}).innerText !== {json.dumps(text)}", timeout=30_000)
+            kept = page.evaluate(f"() => {{ const b = {box}; return [b.scrollTop, b.scrollHeight - b.clientHeight]; }}")
+            assert kept[0] == 40 and kept[1] > 44, kept
+            page.screenshot(path=str(ARTIFACTS / "e2e-7-scroll-kept.png"), full_page=True)
+            _run_widget(page, "grow").locator("button.nbagent-stop").click()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.nbagent-status')].some(s => s.innerText.includes('grow') &&"
+                " s.dataset.status === 'cancelled')", timeout=30_000)
+            # the run's static summary is in the page (for nbconvert) but hidden next to the drawn widget
+            summary = page.locator('.nbagent-summary[data-run="grow"][data-status="cancelled"]')
+            summary.wait_for(state="attached", timeout=30_000)
+            assert not summary.is_visible()
+
+            # six runs from one cell: one compact view with a line per run, not six run widgets
+            page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(2).click()
+            page.keyboard.press("Shift+Enter")
+            cell = page.locator(".jp-Notebook .jp-Cell").nth(2)
+            compact = cell.locator(".nbagent-compact")
+            compact.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => document.querySelectorAll('.nbagent-compact .nbagent-line').length === 6", timeout=30_000)
+            assert compact.get_attribute("data-runs") == "6"
+            assert cell.locator(".nbagent-run").count() == 0  # the first three runs' widgets were folded in
+            assert not cell.locator(".nbagent-compact-static").is_visible()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.nbagent-compact .nbagent-line')].every(l =>"
+                " l.dataset.status === 'ok')", timeout=120_000)
+            lines = cell.locator(".nbagent-compact .nbagent-line")
+            assert all(lines.nth(i).locator("svg.nbagent-spark rect").count() >= 1 for i in range(6))
+            height = cell.locator(".jp-Cell-outputWrapper").bounding_box()["height"]
+            assert height < 400, height  # six full widgets would take thousands of pixels
+            page.screenshot(path=str(ARTIFACTS / "e2e-8-compact.png"), full_page=True)
+            lines.nth(4).click()  # a line opens that run's full widget
+            _run_widget(page, "batch-4").wait_for(timeout=30_000)
+            assert _status(_run_widget(page, "batch-4")) == "ok"
+            page.screenshot(path=str(ARTIFACTS / "e2e-9-compact-opened.png"), full_page=True)
+
+            # %agent compare renders its table
+            page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(3).click()
+            page.keyboard.press("Shift+Enter")
+            table = page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".nbagent-compare table.nbagent-table")
+            table.wait_for(timeout=30_000)
+            assert "batch-0" in table.inner_text() and "batch-1" in table.inner_text()
+            page.screenshot(path=str(ARTIFACTS / "e2e-10-compare.png"), full_page=True)
+
+            # a run that fails says its error once: in the widget, with its static summary hidden beside it
+            page.keyboard.press("Shift+Enter")  # the compare cell ran: the broken run's cell is selected
+            broken = page.locator(".jp-Notebook .jp-Cell").nth(4)
+            broken.locator('.nbagent-status[data-status="error"]').wait_for(timeout=30_000)
+            broken.locator('.nbagent-summary[data-status="error"]').wait_for(state="attached", timeout=30_000)
+            shown = broken.locator(".jp-Cell-outputWrapper").inner_text()
+            assert shown.count("base URL must start with http") == 1, shown
+            page.screenshot(path=str(ARTIFACTS / "e2e-11-failed-once.png"), full_page=True)
+            # nbagent's own drawing is never named as what blocked the loop
+            assert "widgets.py" not in page.locator(".jp-Notebook").inner_text()
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "e2e-failure-scale.png"), full_page=True)
             raise
         finally:
             context.close()

@@ -168,7 +168,7 @@ for _ in range(400):  # the cell awaits on the kernel's loop, so the run goes on
     await asyncio.sleep(0.05)
 panel = entry.view.widget.approval
 print(entry.state.pending_approval, panel.layout.display, 'launch-codes' in panel.question.value,
-      panel.approve.model_id in {ids})
+      panel in entry.view.widget.children and 'nbagent-approve' in panel.approve._dom_classes, panel.approve.model_id)
 """
 
 
@@ -176,11 +176,10 @@ def test_approve_through_the_widget_in_a_kernel(kn: KernelNotebook, sim: SimServ
     kn.run("from nbagent.policy import Policy, Rule\nasks = Policy([Rule('lookup', 'ask')], ask_timeout=60)")
     sim.script(Reply(tool_calls=[("lookup", {"key": "launch-codes"})]), Reply(text="approved and done"))
     start = kn.run("%%agent -n ap -t lookup --policy asks -o rap --no-stream\nLook up the launch codes.")
-    # the buttons are in the widget tree the cell displayed (their messages carry the start cell as parent,
-    # so the state the kernel holds is read from the kernel)
-    approve = kn.widget_in(start, "nbagent-approve")
-    asked = kn.run(WAIT_FOR_QUESTION.format(name="ap", ids=[approve]))
-    assert text_of(asked).split() == ["lookup", "flex", "True", "True"], dump(asked)
+    kn.widget_in(start, "nbagent-stop")  # the run widget is in the cell; its approval panel is made when asked
+    asked = kn.run(WAIT_FOR_QUESTION.format(name="ap"))
+    *shown, approve = text_of(asked).split()
+    assert shown == ["lookup", "flex", "True", "True"], dump(asked)
     kn.click(approve)  # the message a browser sends when Approve is clicked
     done = kn.run("%agent wait ap")
     assert text_of(done).strip() == "ap: ok", dump(done)
@@ -197,3 +196,18 @@ def test_an_unanswered_question_times_out_as_a_deny_in_a_kernel(kn: KernelNotebo
     assert text_of(done).strip() == "late: ok", dump(done)
     check = kn.run("print([(e.action, e.decided_by) for e in rlate.events if e.kind == 'policy_decided'])")
     assert text_of(check).strip() == "[('deny', 'timeout')]", dump(check)
+
+
+def test_many_runs_from_one_cell_are_one_compact_view_also_in_the_saved_notebook(kn: KernelNotebook,
+                                                                                   tmp_path: Path) -> None:
+    cell = kn.run("for i in range(5):\n    get_ipython().run_cell_magic('agent', f'-n fan-{i}', 'hello')")
+    kn.run("%agent wait " + " ".join(f"fan-{i}" for i in range(5)))
+    kn.run("pass")  # the next cell publishes the summaries of runs that ended between cells
+    views = [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(views) == 1, dump(cell)  # the first three runs' widgets were folded into the compact view
+    nb = nbformat.read(str(kn.save(tmp_path / "fan.ipynb")), as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    static = re.findall(r'<div class="nbagent-compact-static" data-runs="(\d+)"', body)
+    assert static == ["5"], static
+    lines = re.findall(r'<summary class="nbagent-line" data-run="(fan-\d)" data-status="(\w+)"', body)
+    assert sorted(lines) == [(f"fan-{i}", "ok") for i in range(5)], lines
