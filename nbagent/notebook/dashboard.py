@@ -75,26 +75,46 @@ def _template() -> Any:
 
 
 class ProcessSampler:
-    """CPU percent and resident memory of this process (psutil when installed, else ``resource``)."""
+    """CPU percent and resident memory of this process.
 
-    def __init__(self) -> None:
+    CPU is this process's CPU time (``time.process_time``, nanosecond resolution) over the wall time since the
+    previous sample. A sample less than ``min_interval`` seconds after the previous one gives the last figure
+    again (``None`` before the first full interval): over a few milliseconds, CPU time counted in clock ticks
+    reads as hundreds of percent. Memory is the resident set now (psutil), else the peak (``resource``).
+    """
+
+    def __init__(self, *, min_interval: float = 0.5, clock: Any = time.monotonic, cpu_clock: Any = time.process_time,
+                 cpus: int | None = None) -> None:
         try:
             import psutil
 
             self._proc: Any = psutil.Process(os.getpid())
-            self._proc.cpu_percent(None)
         except ImportError:  # pragma: no cover - psutil is part of the notebook extra
             self._proc = None
-        self._last = (time.monotonic(), time.process_time())
+        self.min_interval = min_interval
+        self._clock, self._cpu_clock = clock, cpu_clock
+        self._cpus = cpus or os.cpu_count() or 1
+        self._last = (clock(), cpu_clock())
+        self._cpu: float | None = None
 
-    def sample(self) -> tuple[float, float]:
-        """``(cpu percent since the last sample, resident MiB)``."""
+    def cpu(self) -> float | None:
+        """CPU percent over the last interval of at least ``min_interval`` seconds (up to 100 per core)."""
+        now, used = self._clock(), self._cpu_clock()
+        wall = now - self._last[0]
+        if wall >= self.min_interval:
+            self._cpu = min(max(100.0 * (used - self._last[1]) / wall, 0.0), 100.0 * self._cpus)
+            self._last = (now, used)
+        return self._cpu
+
+    def memory(self) -> float:
+        """Resident MiB."""
         if self._proc is not None:
-            return float(self._proc.cpu_percent(None)), self._proc.memory_info().rss / 2**20
-        now, cpu = time.monotonic(), time.process_time()
-        wall, used = now - self._last[0], cpu - self._last[1]
-        self._last = (now, cpu)
-        return (100.0 * used / wall if wall > 0 else 0.0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return float(self._proc.memory_info().rss) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover
+
+    def sample(self) -> tuple[float | None, float]:
+        """``(cpu percent, or None before the first interval; resident MiB)``."""
+        return self.cpu(), self.memory()
 
 
 def _hist(reg: MetricsRegistry, name: str) -> Histogram | None:
@@ -279,7 +299,7 @@ class Dashboard(widgets.VBox):
                              if n.startswith("runs.status."))
         llm = reg.histograms.get("llm.latency")
         hit, policy_hit = reg.hit_rate("response"), reg.hit_rate("policy")
-        cpu, mib = (self._samples[-1][7], self._samples[-1][8]) if self._samples else (0.0, 0.0)
+        cpu, mib = (self._samples[-1][7], self._samples[-1][8]) if self._samples else (None, 0.0)
         parts = [
             f"runs <b>{int(v('runs.started'))}</b> started, <b>{int(v('runs.in_flight'))}</b> in flight"
             + (f" ({html.escape(statuses)})" if statuses else ""),
@@ -295,7 +315,7 @@ class Dashboard(widgets.VBox):
             + ("" if policy_hit is None else f", policy decisions {policy_hit:.0%} cached "
                f"({int(v('policy.allow'))} allowed, {int(v('policy.deny'))} denied)") + "</span>",
             f"loop lag p99 {fmt_seconds(mon['lag_p99'])}, {mon['blocks']} blocks",  # type: ignore[arg-type]
-            f"kernel CPU {cpu:.0f}% · {mib:.0f} MiB",
+            f"kernel CPU {'–' if cpu is None else f'{cpu:.0f}%'} · {mib:.0f} MiB",
         ]
         limits = {n[len("llm.concurrency."):]: int(g.value) for n, g in reg.gauges.items()
                   if n.startswith("llm.concurrency.")}  # set by the adaptive limiter when a limit moves
