@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import time
+
+from support import sim_settings
+
 from nbagent.events import EventBus
-from nbagent.notebook.dashboard import Dashboard, ProcessSampler
+from nbagent.execute import slim_widget_state
+from nbagent.notebook.dashboard import HISTOGRAMS, SERIES_PANELS, Dashboard, ProcessSampler
 from nbagent.notebook.session import RunRegistry
+from nbagent.testing import SimServer
 
 
 class Clock:
@@ -47,3 +56,41 @@ def test_a_new_dashboard_shows_no_cpu_figure_yet() -> None:
         dash.close()
     finally:
         registry.close()
+
+
+async def test_the_static_rendering_has_every_panel_and_the_widget_state_the_whole_figure(sim: SimServer) -> None:
+    registry = RunRegistry(EventBus(), settings=sim_settings(sim))
+    try:
+        dash = Dashboard(registry)
+        results = await asyncio.gather(*(registry.agent("sim").run(f"q{i}") for i in range(5)))
+        assert all(r.ok for r in results)
+        dash.refresh(time.monotonic() + 10, force=True)  # a second sample
+        page = dash.static_bundle()["text/html"]
+        assert "LLM latency: n=5" in page
+        assert re.findall(r'class="nbagent-series" data-title="([^"]*)"', page) == [t for t, _ in SERIES_PANELS]
+        assert dash.figure._widget_data[0]["x"] == []  # type: ignore[attr-defined]  # as first shown
+        dash.sync_figure()
+        data = dash.figure._widget_data  # type: ignore[attr-defined]
+        assert sum(data[0]["y"]) == 5 and len(data[len(HISTOGRAMS)]["x"]) == 2  # the histogram, the series
+        json.dumps(data)  # plain lists: readable without the widget's deserializers
+        dash.close()
+    finally:
+        await registry.aclose()
+
+
+def test_a_saved_notebook_keeps_the_figure_but_not_plotly_js() -> None:
+    bundle = "var plotly=1;" * 100_000
+    nb = {"metadata": {"widgets": {"application/vnd.jupyter.widget-state+json": {"state": {
+        "fig": {"model_name": "AnyModel", "state": {"_esm": bundle, "_widget_data": [{"type": "bar", "y": [1]}],
+                                                    "_widget_layout": {}}},
+        "other": {"model_name": "AnyModel", "state": {"_esm": bundle}},  # not a plotly figure: kept
+        "small": {"model_name": "AnyModel", "state": {"_esm": "export default {}", "_widget_data": [],
+                                                      "_widget_layout": {}}},
+    }}}}}
+    removed = slim_widget_state(nb)
+    state = nb["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]  # type: ignore[index]
+    fig = state["fig"]["state"]
+    assert len(fig["_esm"]) < 3000 and "plotly.js-dist-min@" in fig["_esm"] and "newPlot" in fig["_esm"]
+    assert fig["_widget_data"] == [{"type": "bar", "y": [1]}]
+    assert state["other"]["state"]["_esm"] == bundle and state["small"]["state"]["_esm"] == "export default {}"
+    assert removed == len(bundle) - len(fig["_esm"])
