@@ -69,3 +69,36 @@ def test_a_batch_that_ends_between_cells_is_sent_again_by_the_next_cell(kn: Kern
     assert [done for _, done in progress_of(start)] != ["12/12"]  # the final update went to the starting cell
     kn.run("1 + 1")  # the next cell sends it again, under its own request
     assert [done for _, done in progress_of(start)] == ["12/12"], dump(start)
+
+
+def test_an_executed_notebook_is_small_and_its_static_outputs_show_every_figure(
+        sim_module: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbagent.execute import execute_notebook
+    from nbagent.notebook.dashboard import SERIES_PANELS
+
+    sim_module.configure(latency=0.0, tool_calls_per_run=1)
+    for key, value in kernel_env(sim_module.url, tmp_path / "home", NBAGENT_LIMITS__STUCK_REPEATS="0").items():
+        monkeypatch.setenv(key, value)  # the executed kernel inherits this process's environment
+    source = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in (
+        "%load_ext nbagent\nfrom nbagent import tool\n\n@tool\ndef lookup(key: str) -> str:\n"
+        "    '''Look a key up.'''\n    return 'v-' + key",
+        "%%agent -t lookup --wait\nLook up x.",
+        "%agent dashboard",
+        "%%agent -t lookup --wait\nLook up y.",
+    )], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(source, tmp_path / "small.ipynb")
+    result = execute_notebook(tmp_path / "small.ipynb", tmp_path / "out", progress=False)
+    assert result.errors == []
+    assert result.notebook.stat().st_size <= 300_000, result.notebook.stat().st_size  # plotly.js is 5 MB
+    nb = nbformat.read(result.notebook, as_version=4)
+    pages = ["".join(o["data"]["text/html"]) for c in nb.cells for o in c.get("outputs", [])
+             if "text/html" in o.get("data", {})]
+    assert sum('class="nbagent-timeline"' in p for p in pages) == 2  # each run's waterfall
+    dash = next(p for p in pages if "nbagent-dashboard-static" in p)
+    assert "LLM latency: n=4" in dash and "tool time: n=2" in dash  # the second run too
+    assert re.findall(r'class="nbagent-series" data-title="([^"]*)"', dash) == [t for t, _ in SERIES_PANELS]
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    figure = next(m["state"] for m in state.values() if "_widget_data" in m["state"])
+    assert "plotly.js-dist-min" in figure["_esm"] and sum(figure["_widget_data"][0]["y"]) == 4
+    html = result.html.read_text()
+    assert html.count('class="nbagent-series"') == len(SERIES_PANELS) and "nbagent-timeline" in html
