@@ -40,19 +40,19 @@ def test_notebook_runs_clean(name: str) -> None:
     nb = nbformat.read(result.notebook, as_version=4)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert errors == []
+    assert result.notebook.stat().st_size <= 1_500_000, f"{result.notebook.stat().st_size:,} bytes"  # no plotly.js
     html = result.html.read_text()
     if name == "quickstart":
         # the static summaries carry the numbers: a person reading the HTML sees non-zero token counts
         counts = [int(n) for n in re.findall(r'data-input-tokens="(\d+)"', html)]
         assert 'data-status="ok"' in html and counts and max(counts) > 0
         assert 0 in counts  # the re-run served from the cache used no tokens
-        check_small_with_every_figure(result.notebook, nb)
+        check_every_figure(nb)
 
 
-def check_small_with_every_figure(path: Path, nb: nbformat.NotebookNode) -> None:
-    """The saved notebook is small (no plotly.js in its widget state) and its static outputs show every figure:
-    each run's waterfall, and the dashboard's histograms and panels over time."""
-    assert path.stat().st_size <= 1_500_000, f"{path.stat().st_size:,} bytes"
+def check_every_figure(nb: nbformat.NotebookNode) -> None:
+    """The static outputs show every figure (each run's waterfall, the dashboard's histograms and panels over
+    time) and the saved widget state keeps the dashboard's last figure without plotly.js."""
     pages = ["".join(o["data"]["text/html"]) for c in nb.cells for o in c.get("outputs", [])
              if "text/html" in o.get("data", {})]
     assert sum('class="nbagent-timeline"' in p for p in pages) >= 2  # the waterfall of each run
