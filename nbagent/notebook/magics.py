@@ -234,6 +234,7 @@ class AgentMagics(Magics):
             return RunOutput(entry.name, self.shell, on_stop=lambda: self._stop(entry.name), live=self.widgets,
                              blocking=spec.wait).show()
 
+        _import_http_stack()
         entry = self.registry.submit(agent_factory(spec, self.registry, tools), spec.prompt, name=name,
                                      out=spec.out, namespace=ns, view_factory=view, profile=spec.profile)
         if spec.wait and not entry.done:
@@ -459,6 +460,16 @@ class AgentMagics(Magics):
 
 _SUBCOMMANDS = ("list", "cancel", "wait", "stats", "show", "history", "compare", "config", "cache", "sandboxes",
                 "mcp", "dashboard", "bench", "help")
+
+
+def _import_http_stack() -> None:
+    """Import the HTTP stack before a run starts (the idle warm-up has usually done it): imported by the run
+    when it opens its first connection, it would pause the loop while the run is in flight, and the loop
+    monitor would report that pause as a block of the run."""
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:  # pragma: no cover - a core dependency
+        pass
 
 
 def _tags(values: list[str]) -> list[str]:
