@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import math
 import pickle
+import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -140,9 +141,11 @@ class Batch:
     (see :mod:`nbagent.control`).
     """
 
-    def __init__(self, task: asyncio.Task[BatchResult], control: BatchControl | None = None) -> None:
+    def __init__(self, task: asyncio.Task[BatchResult], control: BatchControl | None = None,
+                 bar: Any = None) -> None:
         self.task = task
         self.control = control
+        self.bar = bar
 
     def _control(self) -> BatchControl:
         if self.control is None:
@@ -180,7 +183,12 @@ class Batch:
         return self.task.done()
 
     def __await__(self) -> Generator[Any, None, BatchResult]:
-        return self.task.__await__()
+        try:
+            return (yield from self.task.__await__())
+        finally:  # in the awaiting cell: its final progress line is sent under that cell (saved notebooks)
+            deliver = getattr(self.bar, "deliver", None)
+            if deliver is not None:
+                deliver()
 
 
 def map(  # noqa: A001 - nbagent.map is the public name
@@ -197,14 +205,19 @@ def map(  # noqa: A001 - nbagent.map is the public name
     :class:`BatchResult`. Options: ``agent_factory``, ``workers``, ``address``, ``store``, ``desc``.
     """
     control = BatchControl(concurrency, agent=agent) if executor == "local" else None
-    coro = amap(items, agent=agent, concurrency=concurrency, executor=executor, progress=progress, control=control,
-                **options)
     try:
-        loop = asyncio.get_running_loop()
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
-        pass
-    else:
-        return Batch(loop.create_task(coro, name="nbagent:map"), control)
+        loop = None
+    bar: Any = progress
+    if loop is not None and progress is True:  # shown now, in the calling cell, before the batch starts
+        items = [RunSpec.of(i) for i in items]
+        bar = progress_bar(len(items), True, str(options.get("desc", "map")))
+        bar = False if bar is None else bar
+    coro = amap(items, agent=agent, concurrency=concurrency, executor=executor, progress=bar, control=control,
+                **options)
+    if loop is not None:
+        return Batch(loop.create_task(coro, name="nbagent:map"), control, bar if bar is not False else None)
 
     async def main() -> BatchResult:
         try:
@@ -228,7 +241,7 @@ async def amap(
     agent: Agent | None = None,
     concurrency: int = 8,
     executor: str = "local",
-    progress: bool = True,
+    progress: Any = True,
     agent_factory: Callable[[], Agent] | None = None,
     workers: int | None = None,
     address: str | None = None,
@@ -242,11 +255,13 @@ async def amap(
     :class:`~nbagent.store.RunStore`, None for the default runtime's, or False) keeps the runs that come back
     from Ray workers; local runs are kept by the store of the agent's runtime. ``control`` (a
     :class:`~nbagent.control.BatchControl`) pauses the batch or changes its concurrency while it runs.
+    ``progress``: a bar counting runs (a progress line in a notebook, tqdm elsewhere), or an object with
+    ``update(n)`` and ``close()`` to count them.
     """
     specs = [RunSpec.of(i) for i in items]
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
-    bar = progress_bar(len(specs), progress, desc)
+    bar = progress_bar(len(specs), progress, desc) if isinstance(progress, bool) else progress
     started, started_at = time.perf_counter(), time.time()
     try:
         if executor == "local":
@@ -332,9 +347,21 @@ def _driver_store(store: Any) -> Any:
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> Any:
-    """A tqdm bar counting runs (None when disabled or tqdm is missing); kept on screen when done."""
+    """A bar counting runs (None when disabled or tqdm is missing); kept on screen when done.
+
+    In a notebook kernel, a progress line whose final state a saved notebook keeps
+    (:mod:`nbagent.notebook.progress`); elsewhere a tqdm bar."""
     if not enabled:
         return None
+    if "IPython" in sys.modules:  # never imported here: a script stays free of IPython
+        try:
+            from .notebook.progress import progress
+        except ImportError:  # pragma: no cover - IPython without the notebook extra's parts
+            pass
+        else:
+            line = progress(total, desc)
+            if line is not None:
+                return line
     try:
         from tqdm.auto import tqdm
     except ImportError:

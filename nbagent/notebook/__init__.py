@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["load_ipython_extension", "register", "unload_ipython_extension", "unregister", "warm_up_client"]
+__all__ = ["load_ipython_extension", "register", "unload_ipython_extension", "unregister", "warm_up_client",
+           "warm_up_magics"]
 
 _ATTR = "_nbagent_magics"  # the magics registered on a shell are kept on the shell itself
 
@@ -63,7 +64,7 @@ def load_ipython_extension(ipython: Any) -> None:
         magics = register(ipython)
         rt.enable_store()
         atexit.register(_close_at_exit, rt)
-        _warm_up_when_idle(magics.registry)
+        _warm_up_when_idle(magics)
 
 
 def _close_at_exit(rt: Any) -> None:
@@ -80,21 +81,34 @@ def warm_up_client() -> None:
 
     ``import nbagent`` and ``%load_ext nbagent`` import none of it; a run imports what it lacks itself.
     """
-    from ..llm.http import DirectTransport  # noqa: F401 - aiohttp and the direct transport
+    from ..llm.http import DirectTransport  # noqa: F401 - the direct transport
     from ..llm.tokens import encoding
 
     encoding()  # tiktoken and its BPE file
+    try:
+        import aiohttp  # noqa: F401 - the transport imports it when it opens its first session
+    except ImportError:  # pragma: no cover - a core dependency
+        pass
 
 
-def _warm_up_when_idle(registry: Any, delay: float = 0.5) -> None:
-    """Import the client stack, then plotly's widget stack, on the loop while no run is active (retrying until
-    then).
+def warm_up_magics(magics: Any) -> None:
+    """Import what the first ``%%agent`` cell needs beyond the client: the runs' registry (made here), the cell's
+    agent factory, and the run widget with ipywidgets."""
+    from . import spec, static, tables, widgets  # noqa: F401
 
-    Each first import takes from a fraction of a second to seconds (plotly pulls in nbformat and jsonschema);
-    done later, in the first run or when a dashboard is opened during runs, it would slow them. It is not done
-    in a thread: a CPU-bound thread makes the loop thread wait for the GIL after every ``select()`` and every
-    import lock, which slows all runs far more than one short pause while nothing runs. The steps are
-    separate callbacks, so a cell the user runs meanwhile waits for one step at most.
+    magics.registry  # noqa: B018 - made on first use
+
+
+def _warm_up_when_idle(magics: Any, delay: float = 0.5) -> None:
+    """Import what ``%load_ext`` left out (the runs' registry and the run widget, the client stack, then plotly's
+    widget stack), on the loop while no run is active (retrying until then).
+
+    ``%load_ext nbagent`` itself imports only what registering the magics needs; each first import takes from
+    a fraction of a second to seconds (plotly pulls in nbformat and jsonschema); done later, in the first run
+    or when a dashboard is opened during runs, it would slow them. It is not done in a thread: a CPU-bound
+    thread makes the loop thread wait for the GIL after every ``select()`` and every import lock, which slows
+    all runs far more than one short pause while nothing runs. The steps are separate callbacks, so a cell the
+    user runs meanwhile waits for one step at most.
     """
     try:
         loop = asyncio.get_running_loop()
@@ -106,10 +120,11 @@ def _warm_up_when_idle(registry: Any, delay: float = 0.5) -> None:
 
         warm_up()
 
-    steps = [warm_up_client, dashboard]
+    steps = [lambda: warm_up_magics(magics), warm_up_client, dashboard]
 
     def attempt() -> None:
-        if registry.active():
+        registry = magics.registry_if_started()
+        if registry is not None and registry.active():
             loop.call_later(2.0, attempt)
             return
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import os
 import resource
 import time
@@ -21,13 +22,14 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from IPython.display import DisplayHandle, display
 from plotly.subplots import make_subplots
 
 from ..metrics import Histogram, MetricsRegistry
 from ..record import format_cost
 from .integrations import sandbox_stats
-from .kernel import current_parent, update_display
+from .kernel import as_parent, current_parent, update_display
 from .session import RunRegistry, current
 from .static import fmt_seconds, histogram_edges, histogram_svg
 
@@ -68,6 +70,42 @@ def split_histograms(records: list[Any], name: str, by: str) -> dict[str, Histog
     return out
 
 
+def series_svg(title: str, seconds: list[float], lines: list[tuple[str, list[float | None]]], *,
+               width: int = 260, height: int = 110, top: float | None = None) -> str:
+    """Lines over time as inline SVG (no script): ``seconds`` since the first sample, one ``(name, values)`` per
+    line (None: no value); titled with each line's last value (– while no line has one)."""
+    span = (seconds[-1] - seconds[0] if seconds else 0.0) or 1.0
+    high = top if top is not None else max((v for _, vs in lines for v in vs if v is not None), default=0.0)
+    high = high if high > 0 else 1.0
+    pad, plot_h = 16, height - 34
+    scale = (width - 2 * pad) / span
+    paths, last = [], []
+    for k, (name, values) in enumerate(lines):
+        color = _COLORS[k % len(_COLORS)]
+        points = [f"{pad + (t - seconds[0]) * scale:.1f},{18 + plot_h - plot_h * min(v, high) / high:.1f}"
+                  for t, v in zip(seconds, values, strict=True) if v is not None]
+        if len(points) == 1:  # one sample: a dot
+            x, y = points[0].split(",")
+            paths.append(f'<circle cx="{x}" cy="{y}" r="2" fill="{color}"/>')
+        elif points:
+            paths.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{" ".join(points)}">'
+                         f"<title>{html.escape(name)}</title></polyline>")
+        value = next((v for v in reversed(values) if v is not None), None)
+        if value is not None:
+            last.append(f'<tspan fill="{color}">{html.escape(name)} {value:,.3g}</tspan>' if len(lines) > 1
+                        else f"{value:,.3g}")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="nbagent-series" '
+        f'data-title="{html.escape(title)}" style="border:1px solid #ddd;border-radius:4px;background:#fff;'
+        f'display:inline-block;margin:2px 8px 2px 0">'
+        f'<text x="{pad}" y="12" font-size="11"><tspan font-weight="600">{html.escape(title)}</tspan> '
+        f'{" ".join(last) or "–"}</text>{"".join(paths)}'
+        f'<line x1="{pad}" y1="{18 + plot_h}" x2="{width - pad}" y2="{18 + plot_h}" stroke="#999"/>'
+        f'<text x="{pad}" y="{height - 3}" font-size="10">{html.escape(fmt_seconds(span))} shown</text>'
+        f'<text x="{width - pad}" y="{height - 3}" font-size="10" text-anchor="end">max {high:,.3g}</text></svg>'
+    )
+
+
 def _template() -> Any:
     """A light template built here (loading a named one costs a noticeable pause on first use)."""
     return go.layout.Template(layout=dict(plot_bgcolor="#f7f7f9", font=dict(size=11),
@@ -75,26 +113,46 @@ def _template() -> Any:
 
 
 class ProcessSampler:
-    """CPU percent and resident memory of this process (psutil when installed, else ``resource``)."""
+    """CPU percent and resident memory of this process.
 
-    def __init__(self) -> None:
+    CPU is this process's CPU time (``time.process_time``, nanosecond resolution) over the wall time since the
+    previous sample. A sample less than ``min_interval`` seconds after the previous one gives the last figure
+    again (``None`` before the first full interval): over a few milliseconds, CPU time counted in clock ticks
+    reads as hundreds of percent. Memory is the resident set now (psutil), else the peak (``resource``).
+    """
+
+    def __init__(self, *, min_interval: float = 0.5, clock: Any = time.monotonic, cpu_clock: Any = time.process_time,
+                 cpus: int | None = None) -> None:
         try:
             import psutil
 
             self._proc: Any = psutil.Process(os.getpid())
-            self._proc.cpu_percent(None)
         except ImportError:  # pragma: no cover - psutil is part of the notebook extra
             self._proc = None
-        self._last = (time.monotonic(), time.process_time())
+        self.min_interval = min_interval
+        self._clock, self._cpu_clock = clock, cpu_clock
+        self._cpus = cpus or os.cpu_count() or 1
+        self._last = (clock(), cpu_clock())
+        self._cpu: float | None = None
 
-    def sample(self) -> tuple[float, float]:
-        """``(cpu percent since the last sample, resident MiB)``."""
+    def cpu(self) -> float | None:
+        """CPU percent over the last interval of at least ``min_interval`` seconds (up to 100 per core)."""
+        now, used = self._clock(), self._cpu_clock()
+        wall = now - self._last[0]
+        if wall >= self.min_interval:
+            self._cpu = min(max(100.0 * (used - self._last[1]) / wall, 0.0), 100.0 * self._cpus)
+            self._last = (now, used)
+        return self._cpu
+
+    def memory(self) -> float:
+        """Resident MiB."""
         if self._proc is not None:
-            return float(self._proc.cpu_percent(None)), self._proc.memory_info().rss / 2**20
-        now, cpu = time.monotonic(), time.process_time()
-        wall, used = now - self._last[0], cpu - self._last[1]
-        self._last = (now, cpu)
-        return (100.0 * used / wall if wall > 0 else 0.0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return float(self._proc.memory_info().rss) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover
+
+    def sample(self) -> tuple[float | None, float]:
+        """``(cpu percent, or None before the first interval; resident MiB)``."""
+        return self.cpu(), self.memory()
 
 
 def _hist(reg: MetricsRegistry, name: str) -> Histogram | None:
@@ -279,7 +337,7 @@ class Dashboard(widgets.VBox):
                              if n.startswith("runs.status."))
         llm = reg.histograms.get("llm.latency")
         hit, policy_hit = reg.hit_rate("response"), reg.hit_rate("policy")
-        cpu, mib = (self._samples[-1][7], self._samples[-1][8]) if self._samples else (0.0, 0.0)
+        cpu, mib = (self._samples[-1][7], self._samples[-1][8]) if self._samples else (None, 0.0)
         parts = [
             f"runs <b>{int(v('runs.started'))}</b> started, <b>{int(v('runs.in_flight'))}</b> in flight"
             + (f" ({html.escape(statuses)})" if statuses else ""),
@@ -295,7 +353,7 @@ class Dashboard(widgets.VBox):
             + ("" if policy_hit is None else f", policy decisions {policy_hit:.0%} cached "
                f"({int(v('policy.allow'))} allowed, {int(v('policy.deny'))} denied)") + "</span>",
             f"loop lag p99 {fmt_seconds(mon['lag_p99'])}, {mon['blocks']} blocks",  # type: ignore[arg-type]
-            f"kernel CPU {cpu:.0f}% · {mib:.0f} MiB",
+            f"kernel CPU {'–' if cpu is None else f'{cpu:.0f}%'} · {mib:.0f} MiB",
         ]
         limits = {n[len("llm.concurrency."):]: int(g.value) for n, g in reg.gauges.items()
                   if n.startswith("llm.concurrency.")}  # set by the adaptive limiter when a limit moves
@@ -318,10 +376,24 @@ class Dashboard(widgets.VBox):
         reg = self.registry.metrics.global_
         svgs = "".join(histogram_svg(title, _hist(reg, name)) for title, name in HISTOGRAMS)
         svgs = svgs or "<div>no latencies yet</div>"
+        series = self.series_svgs()
         text = f"nbagent dashboard: {int(reg.value('runs.started'))} runs, {int(reg.value('tokens.input'))} in / " \
                f"{int(reg.value('tokens.output'))} out tokens"
         return {"text/plain": text, "text/html": f'<div class="nbagent-dashboard-static">{self.header_html()}'
-                                                 f"<div>{svgs}</div></div>"}
+                                                 f"<div>{svgs}</div><div>{series}</div></div>"}
+
+    def series_svgs(self) -> str:
+        """The panels over time (tokens / s, in flight, cache hit rate, CPU, memory, calls / s) as SVG lines."""
+        if not self._samples:
+            return ""
+        cols = list(zip(*self._samples, strict=True))
+        t0 = cols[0][0]
+        seconds = [(t - t0).total_seconds() for t in cols[0]]
+        out = []
+        for title, panel in SERIES_PANELS:
+            lines = [(name, list(cols[k + 1])) for k, (name, p) in enumerate(SERIES) if p == panel]
+            out.append(series_svg(title, seconds, lines, top=1.0 if panel == 2 else None))
+        return "".join(out)
 
     def publish(self, *, current: bool = False) -> None:
         """Refresh the static rendering (with the cell's header, or the current request's)."""
@@ -329,9 +401,24 @@ class Dashboard(widgets.VBox):
             return
         from IPython import get_ipython
 
+        shell = get_ipython()
+        if current:  # under the current request, which headless clients (nbclient) record
+            self.refresh(time.monotonic(), force=True)
+            with as_parent(shell, current_parent(shell)):
+                self.sync_figure()
         self._last_publish = time.monotonic()
-        update_display(self._static, self.static_bundle(), shell=get_ipython(),
-                       parent=None if current else self._parent)
+        update_display(self._static, self.static_bundle(), shell=shell, parent=None if current else self._parent)
+
+    def sync_figure(self) -> None:
+        """Send the figure's whole data and layout as its widget state.
+
+        Redraws reach the frontend as deltas (``batch_update``), which the frontend folds into its copy of the
+        figure; the kernel's copy of the widget state keeps the figure as first shown. A notebook saved from
+        the kernel's messages (nbclient, ``nbagent execute``) keeps that state, so it is sent whole when the
+        static rendering is published under the current request. The frontend ignores it (same figure)."""
+        plain = json.loads(pio.to_json(self.figure, validate=False))  # lists, not binary buffers: any reader
+        self.figure._widget_layout = plain.get("layout", {})  # type: ignore[attr-defined]
+        self.figure._widget_data = plain.get("data", [])  # type: ignore[attr-defined]
 
 
 def warm_up() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..runtime import CACHE_MODES, Runtime
 
-__all__ = ["CACHE_MODES", "SANDBOX_BACKENDS", "cache_stats", "sandbox_backends", "sandbox_stats", "sandbox_tools"]
+__all__ = ["CACHE_MODES", "cache_stats", "sandbox_backends", "sandbox_stats", "sandbox_tools"]
 
 
 
@@ -28,9 +28,12 @@ def sandbox_backends() -> tuple[str, ...]:
     return ("auto", *(mod.backends() if mod is not None else ()))
 
 
-SANDBOX_BACKENDS = sandbox_backends()
-"""The backends registered when the notebook layer was imported (``%%agent --sandbox`` checks the registry
-at each cell, so a backend registered later is accepted too)."""
+def __getattr__(name: str) -> Any:
+    """``SANDBOX_BACKENDS``: the backends registered now (looked up when asked: importing the sandbox package
+    is left to the first use, so that ``%load_ext nbagent`` does not pay for it)."""
+    if name == "SANDBOX_BACKENDS":
+        return sandbox_backends()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _as_dict(stats: Any) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import math
 import re
 import shlex
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -21,19 +21,16 @@ from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, obs
 
 from ..config_rules import SettingRule, coerce
 from ..errors import InvalidSetting
-from . import static
-from .integrations import (
-    CACHE_MODES,
-    SANDBOX_BACKENDS,
-    sandbox_backends,
-    sandbox_stats,
-    sandbox_tools,
-)
-from .session import RunEntry, RunRegistry, current
-from .spec import CellSpec, agent_factory, interpolate, resolve_policy, resolve_tools
-from .state import shorten
-from .tables import CACHE_HEADER, HISTORY_HEADER, LIST_HEADER, cache_rows, history_rows, list_rows
-from .widgets import RunOutput
+from ..runtime import CACHE_MODES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .session import RunEntry, RunRegistry
+    from .spec import CellSpec
+    from .widgets import RunOutput
+
+# ``%load_ext nbagent`` imports this module, so it imports only what registering the magics needs: the runs'
+# registry, the agent and its client, ipywidgets and the renderings are imported by the magic that uses them
+# (and ahead of it while the kernel is idle: see nbagent.notebook).
 
 __all__ = ["AgentMagics", "shutdown"]
 
@@ -65,8 +62,8 @@ class AgentMagics(Magics):
         config=True)
     max_steps = Integer(None, allow_none=True, help="Model calls per run (default: settings limits).").tag(config=True)
     timeout = Float(None, allow_none=True, help="Wall-time limit of a run in seconds.").tag(config=True)
-    sandbox = Enum(SANDBOX_BACKENDS, None, allow_none=True, help="Sandbox backend of the sandbox tools.").tag(
-        config=True)
+    sandbox = Unicode(None, allow_none=True,
+                      help="Sandbox backend of the sandbox tools: auto or a registered backend.").tag(config=True)
     cache = Enum(CACHE_MODES, "off", help="Response cache mode.").tag(config=True)
     stream = Bool(True, help="Stream answers (live text in the widget).").tag(config=True)
     wait = Bool(False, help="Block every %%agent cell until its run ends.").tag(config=True)
@@ -80,8 +77,40 @@ class AgentMagics(Magics):
     def __init__(self, shell: Any = None, registry: RunRegistry | None = None, **kwargs: Any) -> None:
         _forget_refused_config(shell)
         super().__init__(shell=shell, **kwargs)
-        self.registry = registry or current()
-        self._apply_rates()
+        self._registry = registry
+        if registry is not None:
+            self._apply_rates()
+
+    @property
+    def registry(self) -> RunRegistry:
+        """The runs of the notebook (the default runtime's registry), made on first use."""
+        if self._registry is None:
+            from .session import current
+
+            self._registry = current()
+            self._apply_rates()
+        return self._registry
+
+    def registry_if_started(self) -> RunRegistry | None:
+        """The registry if the magics or anything else (the dashboard) has made it, without making it."""
+        if self._registry is None:
+            from ..runtime import runtime
+
+            self._registry = runtime().part_if_started("notebook")
+            if self._registry is not None:
+                self._apply_rates()
+        return self._registry
+
+    @validate("sandbox")
+    def _check_sandbox(self, proposal: Any) -> Any:
+        """``%config AgentMagics.sandbox = "nope"`` is refused (the backends registered now are accepted)."""
+        from .integrations import sandbox_backends
+
+        value = proposal["value"]
+        if value is not None and value not in sandbox_backends():
+            raise TraitError(f"AgentMagics.sandbox: unknown backend {value!r}; registered: "
+                             f"{', '.join(sandbox_backends())}; the old value is kept")
+        return value
 
     @validate(*_TRAIT_RULES)
     def _check_number(self, proposal: Any) -> Any:
@@ -94,11 +123,13 @@ class AgentMagics(Magics):
 
     @observe("refresh_hz", "lag_threshold")
     def _rates_changed(self, _change: Any) -> None:
-        self._apply_rates()
+        if self._registry is not None:  # else applied when it is made
+            self._apply_rates()
 
     def _apply_rates(self) -> None:
-        self.registry.refresh_hz = self.refresh_hz
-        self.registry.monitor.threshold = self.lag_threshold
+        assert self._registry is not None
+        self._registry.refresh_hz = self.refresh_hz
+        self._registry.monitor.threshold = self.lag_threshold
 
     # --- %%agent ------------------------------------------------------------------------------------
 
@@ -151,6 +182,8 @@ class AgentMagics(Magics):
         return None
 
     def _spec(self, args: Any, cell: str) -> CellSpec:
+        from .spec import CellSpec, interpolate, resolve_policy
+
         if not cell.strip():
             raise UsageError("the cell is empty: write the prompt in the cell body")
         if args.name is not None and not _NAME.fullmatch(args.name):
@@ -174,6 +207,10 @@ class AgentMagics(Magics):
                        policy=policy, tags=_tags(args.tag))
 
     def _run(self, spec: CellSpec) -> RunEntry:
+        from .integrations import sandbox_backends, sandbox_tools
+        from .spec import agent_factory, resolve_tools
+        from .widgets import RunOutput
+
         ns = self.shell.user_ns if self.shell is not None else {}
         if spec.sandbox and spec.sandbox not in sandbox_backends():
             raise UsageError(f"--sandbox: unknown backend {spec.sandbox!r}; registered: "
@@ -197,6 +234,7 @@ class AgentMagics(Magics):
             return RunOutput(entry.name, self.shell, on_stop=lambda: self._stop(entry.name), live=self.widgets,
                              blocking=spec.wait).show()
 
+        _import_http_stack()
         entry = self.registry.submit(agent_factory(spec, self.registry, tools), spec.prompt, name=name,
                                      out=spec.out, namespace=ns, view_factory=view, profile=spec.profile)
         if spec.wait and not entry.done:
@@ -231,6 +269,9 @@ class AgentMagics(Magics):
         print(self.agent.__doc__)
 
     def _cmd_list(self, rest: list[str]) -> None:
+        from . import static
+        from .tables import LIST_HEADER, list_rows
+
         self.registry.drain()
         rows = list_rows(self.registry.entries.values())
         caption = f"{len(self.registry.active())} running"
@@ -255,6 +296,8 @@ class AgentMagics(Magics):
         print(", ".join(f"{e.name}: {e.state.status}" for e in entries) or "no runs to wait for")
 
     def _cmd_stats(self, rest: list[str]) -> None:
+        from . import static
+
         if len(rest) > 1:
             raise UsageError("usage: %agent stats [NAME]")
         if not rest:
@@ -275,6 +318,10 @@ class AgentMagics(Magics):
     def _cmd_history(self, rest: list[str]) -> None:
         """Runs kept in the run store (every kernel's, newest first); ``%agent history N`` shows N,
         ``--hosts`` adds the pid and host that ran each."""
+        from . import static
+        from .state import shorten
+        from .tables import HISTORY_HEADER, history_rows
+
         hosts = "--hosts" in rest
         rest = [w for w in rest if w != "--hosts"]
         try:
@@ -351,6 +398,8 @@ class AgentMagics(Magics):
         display(result.figure())
 
     def _cmd_config(self, rest: list[str]) -> None:
+        from . import static
+
         traits = {k: getattr(self, k) for k in sorted(self.trait_names(config=True))}
         rows: list[list[Any]] = [[f"AgentMagics.{k}", v] for k, v in traits.items()]
         try:
@@ -362,10 +411,16 @@ class AgentMagics(Magics):
         _html(static.table_html(["setting", "value"], rows), "\n".join(f"{k} = {v}" for k, v in rows))
 
     def _cmd_cache(self, rest: list[str]) -> None:
+        from . import static
+        from .tables import CACHE_HEADER, cache_rows
+
         rows = cache_rows(self.registry.metrics.global_, self.registry.caches)
         _html(static.table_html(CACHE_HEADER, rows), "\n".join(f"{c} {k}: {v}" for c, k, v in rows))
 
     def _cmd_sandboxes(self, rest: list[str]) -> None:
+        from . import static
+        from .integrations import sandbox_stats
+
         stats = sandbox_stats(self.registry.runtime)
         if stats is None:
             print("sandboxes are not available in this installation")
@@ -374,6 +429,7 @@ class AgentMagics(Magics):
 
     def _cmd_mcp(self, rest: list[str]) -> None:
         from ..mcp.names import health_rows
+        from . import static
 
         try:
             header, rows = health_rows(self.registry.runtime)
@@ -397,11 +453,23 @@ class AgentMagics(Magics):
 
     def pre_run_cell(self, info: Any = None) -> None:
         """Before each cell: publish the summaries of runs that ended since, under this cell's request."""
-        self.registry.republish()
+        registry = self.registry_if_started()
+        if registry is not None:
+            registry.republish()
 
 
 _SUBCOMMANDS = ("list", "cancel", "wait", "stats", "show", "history", "compare", "config", "cache", "sandboxes",
                 "mcp", "dashboard", "bench", "help")
+
+
+def _import_http_stack() -> None:
+    """Import the HTTP stack before a run starts (the idle warm-up has usually done it): imported by the run
+    when it opens its first connection, it would pause the loop while the run is in flight, and the loop
+    monitor would report that pause as a block of the run."""
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:  # pragma: no cover - a core dependency
+        pass
 
 
 def _tags(values: list[str]) -> list[str]:

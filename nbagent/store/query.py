@@ -103,13 +103,16 @@ class StoredRun:
         return reg
 
     def breakdown(self) -> dict[str, float]:
-        """Wall time split into model wait, tools, sandbox wait, cache and overhead (see ``metrics.profile``)."""
-        from ..metrics.profile import wall_breakdown
+        """Where the run's wall time went: the breakdown of its record (:meth:`~nbagent.record.RunRecord.breakdown`,
+        the live run's, with the same keys and seconds), folded from the stored events.
 
-        stored = self.artifacts.get("breakdown")
-        if stored:
-            return dict(json.loads(stored))
-        return wall_breakdown(self.typed_events(), self.timings)
+        A run stored without events gives the breakdown its profile stored, if any (else zeros)."""
+        from ..record import BREAKDOWN_KEYS
+
+        if self.typed_events():
+            return self.record.breakdown()
+        stored = json.loads(self.artifacts.get("breakdown") or "{}")
+        return {k: float(stored.get(k, 0.0)) for k in BREAKDOWN_KEYS}
 
     def replay(self, bus: EventBus) -> int:
         """Emit the stored events on ``bus`` in order (a dashboard subscribed to it redraws the run).

@@ -19,6 +19,7 @@ from nbagent import Agent, tool
 from nbagent.events import EventBus, LLMResponse, RunFinished, RunStarted, StepStarted, ToolFinished, default_bus
 from nbagent.llm import LLMClient
 from nbagent.metrics import MetricsRegistry
+from nbagent.record import BREAKDOWN_KEYS
 from nbagent.runtime import Runtime
 from nbagent.store import RunStore, StoredRun
 from nbagent.store.codec import event_from_dict
@@ -108,9 +109,10 @@ async def test_load_to_result_and_replay_redraw_the_same_figures(store: RunStore
     reg.attach(bus)
     assert store.replay(result.run_id, bus) == len(result.events)
     assert reg.snapshot() == result.metrics().snapshot()
-    b = run.breakdown()
-    parts = ("model", "tools", "sandbox_wait", "cache", "startup", "overhead")
-    assert b["total"] == pytest.approx(sum(b[k] for k in parts))
+    b = run.breakdown()  # the live record's breakdown, folded again from the stored events
+    assert b == result.record.breakdown()
+    assert set(b) == set(BREAKDOWN_KEYS) and b["tools"] > 0 and b["model_wait"] > 0
+    assert sum(b.values()) == pytest.approx(result.record.duration)
     with pytest.raises(KeyError):
         store.load("nope")
 
