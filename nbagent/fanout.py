@@ -293,14 +293,20 @@ async def amap(
 async def _run_local(agent: Agent, specs: list[RunSpec], control: BatchControl, bar: Any) -> list[RunResult]:
     results: list[RunResult | None] = [None] * len(specs)
     todo = iter(range(len(specs)))
+    watch = getattr(bar, "run_started", None)  # a notebook's progress line draws a line per run it is told of
+    if watch is not None and hasattr(bar, "records"):
+        bar.records = agent.runtime.records
     tasks: list[asyncio.Task[None]] = []
 
     async def worker() -> None:
         for i in todo:
             spec = specs[i]
             await control.start_run()  # waits while paused or at the concurrency
+            name = spec.name or agent.runtime.new_run_name()
+            if watch is not None:
+                watch(name)
             try:
-                results[i] = await agent.run(spec.prompt, name=spec.name, deps=spec.deps)
+                results[i] = await agent.run(spec.prompt, name=name, deps=spec.deps)
             finally:
                 control.end_run()
             if bar is not None:

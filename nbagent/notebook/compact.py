@@ -21,7 +21,7 @@ import ipywidgets as widgets
 import traitlets
 from IPython.display import DisplayHandle, display
 
-from ..record import format_cost
+from ..record import RunRecord, format_cost
 from ..timeline import spark_svg
 from .kernel import update_display
 from .live import HIDE_STATIC_JS
@@ -31,7 +31,8 @@ from .static import STATUS_COLORS, run_summary_html
 if TYPE_CHECKING:
     from .widgets import RunOutput
 
-__all__ = ["COMPACT_AFTER", "CellRuns", "CompactLines", "CompactView", "cell_runs", "run_line_html"]
+__all__ = ["COMPACT_AFTER", "CellRuns", "CompactLines", "CompactView", "cell_runs", "run_line_html",
+           "run_lines_html"]
 
 #: A cell shows up to this many full run widgets; the next run turns them into one compact view.
 COMPACT_AFTER = 3
@@ -121,6 +122,27 @@ def static_html(states: list[RunState], now: float | None = None) -> str:
                     f"{run_summary_html(s) if s.done else ''}</details>" for s in states)
     return (f'<div class="nbagent-compact-static" data-runs="{len(states)}" '
             f'style="font-family:var(--jp-ui-font-family,sans-serif)">{_header(states)}{lines}</div>')
+
+
+def run_lines_html(records: list[RunRecord], *, limit: int, now: float | None = None) -> str:
+    """Lines for ``records`` (a batch's runs) on their shared time axis: running and failed runs first, then
+    the most recent, at most ``limit``; a last line counts the rest by status."""
+    now = time.time() if now is None else now
+    states = []
+    for rec in records:
+        st = RunState(name=rec.name or rec.run_id, run_id=rec.run_id)
+        st.use_record(rec)
+        states.append(st)
+    t0, t1 = _axis(states, now)
+    order = sorted(range(len(states)), key=lambda i: (states[i].status == "ok" and states[i].done, -i))
+    shown = sorted(order[:limit])
+    rest: dict[str, int] = {}
+    for i in order[limit:]:
+        rest[states[i].status] = rest.get(states[i].status, 0) + 1
+    more = ", ".join(f"{n} {status}" for status, n in sorted(rest.items()))
+    tail = f'<div style="font-size:12px;opacity:.7">… and {sum(rest.values())} more ({_e(more)})</div>' if rest else ""
+    lines = "".join(run_line_html(states[i], start=t0, end=t1, now=now) for i in shown)
+    return f'<div class="nbagent-batch-lines" data-runs="{len(states)}">{lines}{tail}</div>'
 
 
 class CompactLines(anywidget.AnyWidget):  # type: ignore[misc]

@@ -1,5 +1,9 @@
 """The progress line of ``nbagent.map`` and ``run_bench`` in a notebook: HTML updated in place, no widget.
 
+Under the line, a ``map`` batch shows one line per run (status, elapsed, steps, tokens, cost and a spark of
+its timeline on the batch's shared time axis), read from the runtime's records: running runs and failures
+first, then the most recent; at most :data:`MAX_LINES` lines, the rest counted.
+
 A tqdm widget started by a background task sends its updates with the header of the cell that started it;
 a headless executor (nbclient, ``nbagent execute``) records only the messages of the cell it is executing, so
 a saved notebook kept the bar as first drawn ("0% 0/20"). This line is a display (HTML and text) updated by
@@ -18,7 +22,10 @@ from IPython.display import DisplayHandle, display
 
 from .kernel import current_parent, update_display
 
-__all__ = ["NotebookProgress", "deliver_pending"]
+__all__ = ["MAX_LINES", "NotebookProgress", "deliver_pending"]
+
+#: Run lines under a batch's progress line at most (running and failed runs first); the rest are counted.
+MAX_LINES = 30
 
 _PENDING = "_nbagent_progress"  # lines that ended but were not sent under a later request: kept on the shell
 
@@ -35,6 +42,8 @@ class NotebookProgress:
         self.ended: float | None = None
         self.delivered = False
         self.parent = current_parent(shell)
+        self.records: Any = None  # the runtime's RecordIndex, set by the batch that reports here
+        self.names: list[str] = []  # the batch's runs, in the order they started
         self.handle: DisplayHandle | None = display(self.bundle(), raw=True, display_id=True)
 
     def update(self, n: int = 1) -> None:
@@ -43,6 +52,10 @@ class NotebookProgress:
         if now - self._last >= self.min_interval or self.n >= self.total:
             self._last = now
             self._send(self.parent)
+
+    def run_started(self, name: str) -> None:
+        """Run ``name`` of the batch started: it gets a line (drawn with the next update)."""
+        self.names.append(name)
 
     def close(self) -> None:
         """The final state, under the starting cell's header; then again under a later request (see the module)."""
@@ -88,7 +101,17 @@ class NotebookProgress:
                 f'vertical-align:middle;margin-right:6px"><span style="display:block;height:100%;'
                 f'width:{100 * min(share, 1.0):.1f}%;background:{color}"></span></span>'
                 f"{html.escape(self.text())}</div>")
-        return {"text/plain": self.text(), "text/html": page}
+        return {"text/plain": self.text(), "text/html": page + self.lines_html()}
+
+    def lines_html(self) -> str:
+        """A line per run of the batch (see the module docs); empty until runs are known."""
+        if self.records is None or not self.names:
+            return ""
+        from .compact import run_lines_html
+
+        by_name = {r.name: r for r in self.records.all()}
+        found = [by_name[n] for n in self.names if n in by_name]
+        return run_lines_html(found, limit=MAX_LINES)
 
 
 def deliver_pending(shell: Any) -> int:

@@ -56,6 +56,12 @@ def test_a_batch_awaited_in_a_later_cell_saves_its_final_count(kn: KernelNoteboo
     lines = progress_of(saved.cells[-2])
     assert [done for _, done in lines] == ["20/20"], dump(saved.cells[-2])
     assert lines[0][0].startswith("map: 20/20 runs") and "(done)" in lines[0][0]
+    # under the line, one line per run of the batch, each with its status and a spark of its timeline
+    page = next(o["data"]["text/html"] for o in saved.cells[-2].outputs if "nbagent-progress" in
+                o.get("data", {}).get("text/html", ""))
+    assert 'class="nbagent-batch-lines" data-runs="20"' in page
+    assert page.count('class="nbagent-line"') == 20 and page.count('data-status="ok"') == 20
+    assert page.count("<svg") >= 20
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in start.outputs)
 
 

@@ -158,3 +158,21 @@ def test_a_block_inside_nbagents_own_drawing_names_its_caller() -> None:
     assert "widgets.py" in stack
     here, _ = describe_stack(sys._getframe())
     assert here.startswith("test_nb_scale.py:")  # user code is named as before
+
+
+def test_a_big_batch_shows_its_running_and_failed_runs_first_and_counts_the_rest() -> None:
+    from nbagent.record import RunRecord
+
+    records = []
+    for i in range(40):
+        status = "error" if i in (3, 17) else "running" if i >= 38 else "ok"
+        rec = RunRecord(f"id{i}", name=f"b{i}", status=status, started=1000.0 + i, steps=1,
+                        ended=None if status == "running" else 1001.0 + i)
+        records.append(rec)
+    page = compact.run_lines_html(records, limit=10, now=1050.0)
+    shown = re.findall(r'class="nbagent-line" data-run="(b\d+)" data-status="(\w+)"', page)
+    assert len(shown) == 10 and 'data-runs="40"' in page
+    # the failures and the runs still going are never hidden; then the most recent, in start order
+    assert {"b3", "b17", "b38", "b39"} <= {name for name, _ in shown}
+    assert [int(name[1:]) for name, _ in shown] == sorted(int(name[1:]) for name, _ in shown)
+    assert "… and 30 more (30 ok)" in page
