@@ -14,7 +14,7 @@ import nbagent
 from nbagent import Agent, Runtime, tool
 from nbagent.cache import ResponseCache
 from nbagent.events import EventBus
-from nbagent.fanout import AgentRecipe
+from nbagent.fanout_ray import AgentRecipe
 from nbagent.policy import Policy, PolicyDecided, Rule
 from nbagent.record import BREAKDOWN_KEYS, RunRecord, format_cost
 from nbagent.runtime import set_runtime
