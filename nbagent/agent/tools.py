@@ -26,6 +26,7 @@ import functools
 import inspect
 import json
 import re
+import sys
 import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,6 +37,8 @@ from typing import Any, TypeVar, get_args, get_origin, overload
 from ..events import EventBus
 
 __all__ = ["RunContext", "Tool", "tool", "tools_by_name"]
+
+_HAS_TIMEOUT_CM = sys.version_info >= (3, 11)
 
 T = TypeVar("T")
 
@@ -250,7 +253,10 @@ class Tool:
         if timeout is None and runtime is not None:
             timeout = runtime.settings.limits.tool_timeout
         if timeout is not None:
-            return await asyncio.wait_for(coro, timeout)
+            if _HAS_TIMEOUT_CM:  # no task of its own per call (``wait_for`` makes one before 3.12)
+                async with asyncio.timeout(timeout):
+                    return await coro
+            return await asyncio.wait_for(coro, timeout)  # pragma: no cover - Python 3.10
         return await coro
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
