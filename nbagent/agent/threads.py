@@ -83,10 +83,10 @@ class ToolThreads:
             if start:
                 threading.Thread(target=self._work, name="nbagent-tool", daemon=True).start()
             try:
-                return await asyncio.shield(fut)
+                return await fut  # a cancel cancels ``fut`` too: the thread's late answer is then dropped
             except asyncio.CancelledError:
                 with self._lock:
-                    if not fut.done() and not abandoned[0]:
+                    if not abandoned[0]:  # the thread has not finished the call: it is stuck in it
                         abandoned[0] = True
                         self.stuck += 1
                 raise
