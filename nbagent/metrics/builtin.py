@@ -187,7 +187,10 @@ def _on_llm_failed(reg: MetricsRegistry, e: LLMRequestFailed) -> None:
 
 
 def _on_token_drift(reg: MetricsRegistry, e: TokenDrift | LLMResponse) -> None:
-    local, server = (e.local, e.server) if type(e) is TokenDrift else (e.input_tokens_local, e.input_tokens)
+    if isinstance(e, TokenDrift):
+        local, server = e.local, e.server
+    else:
+        local, server = e.input_tokens_local, e.input_tokens
     m = reg.memo.get(_on_token_drift)
     if m is None:
         m = reg.memo[_on_token_drift] = (reg.counter("tokens.drift_checks"),
