@@ -19,7 +19,6 @@ thread, so a slow tool never blocks the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import functools
@@ -32,9 +31,12 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, get_args, get_origin, overload
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin, overload
 
-from ..events import EventBus
+if TYPE_CHECKING:  # pragma: no cover
+    import asyncio
+
+    from ..events import EventBus
 
 __all__ = ["RunContext", "Tool", "tool", "tools_by_name"]
 
@@ -63,6 +65,8 @@ class RunContext:
     async def resource(self, key: str, factory: Callable[[], AbstractAsyncContextManager[T]]) -> T:
         if key in self._resources:
             return typing.cast(T, self._resources[key])
+        import asyncio
+
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # two tools of one step asking at once get the same resource
             if key not in self._resources:
@@ -241,6 +245,8 @@ class Tool:
         """Run the tool: async tools on the loop, sync tools in a thread of the runtime's
         :class:`~nbagent.agent.threads.ToolThreads`; bounded by the tool's ``timeout``, else the settings'
         ``[limits] tool_timeout`` (raises ``TimeoutError``)."""
+        import asyncio  # here, not at the top: ``@tool`` is used at import time and needs no event loop
+
         pos: tuple[Any, ...] = (ctx,) if self.takes_context else ()
         runtime = ctx.runtime if ctx is not None else None
         if self.is_async:
