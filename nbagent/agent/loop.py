@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,19 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..runtime import Runtime
 
 __all__ = ["Agent", "ModelWrapper", "RunHandle", "RunResult", "ToolResultCache"]
-
-_EXECUTE: Callable[..., Coroutine[Any, Any, RunResult]] | None = None
-
-
-def _execute() -> Callable[..., Coroutine[Any, Any, RunResult]]:
-    """:func:`nbagent.agent.run.execute`, imported on the first run."""
-    global _EXECUTE
-    if _EXECUTE is None:
-        from .run import execute
-
-        _EXECUTE = execute
-    return _EXECUTE
-
 
 def _never() -> bool:
     return False
@@ -287,6 +274,8 @@ class Agent:
         """Start a run as a task on the running loop and return at once."""
         import asyncio
 
+        from .run import execute
+
         run_id = _run_id()
         name = name or self.runtime.new_run_name()
         handle: RunHandle | None = None
@@ -295,8 +284,8 @@ class Agent:
             return handle is not None and handle.cancel_requested
 
         task = asyncio.get_running_loop().create_task(
-            _execute()(self, prompt, run_id=run_id, name=name, deps=deps, on_text=on_text,
-                       cancelled_by_handle=cancelled_by_handle, profile=profile), name=f"nbagent:{name}")
+            execute(self, prompt, run_id=run_id, name=name, deps=deps, on_text=on_text,
+                    cancelled_by_handle=cancelled_by_handle, profile=profile), name=f"nbagent:{name}")
         handle = RunHandle(task, run_id, name)
         return handle
 
@@ -307,7 +296,9 @@ class Agent:
         ``profile=True`` samples the run with pyinstrument and measures its memory; the profile and a
         breakdown of the wall time are in ``result.profile``.
         """
-        return await _execute()(self, prompt, run_id=_run_id(), name=name or self.runtime.new_run_name(),
+        from .run import execute  # the run's module, with the client and events, comes on the first run
+
+        return await execute(self, prompt, run_id=_run_id(), name=name or self.runtime.new_run_name(),
                                 deps=deps, on_text=on_text, cancelled_by_handle=_never, profile=profile)
 
     def run_sync(self, prompt: str, **kwargs: Any) -> RunResult:
