@@ -91,10 +91,11 @@ async def _finish(agent: Agent, ctx: RunContext, run_id: str, name: str, status:
                   state: _RunState, error: BaseException | None) -> dict[str, float]:
     if agent.policy is not None:
         agent.policy.forget_run(run_id)
-    try:
-        await asyncio.shield(ctx.aclose())
-    except Exception:  # noqa: BLE001 - releasing resources must not hide the run's own outcome
-        pass
+    if ctx.holds_resources():  # (a shield is a task: none when the run's tools entered nothing)
+        try:
+            await asyncio.shield(ctx.aclose())
+        except Exception:  # noqa: BLE001 - releasing resources must not hide the run's own outcome
+            pass
     total = usage.elapsed
     timings = {"total": total, "model": state.model_time, "tools": state.tool_time, "startup": state.startup_time,
                "overhead": max(total - state.model_time - state.tool_time - state.startup_time, 0.0)}

@@ -73,6 +73,10 @@ class RunContext:
                 self._resources[key] = await self._stack.enter_async_context(factory())
         return typing.cast(T, self._resources[key])
 
+    def holds_resources(self) -> bool:
+        """Whether a resource was entered (or is being entered) for this run: :meth:`aclose` has work to do."""
+        return bool(self._resources or self._locks)
+
     async def aclose(self) -> None:
         """Exit every resource entered for this run (the agent calls it when the run ends)."""
         self._resources.clear()
