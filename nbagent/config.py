@@ -397,10 +397,25 @@ class Settings(CheckedFields):
         return self.context_windows[best] if best else None
 
     def price_for(self, model: str) -> Price | None:
-        if model in self.prices:
-            return self.prices[model]
-        best = max((k for k in self.prices if model.startswith(k + "-")), key=len, default=None)
-        return self.prices[best] if best else None
+        """The price of ``model``: its own entry, else the longest entry it extends (``gpt-4o`` for
+        ``gpt-4o-2024-08-06``); None when it has none."""
+        prices = self.prices
+        price = prices.get(model)
+        if price is not None:
+            return price
+        # which entry a model name extends is remembered per prices table (a walk of every entry per call)
+        memo = _PRICE_PREFIX.get(model)
+        if memo is not None and memo[0] is prices and memo[1] == len(prices):
+            best = memo[2]
+        else:
+            best = max((k for k in prices if model.startswith(k + "-")), key=len, default=None)
+            if len(_PRICE_PREFIX) >= 1024:
+                _PRICE_PREFIX.clear()
+            _PRICE_PREFIX[model] = (prices, len(prices), best)
+        return prices.get(best) if best else None
+
+
+_PRICE_PREFIX: dict[str, tuple[dict[str, Price], int, str | None]] = {}
 
 
 def _table(value: Any, where: str, source: str) -> dict[str, Any]:

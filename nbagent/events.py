@@ -155,6 +155,8 @@ class LLMResponse(Event):
     tool_calls: int = 0
     cost: float | None = 0.0  # None: the model has no known price
     cached: bool = False  # served by the response cache
+    input_tokens_local: int = 0  # the local (tiktoken) count of the prompt, when counted: its drift from
+    # ``input_tokens`` (the server's) is a metric; 0 when not counted or when the usage is the local count
 
 
 @dataclass(**_frozen)  # type: ignore[call-overload]
@@ -180,7 +182,11 @@ class LLMRequestFailed(Event):
 
 @dataclass(**_frozen)  # type: ignore[call-overload]
 class TokenDrift(Event):
-    """Local (tiktoken) count vs the server's reported prompt tokens for one request."""
+    """Local (tiktoken) count vs the server's reported prompt tokens for one request.
+
+    The client now reports the local count on :class:`LLMResponse` (``input_tokens_local``) instead of a
+    separate event; this class stays for events recorded by earlier versions, and is still folded into the
+    drift metrics when it comes."""
 
     kind: ClassVar[str] = "token_drift"
     request_id: str = ""

@@ -306,8 +306,12 @@ class RecordIndex:
                     rec.apply(ev)
                 return
             rec = self._live[rid] = RunRecord(rid)
-        rec.apply(ev)
-        if ev.kind == "run_finished":
+        rec.events.append(ev)  # RunRecord.apply, inline: this runs for every event of every run
+        kind = ev.kind
+        handler = _HANDLERS.get(kind)
+        if handler is not None:
+            handler(rec, ev)
+        if kind == "run_finished":
             del self._live[rid]
             done = self._done
             done[rid] = rec

@@ -72,3 +72,26 @@ def test_star_import_does_not_shadow_builtins():
     import builtins
 
     assert not (set(namespace) - {"__builtins__"}) & set(dir(builtins))
+
+
+def test_agent_is_importable_without_what_a_run_needs() -> None:
+    """``import nbagent; nbagent.Agent`` loads the agent's definition and ``@tool`` only: the run (and asyncio,
+    the events, the runtime, the LLM client, the record, the settings) come with the first agent or run."""
+    code = ("import sys, nbagent; nbagent.Agent, nbagent.tool\n"
+            "ours = sorted(m for m in sys.modules if m == 'nbagent' or m.startswith('nbagent.'))\n"
+            "assert ours == ['nbagent', 'nbagent.agent', 'nbagent.agent.loop', 'nbagent.agent.tools'], ours\n"
+            "later = ('asyncio', 'aiohttp', 'tiktoken', 'orjson', 'statistics')\n"
+            "loaded = [m for m in later if m in sys.modules]\n"
+            "assert not loaded, loaded\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_llm_package_loads_the_client_only_when_asked() -> None:
+    code = ("import sys\n"
+            "from nbagent.llm import ModelRequest, UsageLimits\n"
+            "assert 'nbagent.llm.client' not in sys.modules\n"
+            "from nbagent.llm import LLMClient\n"
+            "assert LLMClient.__module__ == 'nbagent.llm.client'\n"
+            "import nbagent.llm as llm\n"
+            "assert set(llm.__all__) <= set(dir(llm))\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

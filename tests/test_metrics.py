@@ -789,3 +789,13 @@ def test_index_register_applies_to_global_and_runs_only() -> None:
     remove()
     index.observe(SandboxLeased(run_id="r"))
     assert index.global_.value("sandbox.leases") == 1
+
+
+def test_token_drift_from_the_response_event() -> None:
+    reg = observed(
+        LLMResponse(input_tokens=100, input_tokens_local=110),
+        LLMResponse(input_tokens=100),  # not counted locally: no drift check
+        LLMResponse(input_tokens=7, input_tokens_local=7, usage_source="local"),  # the usage is the local count
+    )
+    assert reg.counter("tokens.drift_checks").value == 1
+    assert reg.histogram("tokens.drift_ratio").sum == pytest.approx(0.1)

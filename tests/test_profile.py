@@ -78,8 +78,9 @@ async def test_profiled_run_has_a_profile_breakdown_and_memory(sim: SimServer, t
     assert sum(b[k] for k in BREAKDOWN_KEYS) == pytest.approx(b["total"])
     assert result.record is not None and b == {"total": result.record.duration, **result.record.breakdown()}
     assert b["tools"] >= 0.05 and b["model_wait"] >= 0.04  # the tool sleeps 50 ms; two model calls of 20 ms
-    # the tool's sleep, by its await chain (the middle of a long chain may be elided)
-    assert "awaited (wall time" in prof.awaited and "_call_tools" in prof.awaited
+    # the tool's sleep, by its await chain (its innermost frames: the tool's own, and the agent's call of it)
+    assert "awaited (wall time" in prof.awaited
+    assert "_call_tool > _run_tool > Tool.call > crunch > sleep" in prof.awaited
     assert prof.memory_peak is not None and prof.memory_peak >= 20_000_000  # measured, not guessed
     assert prof.rss_delta is not None and prof.memory_traced is None
     assert tracemalloc.is_tracing() == was_tracing

@@ -124,3 +124,24 @@ def test_run_context_resource_is_entered_once_and_closed():
 
     asyncio.run(main())
     assert log == ["enter", "exit"]
+
+
+async def test_tool_threads_are_reused_and_a_stuck_call_keeps_its_own() -> None:
+    from nbagent.agent.threads import ToolThreads
+
+    pool = ToolThreads(size=4)
+    names = [await pool.run(lambda: threading.current_thread().ident) for _ in range(5)]
+    assert len(set(names)) == 1 and pool.stats()["threads"] == 1  # one thread served the five calls in turn
+    release = threading.Event()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(pool.run(release.wait), 0.05)
+    assert pool.stats()["stuck"] == 1
+    assert await pool.run(lambda: 7) == 7  # served by another thread while the stuck one waits
+    assert pool.stats()["threads"] == 2
+    release.set()
+    for _ in range(500):
+        if pool.stats()["idle"] == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert pool.stats()["idle"] == 2 and pool.stats()["stuck"] == 0  # the stuck thread ended its call: idle
+    pool.close()

@@ -19,23 +19,28 @@ thread, so a slow tool never blocks the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import functools
 import inspect
 import json
 import re
+import sys
 import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, get_args, get_origin, overload
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin, overload
 
-from ..events import EventBus
+if TYPE_CHECKING:  # pragma: no cover
+    import asyncio
+
+    from ..events import EventBus
 
 __all__ = ["RunContext", "Tool", "tool", "tools_by_name"]
+
+_HAS_TIMEOUT_CM = sys.version_info >= (3, 11)
 
 T = TypeVar("T")
 
@@ -60,11 +65,17 @@ class RunContext:
     async def resource(self, key: str, factory: Callable[[], AbstractAsyncContextManager[T]]) -> T:
         if key in self._resources:
             return typing.cast(T, self._resources[key])
+        import asyncio
+
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # two tools of one step asking at once get the same resource
             if key not in self._resources:
                 self._resources[key] = await self._stack.enter_async_context(factory())
         return typing.cast(T, self._resources[key])
+
+    def holds_resources(self) -> bool:
+        """Whether a resource was entered (or is being entered) for this run: :meth:`aclose` has work to do."""
+        return bool(self._resources or self._locks)
 
     async def aclose(self) -> None:
         """Exit every resource entered for this run (the agent calls it when the run ends)."""
@@ -238,6 +249,8 @@ class Tool:
         """Run the tool: async tools on the loop, sync tools in a thread of the runtime's
         :class:`~nbagent.agent.threads.ToolThreads`; bounded by the tool's ``timeout``, else the settings'
         ``[limits] tool_timeout`` (raises ``TimeoutError``)."""
+        import asyncio  # here, not at the top: ``@tool`` is used at import time and needs no event loop
+
         pos: tuple[Any, ...] = (ctx,) if self.takes_context else ()
         runtime = ctx.runtime if ctx is not None else None
         if self.is_async:
@@ -250,7 +263,10 @@ class Tool:
         if timeout is None and runtime is not None:
             timeout = runtime.settings.limits.tool_timeout
         if timeout is not None:
-            return await asyncio.wait_for(coro, timeout)
+            if _HAS_TIMEOUT_CM:  # no task of its own per call (``wait_for`` makes one before 3.12)
+                async with asyncio.timeout(timeout):
+                    return await coro
+            return await asyncio.wait_for(coro, timeout)  # pragma: no cover - Python 3.10
         return await coro
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -5,7 +5,8 @@ request built once per endpoint, one JSON encode and decode per call); ``[http] 
 through the ``openai`` SDK instead (:mod:`nbagent.llm.sdk`). Either way the answer is read directly, so no
 pydantic model is built per call (:mod:`nbagent.llm.wire` reads and checks it). Streams are read as
 server-sent events with a time-to-first-token and an idle-gap watchdog. Every attempt, retry, first token
-and response is an event on the bus.
+and response is an event on the bus (the response's event carries the local prompt count too, whose drift
+from the server's count is a metric).
 
 Text is delivered once: when a stream breaks and is retried, the retry is marked
 (``LLMRetry.restarted_stream``) and the new attempt's text is delivered only beyond what was already
@@ -32,7 +33,6 @@ from ..events import (
     LLMResponse,
     LLMRetry,
     LLMTextDelta,
-    TokenDrift,
     default_bus,
 )
 from .jsonio import loads
@@ -244,15 +244,15 @@ class LLMClient:
             for tc in resp.tool_calls:
                 out += self.counter.count_text(tc.name) + self.counter.count_text(tc.arguments) + 3
             usage = resp.usage = TokenUsage(local_prompt or self.counter.count_request(req.messages, req.tools), out)
-        elif local_prompt:
-            self.bus.emit(TokenDrift(run_id=run_id, request_id=request_id, local=local_prompt,
-                                     server=usage.input_tokens))
-        cost = cost_of(usage, self.settings.price_for(resp.model or endpoint.model))
+            local_prompt = 0  # no drift to tell: the usage is the local count
+        model = resp.model or endpoint.model
+        cost = cost_of(usage, self.settings.price_for(model))
         self.bus.emit(LLMResponse(
-            run_id=run_id, request_id=request_id, model=resp.model or endpoint.model, latency=resp.latency,
+            run_id=run_id, request_id=request_id, model=model, latency=resp.latency,
             ttft=resp.ttft, attempts=resp.attempts, input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens, cached_tokens=usage.cached_tokens, usage_source=resp.usage_source,
-            finish_reason=resp.finish_reason, tool_calls=len(resp.tool_calls), cost=cost))
+            finish_reason=resp.finish_reason, tool_calls=len(resp.tool_calls), cost=cost,
+            input_tokens_local=local_prompt))
 
     async def _attempt(self, req: ModelRequest, endpoint: Endpoint, run_id: str | None, request_id: str,
                        on_text: TextCallback | None, delivery: Delivery | None) -> ModelResponse:

@@ -35,7 +35,6 @@ and the latency rule does the rest.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -203,7 +202,7 @@ class AdaptiveLimit:
 
     def _end_round(self, now: float, in_flight: int) -> bool:
         samples, changed_at = self._samples, self._changed_at
-        self._medians.append(statistics.median(rtt for _, rtt in samples))
+        self._medians.append(_median([rtt for _, rtt in samples]))
         self.baseline = min(self._medians)
         # only requests sent under the current limit say what it does: judge them, or nothing yet
         fresh = [rtt for start, rtt in samples if start >= changed_at]
@@ -213,7 +212,7 @@ class AdaptiveLimit:
         self._peak, self._overloads = in_flight, 0
         if overloads or not fresh:  # the overload rule acted in this round, or the last change is not seen yet
             return False
-        median = self.rtt = statistics.median(fresh)
+        median = self.rtt = _median(fresh)
         self._judged += 1
         if self._probe_saved is not None:  # a probe round: few in flight, so no queue of ours at the server
             self._medians.append(median)
@@ -238,3 +237,11 @@ class AdaptiveLimit:
         self.slow_start = False
         self._set(float(limit), "set")
         self.reason = "set"
+
+
+def _median(values: list[float]) -> float:
+    """The median of a non-empty list (``statistics.median``, without its import and its generality)."""
+    s = sorted(values)
+    n = len(s)
+    m = n // 2
+    return s[m] if n % 2 else (s[m - 1] + s[m]) / 2

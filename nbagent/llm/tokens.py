@@ -82,6 +82,7 @@ class TokenCounter:
         self._cache: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self._by_id: OrderedDict[int, tuple[Any, int]] = OrderedDict()  # messages with parts: id -> (msg, n)
         self._tools_cache: tuple[Any, int] | None = None
+        self._names: dict[str, int] = {}
         self.max_cached = max_cached
         self.encoded = 0  # messages actually encoded (cache misses)
 
@@ -118,8 +119,17 @@ class TokenCounter:
             cache.popitem(last=False)
         return n
 
+    def _count_name(self, name: str) -> int:
+        """Tokens of a role or tool name: few distinct ones, each encoded once."""
+        n = self._names.get(name)
+        if n is None:
+            n = self.count_text(name)
+            if len(self._names) < 4096:
+                self._names[name] = n
+        return n
+
     def _count_message(self, msg: dict[str, Any]) -> int:
-        n = TOKENS_PER_MESSAGE + self.count_text(msg.get("role", ""))
+        n = TOKENS_PER_MESSAGE + self._count_name(msg.get("role", ""))
         content = msg.get("content")
         if isinstance(content, str):
             n += self.count_text(content)
@@ -137,7 +147,7 @@ class TokenCounter:
             n += TOKENS_PER_NAME + self.count_text(msg["name"])
         for call in msg.get("tool_calls") or ():
             fn = call.get("function", {})
-            n += 3 + self.count_text(fn.get("name", "")) + self.count_text(fn.get("arguments", ""))
+            n += 3 + self._count_name(fn.get("name", "")) + self.count_text(fn.get("arguments", ""))
         if msg.get("tool_call_id"):
             n += self.count_text(msg["tool_call_id"])
         return n

@@ -96,6 +96,10 @@ class RunUsage:
 
         ``before_request`` checks whether one more request (and step) is allowed; otherwise totals so far.
         """
+        if (limits.max_steps is None or self.steps + 1 <= limits.max_steps) and limits.max_requests is None \
+                and limits.max_input_tokens is None and limits.max_output_tokens is None \
+                and limits.max_cost is None and limits.max_wall_time is None:
+            return  # the usual limits (steps only) with room left: nothing below can raise
         extra = 1 if before_request else 0
         checks: tuple[tuple[str, float, float | None], ...] = (
             ("max_steps", self.steps + extra, limits.max_steps),

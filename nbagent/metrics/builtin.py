@@ -33,9 +33,9 @@ LLMRetry                    ``llm.retries``                                count
                             ``llm.retry_wait``                             histogram   ``wait``
 LLMRequestFailed            ``llm.errors``                                 counter     +1
                             ``llm.errors.<error_type>``                    counter     +1
-TokenDrift                  ``tokens.drift_checks``                        counter     +1
-                            ``tokens.drift_ratio``                         histogram   ``|local - server| /
-                                                                                       max(server, 1)``
+LLMResponse with            ``tokens.drift_checks``                        counter     +1
+``input_tokens_local``      ``tokens.drift_ratio``                         histogram   ``|local - server| /
+(or TokenDrift)                                                                        max(server, 1)``
 ToolStarted                 ``tools.in_flight``                            gauge       +1
 ToolFinished                ``tools.in_flight``                            gauge       -1
                             ``tool.calls``                                 counter     +1
@@ -163,6 +163,8 @@ def _on_llm_response(reg: MetricsRegistry, e: LLMResponse) -> None:
             reg.histogram("llm.ttft").record(e.ttft)
     if e.usage_source == "local":
         reg.counter("llm.usage_local").value += 1
+    elif e.input_tokens_local:  # the local count of the prompt against the server's
+        _on_token_drift(reg, e)
 
 
 def _on_llm_retry(reg: MetricsRegistry, e: LLMRetry) -> None:
@@ -184,13 +186,17 @@ def _on_llm_failed(reg: MetricsRegistry, e: LLMRequestFailed) -> None:
     reg.counter(f"llm.errors.{e.error_type}").value += 1
 
 
-def _on_token_drift(reg: MetricsRegistry, e: TokenDrift) -> None:
+def _on_token_drift(reg: MetricsRegistry, e: TokenDrift | LLMResponse) -> None:
+    if isinstance(e, TokenDrift):
+        local, server = e.local, e.server
+    else:
+        local, server = e.input_tokens_local, e.input_tokens
     m = reg.memo.get(_on_token_drift)
     if m is None:
         m = reg.memo[_on_token_drift] = (reg.counter("tokens.drift_checks"),
                                       reg.histogram("tokens.drift_ratio", unit="ratio"))
     m[0].value += 1
-    m[1].record(abs(e.local - e.server) / max(e.server, 1))
+    m[1].record(abs(local - server) / max(server, 1))
 
 
 def _on_tool_started(reg: MetricsRegistry, e: ToolStarted) -> None:

@@ -8,7 +8,9 @@ A :class:`MetricsRegistry` holds named metrics, created on first use. ``registry
 Registries are JSON-safe and mergeable (``to_dict`` / ``from_dict`` / ``merge``), so metrics gathered in
 several processes or workers fan in to one.
 
-The built-in event -> metric mapping, with each metric's unit, is in :mod:`nbagent.metrics.builtin`.
+The built-in event -> metric mapping, with each metric's unit, is in :mod:`nbagent.metrics.builtin`; the
+metric types in :mod:`nbagent.metrics.counters` and :mod:`nbagent.metrics.histogram`; the handler tables in
+:mod:`nbagent.metrics.handlers` (their names are re-exported here).
 
 Other packages add their own mappings with :func:`register_handler` (every registry) or
 :meth:`MetricsRegistry.register` / :meth:`RunMetricsIndex.register` (one registry or one index). A handler is
@@ -20,12 +22,13 @@ events of its subclasses (a handler for :class:`~nbagent.events.Event` sees ever
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from nbagent.events import Event, EventBus
+from nbagent.metrics.counters import Counter, Gauge, Metric
+from nbagent.metrics.handlers import DEFAULT_HANDLERS, Handler, HandlerTable, register_handler
 from nbagent.metrics.histogram import DEFAULT_ACCURACY, Histogram
 
 if TYPE_CHECKING:
@@ -41,189 +44,6 @@ __all__ = [
     "MetricsRegistry",
     "register_handler",
 ]
-
-Handler = Callable[["MetricsRegistry", Event], None]
-"""``handler(registry, event)``: updates ``registry``'s metrics from one event."""
-
-
-# --- counters and gauges --------------------------------------------------------------------------
-
-
-class Counter:
-    """A running total. Takes ints or floats (``cost.usd`` is a float counter); monotonic by convention."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: float = 0) -> None:
-        self.value: float = value
-
-    def inc(self, n: float = 1) -> None:
-        """Add ``n`` (default 1)."""
-        self.value += n
-
-    def merge(self, other: Counter) -> Counter:
-        """Add ``other``'s total into this counter and return ``self``."""
-        self.value += other.value
-        return self
-
-    def __repr__(self) -> str:
-        return f"Counter({self.value!r})"
-
-
-class Gauge:
-    """A value that goes up and down (``set`` / ``inc`` / ``dec``) and remembers the largest value it held.
-
-    ``max`` is None until the gauge is first changed. Merging adds the values (in-flight counts of several
-    workers add up) and keeps the larger peak: the peak of the combined value is not recoverable, so a merged
-    ``max`` is the largest per-source peak (or the merged value, if larger).
-    """
-
-    __slots__ = ("_peak", "value")
-
-    def __init__(self, value: float = 0) -> None:
-        self.value: float = value
-        self._peak: float = -math.inf
-
-    def set(self, value: float) -> None:
-        """Set the value."""
-        self.value = value
-        if value > self._peak:
-            self._peak = value
-
-    def inc(self, n: float = 1) -> None:
-        """Add ``n`` (default 1)."""
-        v = self.value + n
-        self.value = v
-        if v > self._peak:
-            self._peak = v
-
-    def dec(self, n: float = 1) -> None:
-        """Subtract ``n`` (default 1)."""
-        v = self.value - n
-        self.value = v
-        if v > self._peak:
-            self._peak = v
-
-    @property
-    def max(self) -> float | None:
-        """The largest value held so far, or None if the gauge never changed."""
-        return self._peak if self._peak != -math.inf else None
-
-    def merge(self, other: Gauge) -> Gauge:
-        """Add ``other``'s value, keep the larger peak, and return ``self``."""
-        self.value += other.value
-        peak = max(self._peak, other._peak)
-        if peak != -math.inf and self.value > peak:
-            peak = self.value
-        self._peak = peak
-        return self
-
-    def __repr__(self) -> str:
-        return f"Gauge(value={self.value!r}, max={self.max!r})"
-
-
-Metric = Counter | Gauge | Histogram
-"""Any of the three metric types."""
-
-
-# --- handler tables -------------------------------------------------------------------------------
-
-
-def _chain(handlers: tuple[Handler, ...]) -> Handler:
-    def run_all(registry: MetricsRegistry, event: Event) -> None:
-        for h in handlers:
-            h(registry, event)
-
-    return run_all
-
-
-class HandlerTable:
-    """Event type -> handlers, with an optional parent whose handlers also apply.
-
-    ``dispatch`` caches the resolved handler (or None) per concrete event type, so looking one up costs one
-    dict access; registering or unregistering anywhere up the chain clears the caches below.
-    """
-
-    def __init__(self, parent: HandlerTable | None = None) -> None:
-        self.parent = parent
-        self._explicit: dict[type[Event], tuple[Handler, ...]] = {}
-        self.dispatch: dict[type[Event], Handler | None] = {}
-        self._children: weakref.WeakSet[HandlerTable] = weakref.WeakSet()
-        if parent is not None:
-            parent._children.add(self)
-
-    def register(self, event_type: type[Event], handler: Handler) -> Callable[[], None]:
-        """Run ``handler(registry, event)`` for every ``event_type`` event (subclasses included).
-
-        Returns a function that removes this handler again.
-        """
-        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
-            raise TypeError(f"event_type must be an Event subclass, got {event_type!r}")
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, got {handler!r}")
-        self._explicit[event_type] = (*self._explicit.get(event_type, ()), handler)
-        self._invalidate()
-
-        def unregister() -> None:
-            self.unregister(event_type, handler)
-
-        return unregister
-
-    def unregister(self, event_type: type[Event], handler: Handler) -> None:
-        """Remove one registration of ``handler`` for ``event_type`` (no error if absent)."""
-        handlers = list(self._explicit.get(event_type, ()))
-        for i, h in enumerate(handlers):
-            if h is handler:
-                del handlers[i]
-                break
-        else:
-            return
-        if handlers:
-            self._explicit[event_type] = tuple(handlers)
-        else:
-            del self._explicit[event_type]
-        self._invalidate()
-
-    def handlers_for(self, event_type: type[Event]) -> tuple[Handler, ...]:
-        """Every handler that applies to ``event_type``: most specific class first, parents' before ours."""
-        chain: list[HandlerTable] = []
-        table: HandlerTable | None = self
-        while table is not None:
-            chain.append(table)
-            table = table.parent
-        chain.reverse()
-        out: list[Handler] = []
-        for cls in event_type.__mro__:
-            for t in chain:
-                out.extend(t._explicit.get(cls, ()))
-        return tuple(out)
-
-    def resolve(self, event_type: type[Event]) -> Handler | None:
-        """The single callable to run for ``event_type`` (None when nothing applies), cached in ``dispatch``."""
-        handlers = self.handlers_for(event_type)
-        handler = None if not handlers else handlers[0] if len(handlers) == 1 else _chain(handlers)
-        self.dispatch[event_type] = handler
-        return handler
-
-    def _invalidate(self) -> None:
-        self.dispatch.clear()
-        for child in list(self._children):
-            child._invalidate()
-
-
-DEFAULT_HANDLERS = HandlerTable()
-"""The built-in event -> metric mapping, shared by every registry."""
-
-
-def register_handler(event_type: type[Event], handler: Handler) -> Callable[[], None]:
-    """Add an event -> metric mapping to every registry (present and future). Returns an unregister function.
-
-    For example, a sandbox manager could count leases with::
-
-        register_handler(SandboxLeased, lambda reg, e: reg.counter("sandbox.leases").inc())
-    """
-    return DEFAULT_HANDLERS.register(event_type, handler)
-
 
 # --- the registry ---------------------------------------------------------------------------------
 
