@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import logging
 import sys
+import time
 import types
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -81,6 +82,7 @@ class Runtime:
         self._policy_given = policy is not None and policy is not True
         self._metrics: RunMetricsIndex | None = None
         self.max_runs = max_runs
+        self._born = time.time()  # runs on a shared bus that started before this runtime are not its metrics'
         self.records = RecordIndex.of(self.bus, max_runs=max_runs)
         """Every run's :class:`~nbagent.record.RunRecord` by run id, folded live from the bus (bounded)."""
         self._caches: dict[str, Any] = {}
@@ -115,15 +117,17 @@ class Runtime:
     def metrics(self) -> RunMetricsIndex:
         """The global and per-run metrics of every run on this runtime's bus (a bounded index).
 
-        Made on first use: the runs already kept in :attr:`records` are folded in first (from their events, in
-        the order they came), so metrics asked for after a batch agree with its records. Session events before
-        that (no ``run_id``: concurrency changes, sandbox creations) are not kept by records and not counted.
+        Made on first use: the runs already kept in :attr:`records` that started since this runtime was made
+        are folded in first (from their events, in the order they came), so metrics asked for after a batch
+        agree with its records. Session events before that (no ``run_id``: concurrency changes, sandbox
+        creations) are not kept by records and not counted.
         """
         if self._metrics is None:
             from .metrics import RunMetricsIndex
 
             index = RunMetricsIndex(max_runs=max(self.max_runs, 100))
-            backlog = [ev for rec in self.records.all() for ev in rec.events]
+            born = self._born
+            backlog = [ev for rec in self.records.all() if (rec.started or 0.0) >= born for ev in rec.events]
             backlog.sort(key=lambda ev: ev.ts)
             for ev in backlog:
                 index.observe(ev)
