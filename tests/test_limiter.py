@@ -287,6 +287,15 @@ def test_simulated_rejecting_server_few_rejections_and_the_limit_settles_near_ca
     assert rejected <= 0.01 * ok  # a start far too high begins at the initial window: no wave of rejections
 
 
+def test_a_ceiling_the_server_keeps_turning_away_is_tried_ever_more_seldom() -> None:
+    # a small, fast server: additive increase alone would try one request too many every few rounds
+    law, ok, rejected, limits = simulate("reject", 2, capacity=8, demand=64, horizon=60.0, latency=0.05,
+                                         retry_after=0.05)
+    assert ok >= 0.95 * 8 / 0.05 * 60
+    assert rejected <= 0.005 * ok  # without the remembered ceiling: 314 rejections here (3.5 %)
+    assert max(limits) <= 9 and sorted(limits)[len(limits) // 2] == 8, limits  # (a probe round dips to 4)
+
+
 # --- the slots ------------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,10 @@ change waits for its own effect: one step per round trip, never a fixed cooldown
 
 When the limit is the bottleneck (a request waited for a slot, or all slots were used) and no signal came, it
 grows: until the first signal by ``growth - 1`` per success (slow start: ×``growth`` per round trip, doubling
-by default), then by ``max(1, limit / 50)`` per round. A limit that is not used never grows.
+by default), then by ``max(1, limit / 50)`` per round. A limit that is not used never grows. The limit at the
+last overload is remembered: growing to it again waits one binding round, then 2, 4… up to 64 while the
+server keeps turning that level away (a new level starts over), so a steady server is probed ever more
+seldom instead of once every few rounds.
 
 Like TCP's initial window, the limit starts at ``initial`` but never above ``initial_window`` (16): a start
 far above what the server takes would send one wave of requests it turns away (with 512 against a server
@@ -42,6 +45,7 @@ from collections.abc import Callable
 __all__ = ["AdaptiveLimit", "FixedLimit"]
 
 FIRST_PROBE_ABOVE = 32
+MAX_CEILING_WAIT = 64  # rounds: a server that keeps turning the same level away is asked again this seldom
 
 
 class FixedLimit:
@@ -134,6 +138,9 @@ class AdaptiveLimit:
         self._overloads = 0
         self._judged = 0  # rounds judged since the last probe
         self._probe_saved: float | None = None  # the limit to go back to after a probe
+        self._ceiling: float | None = None  # the limit at the last overload
+        self._wait = 1  # binding rounds before the limit tries the ceiling again
+        self._patience = 0
         self.probe_every = max(2, probe_every)
 
     # --- inputs ------------------------------------------------------------------------------------
@@ -158,6 +165,7 @@ class AdaptiveLimit:
             if start >= self._last_cut:  # a fresh episode: requests sent after the last cut are rejected too
                 if not self._recheck:
                     self._recheck, self._before_cut = True, self._value
+                    self._note_ceiling(self._value)
                 return self._cut(self._value * self.backoff, "overload", now)
             return False
         if outcome != "ok":
@@ -230,11 +238,27 @@ class AdaptiveLimit:
             return self._cut(target, "latency", now)
         if not binding or self.slow_start:  # slow start grows on each success (see finished)
             return False
-        return self._set(self._value + max(1.0, self._value / 50), "increase")
+        step = max(1.0, self._value / 50)
+        if self._ceiling is not None and int(self._value + step) >= int(self._ceiling):
+            # the level the server last turned away: try it again only every `_wait` binding rounds
+            self._patience += 1
+            if self._patience < self._wait:
+                return False
+            self._patience = 0
+        return self._set(self._value + step, "increase")
+
+    def _note_ceiling(self, value: float) -> None:
+        """An overload at ``value``: the same ceiling again doubles the rounds before the next try of it (up to
+        :data:`MAX_CEILING_WAIT`); a new one starts over at one round."""
+        c = self._ceiling
+        same = c is not None and value <= c * 1.1 + 1
+        self._wait = min(self._wait * 2, MAX_CEILING_WAIT) if same else 1
+        self._ceiling, self._patience = value, 0
 
     def set(self, limit: int) -> None:
         """Move the limit to ``limit`` by hand (it keeps adapting from there)."""
         self.slow_start = False
+        self._ceiling, self._wait, self._patience = None, 1, 0
         self._set(float(limit), "set")
         self.reason = "set"
 
