@@ -285,7 +285,7 @@ class SandboxManager:
                 pool.abandon(waiter)
                 pool.totals["lease_timeouts"] += 1
                 self._pool.emit(SandboxLeaseTimedOut(run_id=run_id, backend=key.backend,
-                                                   wait=self._clock() - started, waiting=len(pool.waiters)))
+                                                     wait=self._clock() - started, waiting=len(pool.waiters)))
                 raise LeaseTimeout(
                     f"no {key.backend} sandbox became free within {limit:g}s "
                     f"({len(pool.leased)} leased of max_total={self.pool.max_total}, {len(pool.waiters)} waiting)"
@@ -297,7 +297,7 @@ class SandboxManager:
         pool.totals["warm_leases"] += warm
         sb = Sandbox(entry, self, run_id)
         self._pool.emit(SandboxLeased(run_id=run_id, sandbox_id=sb.id, backend=sb.backend, wait=wait,
-                                    reuse_count=entry.leases - 1, warm=warm))
+                                      reuse_count=entry.leases - 1, warm=warm))
         return sb
 
     def _ready_key(self, spec: SandboxSpec) -> SandboxSpec | None:
@@ -313,7 +313,7 @@ class SandboxManager:
             return
         sb._close()
         self._pool.emit(SandboxReleased(run_id=sb.run_id, sandbox_id=sb.id, backend=sb.backend,
-                                      held=time.monotonic() - sb.leased_at, execs=sb.execs))
+                                        held=time.monotonic() - sb.leased_at, execs=sb.execs))
         self._pool.release(sb._entry)
 
     def _exec_done(

@@ -231,7 +231,7 @@ class Pool:
     def _create_failed(self, spec: SandboxSpec, e: Exception, seconds: float) -> None:
         self.totals["create_failures"] += 1
         self.emit(SandboxCreated(backend=spec.backend, image=spec.image, seconds=seconds, ok=False,
-                                     error=f"{type(e).__name__}: {e}"))
+                                 error=f"{type(e).__name__}: {e}"))
         err = e if isinstance(e, SandboxError) else SandboxError(f"could not create a {spec.backend} sandbox: {e}")
         if err is not e:
             err.__cause__ = e
@@ -274,7 +274,7 @@ class Pool:
         finally:
             self.checking[entry.spec] -= 1
         self.emit(SandboxChecked(sandbox_id=entry.driver.id, backend=entry.driver.backend,
-                                     seconds=self._clock() - started, problem=problem))
+                                 seconds=self._clock() - started, problem=problem))
         if problem is not None:
             log.info("sandbox %s failed its check and is replaced: %s", entry.driver.id, problem)
             self.destroy(entry, "unhealthy")
@@ -304,7 +304,7 @@ class Pool:
             self.total -= 1
         self.destroyed[reason] += 1
         self.emit(SandboxDestroyed(sandbox_id=entry.driver.id, backend=entry.driver.backend, reason=reason,
-                                       lifetime=self._clock() - entry.created, leases=entry.leases, error=error))
+                                   lifetime=self._clock() - entry.created, leases=entry.leases, error=error))
         self.pump()
 
     def reap(self) -> int:
