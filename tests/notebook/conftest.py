@@ -12,6 +12,13 @@ from nbagent.notebook import unregister
 from nbagent.testing import SimServer
 
 
+@pytest.fixture(scope="module")
+def sim_module() -> Iterator[SimServer]:
+    """One simulated server for a whole test module (for the modules that share one real kernel)."""
+    with SimServer() as srv:
+        yield srv
+
+
 @pytest.fixture
 def shell() -> Iterator[InteractiveShell]:
     sh = InteractiveShell.instance()

@@ -17,12 +17,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
-def sim_module() -> Iterator[SimServer]:
-    with SimServer() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
 def kn(sim_module: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KernelNotebook]:
     env = kernel_env(sim_module.url, tmp_path_factory.mktemp("kernel-home"), NBAGENT_RETRY__MAX_ATTEMPTS="1")
     notebook = KernelNotebook(tmp_path_factory.mktemp("kernel"), env)
