@@ -6,6 +6,15 @@ separate process (so its CPU is not counted here).
 The floor is the least a client can do: one pooled aiohttp session, ``json.dumps`` / ``json.loads``, the
 same 3-call loop and nothing else. nbagent runs with metrics, token counting and the run store on.
 
+The floor calls the tool on the event loop. nbagent runs the same function twice: declared
+``@tool(inline=True)`` (called on the loop, like the floor) and as a plain sync tool (the default: called in
+a thread of the runtime, so that a slow tool cannot block the loop; the hand-over costs CPU, shown apart).
+
+Both nbagent and the floor keep the same number of requests in flight: nbagent's endpoint limit is fixed at
+the benchmark's concurrency. The adaptive limit (the default) reads latency: against a server that shares
+this machine's two cores it holds fewer requests in flight, which changes what is measured (it has its own
+benchmark, ``benchmarks/adaptive.py``); the throughput part prints the adaptive default as well.
+
 1. CPU per LLM call at moderate concurrency (server answers at once): process CPU time / LLM calls,
    for the floor, the bare SDK loop and nbagent; nbagent's ratio to both.
 2. Throughput at high concurrency (default 1,000 runs, 500 in flight, server answers after 100 ms):
@@ -39,11 +48,13 @@ from nbagent.store import RunStore
 from nbagent.testing import SimServer
 
 
-@tool
-def lookup(key: str) -> str:
+def _lookup(key: str) -> str:
     """Look a key up."""
     return f"value-of-{key}"
 
+
+lookup = tool(name="lookup")(_lookup)  # a sync tool: run in a thread of the runtime (the default)
+lookup_inline = tool(name="lookup", inline=True)(_lookup)  # declared quick: called on the event loop
 
 TOOLS = [lookup.schema]
 
@@ -101,15 +112,17 @@ async def gather_bounded(n: int, concurrency: int, fn: Callable[[int], Awaitable
 STORE_DIR = tempfile.TemporaryDirectory(prefix="nbagent-overhead-")
 
 
-def make_agent(url: str, bus: EventBus) -> tuple[Agent, LLMClient, MetricsRegistry]:
+def make_agent(url: str, bus: EventBus, *, inline: bool = True,
+               concurrency: int | str = "adaptive") -> tuple[Agent, LLMClient, MetricsRegistry]:
     """An agent with metrics, token counting and the run store on (a store file of its own)."""
     settings = Settings.load(env={"NBAGENT_BASE_URL": url, "NBAGENT_MODEL": "sim", "NBAGENT_HOME": "/nonexistent"})
+    settings = settings.replace(http__concurrency=concurrency)
     client = LLMClient(settings, bus=bus)
     registry = MetricsRegistry()
     registry.attach(bus)
     rt = Runtime(settings, bus=bus, client=client)
     rt.enable_store(RunStore(f"{STORE_DIR.name}/runs-{time.monotonic_ns()}.db"))
-    return Agent("sim", [lookup], runtime=rt), client, registry
+    return Agent("sim", [lookup_inline if inline else lookup], runtime=rt), client, registry
 
 
 async def measure(name: str, n: int, concurrency: int, fn: Callable[[int], Awaitable[int]]) -> dict[str, float]:
@@ -146,15 +159,17 @@ async def main(args: argparse.Namespace) -> None:
     with SimServer.spawn(latency=0.0, tool_calls_per_run=2) as srv:
         print(f"CPU per LLM call: {args.runs} runs x 3 calls, {args.concurrency} in flight, server latency 0 ms")
         bus = EventBus()
-        agent, client, registry = make_agent(srv.url, bus)
+        agent, client, registry = make_agent(srv.url, bus, concurrency=args.concurrency)
+        agent_t, client_t, _ = make_agent(srv.url, EventBus(), inline=False, concurrency=args.concurrency)
         bare = openai.AsyncOpenAI(base_url=srv.url, api_key="k", max_retries=0)
         session = floor_session()
         url = f"{srv.url}/chat/completions"
         # warm up every path (imports, pools, tiktoken)
         await measure("warm-up nbagent", 20, 10, await nbagent_fn(agent))
+        await measure("warm-up nbagent, tool thread", 20, 10, await nbagent_fn(agent_t))
         await measure("warm-up bare SDK", 20, 10, lambda i: bare_run(bare, f"task {i}"))
         await measure("warm-up floor", 20, 10, lambda i: floor_run(session, url, f"task {i}"))
-        res_nb, res_bare, res_floor = [], [], []
+        res_nb, res_nbt, res_bare, res_floor = [], [], [], []
         for _ in range(args.repeat):
             res_floor.append(await measure("floor (aiohttp + json)", args.runs, args.concurrency,
                                            lambda i: floor_run(session, url, f"task {i}")))
@@ -162,14 +177,20 @@ async def main(args: argparse.Namespace) -> None:
                                           lambda i: bare_run(bare, f"task {i}")))
             res_nb.append(await measure("nbagent (metrics, tokens, store)", args.runs, args.concurrency,
                                         await nbagent_fn(agent)))
+            res_nbt.append(await measure("nbagent, sync tool in a thread", args.runs, args.concurrency,
+                                         await nbagent_fn(agent_t)))
         nb = min(r["cpu_us_per_call"] for r in res_nb)
+        nbt = min(r["cpu_us_per_call"] for r in res_nbt)
         ba = min(r["cpu_us_per_call"] for r in res_bare)
         fl = min(r["cpu_us_per_call"] for r in res_floor)
         print(f"RESULT cpu_us_per_call nbagent={nb:.0f} floor={fl:.0f} bare_sdk={ba:.0f} "
               f"nbagent/floor={nb / fl:.2f}x (target <= 2.0x) nbagent/bare_sdk={nb / ba:.2f}x")
+        print(f"       with the tool in a thread (the default for a sync tool): nbagent={nbt:.0f} "
+              f"nbagent/floor={nbt / fl:.2f}x nbagent/bare_sdk={nbt / ba:.2f}x")
         print(f"       metrics saw {registry.counter('llm.calls').value:.0f} calls, "
               f"p50 latency {(registry.histogram('llm.latency').p50 or 0) * 1000:.2f} ms")
         await client.aclose()
+        await client_t.aclose()
         await bare.close()
         await session.close()
 
@@ -181,9 +202,12 @@ async def main(args: argparse.Namespace) -> None:
         floor_res = await measure("floor (aiohttp + json)", args.hc_runs, args.hc_concurrency,
                                   lambda i: floor_run(session, url, f"task {i}"))
         await session.close()
-        bus = EventBus()
-        agent, client, registry = make_agent(srv.url, bus)
+        agent, client, _ = make_agent(srv.url, EventBus(), concurrency=args.hc_concurrency)
         nb_res = await measure("nbagent (store on)", args.hc_runs, args.hc_concurrency, await nbagent_fn(agent))
+        await client.aclose()
+        agent, client, _ = make_agent(srv.url, EventBus())
+        nb_adaptive = await measure("nbagent, adaptive limit", args.hc_runs, args.hc_concurrency,
+                                    await nbagent_fn(agent))
         await client.aclose()
         bare = openai.AsyncOpenAI(base_url=srv.url, api_key="k", max_retries=0)
         bare_res = await measure_or_fail("bare SDK, default client", args.hc_runs, args.hc_concurrency,
@@ -196,11 +220,12 @@ async def main(args: argparse.Namespace) -> None:
         await aio.close()
         print(f"RESULT calls_per_s floor={floor_res['calls_per_s']:.0f} nbagent={nb_res['calls_per_s']:.0f} "
               f"(target >= 2000) nbagent/floor={nb_res['calls_per_s'] / floor_res['calls_per_s']:.2f}x "
+              f"adaptive={nb_adaptive['calls_per_s']:.0f} "
               f"bare_default={bare_res['calls_per_s']:.0f} bare_aiohttp={aio_res['calls_per_s']:.0f}")
 
         # memory: peak traced allocation while hc_concurrency nbagent runs are in flight at once
         bus = EventBus()
-        agent, client, registry = make_agent(srv.url, bus)
+        agent, client, registry = make_agent(srv.url, bus, concurrency=args.hc_concurrency)
         await measure("nbagent warm-up for memory", 50, 50, await nbagent_fn(agent))
         gc.collect()
         tracemalloc.start()

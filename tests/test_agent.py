@@ -120,6 +120,38 @@ async def test_failing_tool_becomes_a_message_not_a_crash(sim: SimServer) -> Non
     await agent.client.aclose()
 
 
+async def test_inline_sync_tools_run_on_the_loop_thread_and_fail_cleanly(sim: SimServer) -> None:
+    import threading
+
+    seen: list[int] = []
+
+    @tool(inline=True)
+    def here(key: str) -> str:
+        """Where am I called?"""
+        seen.append(threading.get_ident())
+        return f"inline-{key}"
+
+    @tool(inline=True)
+    def fails(key: str) -> str:
+        raise RuntimeError("inline boom")
+
+    sim.script(Reply(tool_calls=[("here", {"key": "a"}), ("fails", {"key": "b"})]), Reply(text="done"))
+    agent = make_agent(sim, tools=[here, fails])
+    result = await agent.run("go")
+    assert result.ok and result.output == "done"
+    assert seen == [threading.get_ident()]  # the loop's own thread: no hand-over to a tool thread
+    assert agent.runtime.part_if_started("tool_threads") is None  # no thread pool was ever made
+    contents = [m["content"] for m in result.messages if m["role"] == "tool"]
+    assert contents[0] == "inline-a" and "RuntimeError: inline boom" in contents[1]
+    finished = [e for e in result.events if isinstance(e, ToolFinished)]
+    assert [f.ok for f in finished] == [True, False]
+    with pytest.raises(ValueError, match="inline=True is for sync functions"):
+        @tool(inline=True)
+        async def nope() -> str:
+            return ""
+    await agent.client.aclose()
+
+
 async def test_malformed_tool_arguments_are_reported_to_the_model(sim: SimServer) -> None:
     sim.inject(Fault("invalid_json_args"))
     agent = make_agent(sim)
