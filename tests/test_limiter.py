@@ -147,6 +147,24 @@ def test_latency_never_more_than_halves_the_limit_in_one_round() -> None:
     assert after == before // 2
 
 
+@pytest.mark.parametrize("busy", [0.2, 1.0])
+def test_latency_from_a_saturated_client_loop_does_not_cut(busy: float) -> None:
+    """The loop's thread on CPU ``busy`` of the wall time: at 100 % the late answers are the client's own."""
+    clock = Clock()
+    law = AdaptiveLimit(100, initial_window=100, clock=clock, loop_cpu=lambda: clock.now * busy)
+    law.slow_start = False
+    changes = drive(law, clock, 100, 20.0, lambda n, t: 1.0 if t < 5 else 3.0)
+    assert law.busy == pytest.approx(busy)
+    latency_cuts = [c for c in changes if c[0] == "latency"]
+    if busy < law.busy_limit:
+        assert latency_cuts and law.limit < 100
+    else:
+        assert not latency_cuts and law.limit >= 100
+        before = law.limit
+        law.finished(law.started(1), "overload", 0)  # an overload still cuts
+        assert law.limit == int(before * 0.9) and law.reason == "overload"
+
+
 def test_other_errors_and_cancels_do_not_move_the_limit() -> None:
     clock = Clock()
     law = AdaptiveLimit(20, initial_window=20, clock=clock)

@@ -143,14 +143,16 @@ class EndpointLimiter:
     def stats(self) -> dict[str, Any]:
         law = self.law
         return {"limit": law.limit, "adaptive": law.adaptive, "in_flight": self.in_flight,
-                "waiting": self.waiting, "waits": self.waits, "rtt": law.rtt, "baseline": law.baseline}
+                "waiting": self.waiting, "waits": self.waits, "rtt": law.rtt, "baseline": law.baseline,
+                "loop_busy": law.busy}
 
 
 class Limiters:
     """One :class:`EndpointLimiter` per endpoint (base URL and model), made from the ``[http]`` settings."""
 
     def __init__(self, http: HTTPSettings, *, bus: EventBus | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 loop_cpu: Callable[[], float] | None = time.thread_time) -> None:
         self.mode, self.fixed = parse_concurrency(getattr(http, "concurrency", "adaptive"))
         self.initial = int(getattr(http, "concurrency_initial", 32))
         self.max_limit = int(min(getattr(http, "concurrency_max", 1000), http.max_connections))
@@ -161,6 +163,7 @@ class Limiters:
             raise ConfigError(f"http.concurrency_tolerance must be > 1, got {self.tolerance}")
         self.bus = bus
         self._clock = clock
+        self._loop_cpu = loop_cpu  # the CPU time of the loop's thread (slots are taken and given on the loop)
         self._by_key: dict[tuple[str, str], EndpointLimiter] = {}
 
     def of(self, endpoint: Endpoint) -> EndpointLimiter:
@@ -173,7 +176,7 @@ class Limiters:
                 law = FixedLimit(self.fixed, clock=self._clock)
             else:
                 law = AdaptiveLimit(min(self.initial, self.max_limit), max_limit=self.max_limit,
-                                    tolerance=self.tolerance, clock=self._clock)
+                                    tolerance=self.tolerance, clock=self._clock, loop_cpu=self._loop_cpu)
             lim = self._by_key[key] = EndpointLimiter(f"{endpoint.model}@{endpoint.base_url}", law, self.bus)
         return lim
 

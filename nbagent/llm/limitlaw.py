@@ -29,6 +29,13 @@ far above what the server takes would send one wave of requests it turns away (w
 taking 64: 448 rejections, 8 % of a ten-second run). Slow start doubles it each round trip from there, so
 reaching 64 takes two round trips.
 
+Latency is measured by the client, so it includes the client's own delay: a process whose event loop is
+saturated (hundreds of runs in flight, or a server sharing its CPUs) reads its answers late, and that
+lateness is not a queue at the server. Given ``loop_cpu`` (the CPU time of the loop's thread), a round in
+which that thread was on CPU for at least ``busy_limit`` of the wall time (80 %: tool and store threads
+take the GIL too) does not cut for latency: fewer requests in flight would not make the server faster,
+only the client slower. Overloads still cut.
+
 A limit that starts high on a queueing server would take the queue for the baseline, so every ``probe_every``
 rounds (and after the first round when it started above 32, which only a larger ``initial_window`` allows)
 one round runs at an eighth of the limit (``probe``): its latency joins the baseline, then the limit goes back
@@ -60,6 +67,7 @@ class FixedLimit:
         self.reason = "set"
         self.rtt: float | None = None
         self.baseline: float | None = None
+        self.busy: float | None = None
         self._clock = clock
 
     def started(self, in_flight: int) -> float:
@@ -102,6 +110,8 @@ class AdaptiveLimit:
         min_samples: int = 3,
         probe_every: int = 100,
         clock: Callable[[], float] = time.monotonic,
+        loop_cpu: Callable[[], float] | None = None,
+        busy_limit: float = 0.8,
     ) -> None:
         if not 1 <= min_limit <= max_limit:
             raise ValueError(f"need 1 <= min_limit <= max_limit, got {min_limit} and {max_limit}")
@@ -142,6 +152,10 @@ class AdaptiveLimit:
         self._wait = 1  # binding rounds before the limit tries the ceiling again
         self._patience = 0
         self.probe_every = max(2, probe_every)
+        self._loop_cpu = loop_cpu
+        self.busy_limit = busy_limit
+        self.busy: float | None = None  # the share of the last round's wall time the loop's thread was on CPU
+        self._cpu_mark = (clock(), loop_cpu()) if loop_cpu is not None else None
 
     # --- inputs ------------------------------------------------------------------------------------
 
@@ -212,6 +226,11 @@ class AdaptiveLimit:
         samples, changed_at = self._samples, self._changed_at
         self._medians.append(_median([rtt for _, rtt in samples]))
         self.baseline = min(self._medians)
+        if self._cpu_mark is not None and self._loop_cpu is not None:
+            wall0, cpu0 = self._cpu_mark
+            cpu = self._loop_cpu()
+            self._cpu_mark = (now, cpu)
+            self.busy = (cpu - cpu0) / (now - wall0) if now > wall0 else None
         # only requests sent under the current limit say what it does: judge them, or nothing yet
         fresh = [rtt for start, rtt in samples if start >= changed_at]
         binding = self._blocked or self._peak >= self.limit
@@ -234,6 +253,8 @@ class AdaptiveLimit:
             self._probe_saved = self._value
             return self._set(self.probe_limit, "probe")
         if median > self.tolerance * self.baseline:  # queueing: go to what the server serves without a queue
+            if self.busy is not None and self.busy >= self.busy_limit:
+                return False  # the client's own loop is saturated: the delay is (at least partly) ours
             target = max(peak * self.tolerance * self.baseline / median, self._value * 0.5)
             return self._cut(target, "latency", now)
         if not binding or self.slow_start:  # slow start grows on each success (see finished)
