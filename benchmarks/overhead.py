@@ -95,6 +95,42 @@ async def floor_run(session: aiohttp.ClientSession, url: str, prompt: str) -> in
             messages.append({"role": "tool", "tool_call_id": tc["id"], "content": lookup(**args)})
 
 
+async def floor_stream_run(session: aiohttp.ClientSession, url: str, prompt: str) -> int:
+    """The floor, streaming: the same loop, each answer read as server-sent events over the pooled session."""
+    messages: list[Any] = [{"role": "user", "content": prompt}]
+    calls = 0
+    while True:
+        body = json.dumps({"model": "sim", "messages": messages, "tools": TOOLS, "stream": True,
+                           "stream_options": {"include_usage": True}})
+        text: list[str] = []
+        calls_by_index: dict[int, dict[str, Any]] = {}
+        async with session.post(url, data=body, headers={"Content-Type": "application/json",
+                                                          "Authorization": "Bearer k"}) as r:
+            async for line in r.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                chunk = json.loads(line[6:])
+                for choice in chunk.get("choices") or ():
+                    delta = choice["delta"]
+                    if delta.get("content"):
+                        text.append(delta["content"])
+                    for tc in delta.get("tool_calls") or ():
+                        acc = calls_by_index.setdefault(tc["index"], {"id": "", "type": "function",
+                                                                      "function": {"name": "", "arguments": ""}})
+                        acc["id"] = tc.get("id") or acc["id"]
+                        fn = tc.get("function") or {}
+                        acc["function"]["name"] += fn.get("name") or ""
+                        acc["function"]["arguments"] += fn.get("arguments") or ""
+        calls += 1
+        if not calls_by_index:
+            return calls
+        tool_calls = [calls_by_index[i] for i in sorted(calls_by_index)]
+        messages.append({"role": "assistant", "content": "".join(text), "tool_calls": tool_calls})
+        for tc in tool_calls:
+            args = json.loads(tc["function"]["arguments"])
+            messages.append({"role": "tool", "tool_call_id": tc["id"], "content": lookup(**args)})
+
+
 def floor_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
 
@@ -112,8 +148,8 @@ async def gather_bounded(n: int, concurrency: int, fn: Callable[[int], Awaitable
 STORE_DIR = tempfile.TemporaryDirectory(prefix="nbagent-overhead-")
 
 
-def make_agent(url: str, bus: EventBus, *, inline: bool = True,
-               concurrency: int | str = "adaptive") -> tuple[Agent, LLMClient, MetricsRegistry]:
+def make_agent(url: str, bus: EventBus, *, inline: bool = True, concurrency: int | str = "adaptive",
+               stream: bool = False) -> tuple[Agent, LLMClient, MetricsRegistry]:
     """An agent with metrics, token counting and the run store on (a store file of its own)."""
     settings = Settings.load(env={"NBAGENT_BASE_URL": url, "NBAGENT_MODEL": "sim", "NBAGENT_HOME": "/nonexistent"})
     settings = settings.replace(http__concurrency=concurrency)
@@ -122,7 +158,7 @@ def make_agent(url: str, bus: EventBus, *, inline: bool = True,
     registry.attach(bus)
     rt = Runtime(settings, bus=bus, client=client)
     rt.enable_store(RunStore(f"{STORE_DIR.name}/runs-{time.monotonic_ns()}.db"))
-    return Agent("sim", [lookup_inline if inline else lookup], runtime=rt), client, registry
+    return Agent("sim", [lookup_inline if inline else lookup], runtime=rt, stream=stream), client, registry
 
 
 async def measure(name: str, n: int, concurrency: int, fn: Callable[[int], Awaitable[int]]) -> dict[str, float]:
@@ -192,6 +228,20 @@ async def main(args: argparse.Namespace) -> None:
         await client.aclose()
         await client_t.aclose()
         await bare.close()
+
+        print("\nStreaming: the same, each answer streamed (server-sent events; live text events in nbagent)")
+        agent_s, client_s, _ = make_agent(srv.url, EventBus(), concurrency=args.concurrency, stream=True)
+        await measure("warm-up nbagent, stream", 20, 10, await nbagent_fn(agent_s))
+        await measure("warm-up floor, stream", 20, 10, lambda i: floor_stream_run(session, url, f"task {i}"))
+        res_s, res_fs = [], []
+        for _ in range(args.repeat):
+            res_fs.append(await measure("floor, stream", args.runs, args.concurrency,
+                                        lambda i: floor_stream_run(session, url, f"task {i}")))
+            res_s.append(await measure("nbagent, stream", args.runs, args.concurrency, await nbagent_fn(agent_s)))
+        nbs = min(r["cpu_us_per_call"] for r in res_s)
+        fls = min(r["cpu_us_per_call"] for r in res_fs)
+        print(f"RESULT stream cpu_us_per_call nbagent={nbs:.0f} floor={fls:.0f} nbagent/floor={nbs / fls:.2f}x")
+        await client_s.aclose()
         await session.close()
 
     with SimServer.spawn(latency=args.latency, tool_calls_per_run=2) as srv:

@@ -267,3 +267,34 @@ async def test_scripted_reply_and_invalid_arguments_pass_through(client: LLMClie
     sim.script(Reply(tool_calls=[("lookup", '{"key": ')]))
     resp = await client.request(req(tools=TOOLS))
     assert resp.tool_calls[0].arguments == '{"key": '
+
+
+async def test_stream_deadline_moves_later_lazily_earlier_at_once_and_yields_to_outside_cancels() -> None:
+    from nbagent.llm.stream import Deadline
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with Deadline(t0 + 0.1) as dl:  # pushed on past its first timer: never fires
+        for _ in range(6):
+            await asyncio.sleep(0.04)
+            dl.reschedule(loop.time() + 0.1)
+    assert loop.time() - t0 >= 0.24
+
+    t0 = loop.time()
+    with pytest.raises(TimeoutError):
+        async with Deadline(t0 + 5.0) as dl:  # moved earlier: fires then, not at the first time
+            dl.reschedule(t0 + 0.05)
+            await asyncio.sleep(5.0)
+    assert loop.time() - t0 < 2.0
+
+    async def cancelled_twice() -> None:
+        async with Deadline(loop.time() + 0.02):
+            try:
+                await asyncio.sleep(5.0)
+            finally:
+                inner.cancel()  # a cancel from outside as the deadline fires: it is not turned into a timeout
+                await asyncio.sleep(0)
+
+    inner = asyncio.ensure_future(cancelled_twice())
+    with pytest.raises(asyncio.CancelledError):
+        await inner

@@ -15,41 +15,61 @@ HAS_TIMEOUT_CM = sys.version_info >= (3, 11)
 
 
 class Deadline:
-    """``asyncio.timeout`` with ``reschedule`` on 3.11+; a watchdog task on 3.10."""
+    """A deadline for the block it wraps (like ``asyncio.timeout_at``: the task is cancelled and the block
+    raises ``TimeoutError``), which a stream moves at every chunk.
+
+    Moving it later costs one attribute store: the timer is not re-armed per chunk (a cancelled handle and a
+    new heap entry each time) but, when it fires, re-arms itself at the deadline then in force. Moving it
+    earlier re-arms it at once.
+    """
+
+    __slots__ = ("_when", "_armed", "_handle", "_loop", "_task", "_cancelling", "_fired")
 
     def __init__(self, when: float) -> None:
         self._when = when
-        self._cm: Any = None
+        self._armed = when
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+        self._cancelling = 0
 
     async def __aenter__(self) -> Deadline:
+        loop = self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - a coroutine outside a task
+            raise RuntimeError("Deadline needs a task")
+        self._task = task
         if HAS_TIMEOUT_CM:
-            self._cm = asyncio.timeout_at(self._when)
-            await self._cm.__aenter__()
-        else:  # pragma: no cover - Python 3.10
-            self._task = asyncio.current_task()
-            self._fired = False
-            self._handle = asyncio.get_running_loop().call_at(self._when, self._fire)
+            self._cancelling = task.cancelling()
+        self._handle = loop.call_at(self._when, self._on_timer)
         return self
 
-    def _fire(self) -> None:  # pragma: no cover - Python 3.10
+    def reschedule(self, when: float) -> None:
+        self._when = when
+        if when < self._armed and self._handle is not None:  # earlier than the timer: re-arm it now
+            self._handle.cancel()
+            self._armed = when
+            self._handle = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        if self._when > self._armed:  # moved later since the timer was armed: wait on until then
+            self._armed = self._when
+            self._handle = self._loop.call_at(self._when, self._on_timer)
+            return
+        self._handle = None
         self._fired = True
-        assert self._task is not None
         self._task.cancel()
 
-    def reschedule(self, when: float) -> None:
-        if self._cm is not None:
-            self._cm.reschedule(when)
-        else:  # pragma: no cover - Python 3.10
-            self._handle.cancel()
-            self._handle = asyncio.get_running_loop().call_at(when, self._fire)
-
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool | None:
-        if self._cm is not None:
-            return await self._cm.__aexit__(et, exc, tb)  # type: ignore[no-any-return]
-        self._handle.cancel()  # pragma: no cover - Python 3.10
-        if self._fired and et is asyncio.CancelledError:  # pragma: no cover
-            raise TimeoutError
-        return None  # pragma: no cover
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._fired and et is asyncio.CancelledError:
+            # ours, unless someone else cancelled the task too (then their cancel goes on)
+            if not HAS_TIMEOUT_CM or self._task.uncancel() <= self._cancelling:
+                raise TimeoutError from exc
+        elif self._fired and HAS_TIMEOUT_CM:
+            self._task.uncancel()  # the block ended (or failed) before the cancel reached it
+        return None
 
 
 class Delivery:
