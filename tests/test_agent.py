@@ -149,6 +149,8 @@ async def test_inline_sync_tools_run_on_the_loop_thread_and_fail_cleanly(sim: Si
         @tool(inline=True)
         async def nope() -> str:
             return ""
+    with pytest.raises(ValueError, match="a timeout cannot interrupt an inline tool"):
+        tool(name="quick", inline=True, timeout=1.0)(lambda: "")
     await agent.client.aclose()
 
 

@@ -165,6 +165,22 @@ def test_latency_from_a_saturated_client_loop_does_not_cut(busy: float) -> None:
         assert law.limit == int(before * 0.9) and law.reason == "overload"
 
 
+def test_a_saturated_loop_ends_slow_start_and_holds_the_limit() -> None:
+    clock = Clock()
+    law = AdaptiveLimit(16, clock=clock, loop_cpu=lambda: clock.now)  # the loop's thread always on CPU
+    drive(law, clock, 10_000, 30.0, lambda n, t: 1.0 if n <= 32 else n / 32)  # queueing beyond 32 in flight
+    held = law.limit
+    assert not law.slow_start and held < 10_000 and law.busy == pytest.approx(1.0)
+    drive(law, clock, 10_000, 30.0, lambda n, t: 1.0 if n <= 32 else n / 32)
+    assert law.limit <= held * 1.1  # no longer doubling while the latency says queueing
+
+
+def test_limiters_give_their_laws_the_loop_threads_cpu_clock() -> None:
+    limiters = Limiters(HTTPSettings(), loop_cpu=lambda: 42.0)
+    law = limiters.of(Endpoint("http://x/v1", "k", "m")).law
+    assert isinstance(law, AdaptiveLimit) and law._loop_cpu is not None and law._loop_cpu() == 42.0
+
+
 def test_other_errors_and_cancels_do_not_move_the_limit() -> None:
     clock = Clock()
     law = AdaptiveLimit(20, initial_window=20, clock=clock)

@@ -286,6 +286,8 @@ async def test_stream_deadline_moves_later_lazily_earlier_at_once_and_yields_to_
             dl.reschedule(t0 + 0.05)
             await asyncio.sleep(5.0)
     assert loop.time() - t0 < 2.0
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # its own cancel taken back: outer timeouts still work
 
     async def cancelled_twice() -> None:
         async with Deadline(loop.time() + 0.02):

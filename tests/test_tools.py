@@ -145,3 +145,23 @@ async def test_tool_threads_are_reused_and_a_stuck_call_keeps_its_own() -> None:
         await asyncio.sleep(0.01)
     assert pool.stats()["idle"] == 2 and pool.stats()["stuck"] == 0  # the stuck thread ended its call: idle
     pool.close()
+
+
+async def test_a_tool_raising_stopiteration_fails_alone_and_strands_no_other_answer() -> None:
+    from nbagent.agent.threads import ToolThreads
+
+    pool = ToolThreads(size=8)
+
+    def stop() -> None:
+        next(iter(()))  # StopIteration: a future cannot carry it
+
+    def echo(x: int) -> int:
+        return x
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(pool.run(echo, i) for i in range(6)), pool.run(stop), *(pool.run(echo, i) for i in range(6)),
+                       return_exceptions=True), 10)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError) and "StopIteration" in str(errors[0])
+    assert sorted(r for r in results if not isinstance(r, BaseException)) == sorted([*range(6), *range(6)])
+    pool.close()

@@ -40,8 +40,13 @@ def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         return
     if ok:
         fut.set_result(value)
-    else:
+        return
+    try:
         fut.set_exception(value)
+    except TypeError:  # StopIteration cannot be a future's exception (PEP 479): the same, as RuntimeError
+        err = RuntimeError(f"the tool raised {type(value).__name__}: {value}")
+        err.__cause__ = value
+        fut.set_exception(err)
 
 
 class _Inbox:
@@ -62,21 +67,26 @@ class _Inbox:
             if self.scheduled:
                 return  # that drain takes this answer too: it clears the flag before it empties the queue
             self.scheduled = True
-        if self.loop.is_closed():
-            return
         try:
-            self.loop.call_soon_threadsafe(self.drain)
+            if not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(self.drain)
+                return
         except RuntimeError:  # the loop closed meanwhile
             pass
+        self.items.clear()  # nobody is left to hear these answers: do not keep them
 
     def drain(self) -> None:
-        """On the loop: settle every answer waiting."""
+        """On the loop: settle every answer waiting (one that cannot be settled never strands the rest)."""
         with self.lock:
             self.scheduled = False
         items = self.items
         while items:
             fut, ok, value = items.popleft()
-            _settle(fut, ok, value)
+            try:
+                _settle(fut, ok, value)
+            except Exception as exc:  # noqa: BLE001 - fail that call alone
+                if not fut.done():
+                    fut.set_exception(RuntimeError(f"the tool's answer could not be delivered: {exc!r}"))
 
 
 class ToolThreads:

@@ -20,6 +20,7 @@ thread, so a slow tool never blocks the event loop.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import enum
 import functools
 import inspect
@@ -201,6 +202,9 @@ class Tool:
         if inline and self.is_async:
             raise ValueError(f"tool {self.name!r}: inline=True is for sync functions (an async tool already runs "
                              f"on the event loop)")
+        if inline and timeout is not None:
+            raise ValueError(f"tool {self.name!r}: a timeout cannot interrupt an inline tool (it runs on the event "
+                             f"loop); drop inline=True to run it in a thread with its timeout")
         self.inline = inline
         """A sync tool called on the event loop itself, not in a thread (see :func:`tool`)."""
         sig = inspect.signature(fn)
@@ -262,7 +266,7 @@ class Tool:
         pos: tuple[Any, ...] = (ctx,) if self.takes_context else ()
         runtime = ctx.runtime if ctx is not None else None
         if self.inline:  # declared quick and non-blocking: no thread hop, and no timeout can stop it
-            return self.fn(*pos, **args)
+            return contextvars.copy_context().run(self.fn, *pos, **args)  # its context, as in a thread
         if self.is_async:
             coro: Awaitable[Any] = self.fn(*pos, **args)
         elif runtime is not None:
@@ -322,8 +326,8 @@ def tool(
     timeout frees the run. ``inline=True`` declares a sync tool quick and non-blocking (a lookup in memory,
     arithmetic, formatting: no I/O, no sleeps, microseconds): it is called on the event loop itself, which
     saves the thread hand-over (tens to hundreds of microseconds of CPU per call, most of the cost of a cheap
-    tool), but nothing can interrupt it: its ``timeout`` does not apply and, while it runs, every other run
-    on the loop waits.
+    tool), but nothing can interrupt it (``timeout`` is refused with it) and, while it runs, every other run
+    on the loop waits. Like a threaded tool, it runs in a copy of the run's context variables.
     """
 
     def wrap(f: Callable[..., Any]) -> Tool:

@@ -34,7 +34,7 @@ saturated (hundreds of runs in flight, or a server sharing its CPUs) reads its a
 lateness is not a queue at the server. Given ``loop_cpu`` (the CPU time of the loop's thread), a round in
 which that thread was on CPU for at least ``busy_limit`` of the wall time (80 %: tool and store threads
 take the GIL too) does not cut for latency: fewer requests in flight would not make the server faster,
-only the client slower. Overloads still cut.
+only the client slower: the limit holds (and slow start ends). Overloads still cut.
 
 A limit that starts high on a queueing server would take the queue for the baseline, so every ``probe_every``
 rounds (and after the first round when it started above 32, which only a larger ``initial_window`` allows)
@@ -45,6 +45,7 @@ and the latency rule does the rest.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -155,7 +156,8 @@ class AdaptiveLimit:
         self._loop_cpu = loop_cpu
         self.busy_limit = busy_limit
         self.busy: float | None = None  # the share of the last round's wall time the loop's thread was on CPU
-        self._cpu_mark = (clock(), loop_cpu()) if loop_cpu is not None else None
+        # (wall time, CPU time of the loop's thread, that thread): a round read on another thread is not judged
+        self._cpu_mark = (clock(), loop_cpu(), threading.get_ident()) if loop_cpu is not None else None
 
     # --- inputs ------------------------------------------------------------------------------------
 
@@ -227,10 +229,10 @@ class AdaptiveLimit:
         self._medians.append(_median([rtt for _, rtt in samples]))
         self.baseline = min(self._medians)
         if self._cpu_mark is not None and self._loop_cpu is not None:
-            wall0, cpu0 = self._cpu_mark
-            cpu = self._loop_cpu()
-            self._cpu_mark = (now, cpu)
-            self.busy = (cpu - cpu0) / (now - wall0) if now > wall0 else None
+            wall0, cpu0, thread0 = self._cpu_mark
+            cpu, thread = self._loop_cpu(), threading.get_ident()
+            self._cpu_mark = (now, cpu, thread)
+            self.busy = (cpu - cpu0) / (now - wall0) if now > wall0 and thread == thread0 else None
         # only requests sent under the current limit say what it does: judge them, or nothing yet
         fresh = [rtt for start, rtt in samples if start >= changed_at]
         binding = self._blocked or self._peak >= self.limit
@@ -254,7 +256,10 @@ class AdaptiveLimit:
             return self._set(self.probe_limit, "probe")
         if median > self.tolerance * self.baseline:  # queueing: go to what the server serves without a queue
             if self.busy is not None and self.busy >= self.busy_limit:
-                return False  # the client's own loop is saturated: the delay is (at least partly) ours
+                # the client's own loop is saturated: the delay is (at least partly) ours. Hold: more in
+                # flight would not be served sooner either, so slow start ends here too
+                self.slow_start = False
+                return False
             target = max(peak * self.tolerance * self.baseline / median, self._value * 0.5)
             return self._cut(target, "latency", now)
         if not binding or self.slow_start:  # slow start grows on each success (see finished)

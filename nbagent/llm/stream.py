@@ -40,6 +40,7 @@ class Deadline:
         self._task = task
         if HAS_TIMEOUT_CM:
             self._cancelling = task.cancelling()
+        self._armed, self._fired = self._when, False
         self._handle = loop.call_at(self._when, self._on_timer)
         return self
 
