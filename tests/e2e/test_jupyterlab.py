@@ -10,6 +10,7 @@ fails and says what is missing). ``scripts/setup-notebook.sh`` installs them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -188,7 +189,10 @@ def _open_notebook(page: Any, lab: dict[str, Any], name: str) -> None:
     page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()
 
 
-def test_jupyterlab_run_widget_dashboard_and_stop(lab: dict[str, Any], tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _lab_page(lab: dict[str, Any], tmp_path: Path, notebook: str, failure_png: str) -> Iterator[Any]:
+    """A page of headless Chromium with ``notebook`` open in the lab and its kernel idle; a screenshot goes to
+    ``artifacts/failure_png`` when the block fails, and the browser closes after it."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -198,83 +202,88 @@ def test_jupyterlab_run_widget_dashboard_and_stop(lab: dict[str, Any], tmp_path:
             viewport={"width": 1400, "height": 1800})
         page = context.new_page()
         try:
-            _open_notebook(page, lab, "e2e.ipynb")
-
-            def run_cell() -> None:  # run the selected cell and select the next one
-                page.keyboard.press("Shift+Enter")
-
-            run_cell()  # %load_ext nbagent
-            run_cell()  # %%agent -n quick
-
-            # the token counter of the quick run rises while it runs
-            quick = _run_widget(page, "quick")
-            counter = quick.locator(".nbagent-token-counter").first
-            counter.wait_for(timeout=60_000)
-            seen: list[int] = []
-            deadline = time.monotonic() + 60
-            shot = False
-            while time.monotonic() < deadline:
-                value = int(counter.get_attribute("data-input-tokens") or 0)
-                if not seen or value != seen[-1]:
-                    seen.append(value)
-                if len(seen) >= 3 and not shot:
-                    page.screenshot(path=str(ARTIFACTS / "e2e-1-token-counter-rising.png"), full_page=True)
-                    shot = True
-                if _status(quick) == "ok":
-                    break
-                time.sleep(0.1)
-            assert _status(quick) == "ok", seen
-            assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] > 0, seen
-
-            # the dashboard's latency histogram has drawn bars
-            run_cell()  # %agent dashboard
-            run_cell()  # %%agent -n long
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.nbagent-histograms .trace.bars path')]"
-                ".some(p => (p.getAttribute('d') || '').length > 8)", timeout=30_000)
-            page.locator(".nbagent-dashboard").first.screenshot(path=str(ARTIFACTS / "e2e-2-dashboard.png"))
-
-            # Stop cancels the long run
-            long_run = _run_widget(page, "long")
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.nbagent-run')].some(r => r.innerText.includes('long') &&"
-                " r.querySelectorAll('.nbagent-step').length >= 2)", timeout=60_000)
-            long_run.locator("button.nbagent-stop").click()
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.nbagent-status')].some(s => s.innerText.includes('long') &&"
-                " s.dataset.status === 'cancelled')", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "e2e-3-stopped.png"), full_page=True)
-            # once the widget says cancelled, the run sends nothing more (the slow model answers every 0.5 s,
-            # so three answer times without a request means the loop really stopped)
-            settled = lab["slow"].requests
-            time.sleep(1.5)
-            assert lab["slow"].requests == settled
-
-            # a policy asks before the guarded run's tool call: Approve lets it run and the run completes
-            page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(4).click()  # Stop took the focus: select
-            run_cell()  # %%agent -n guarded
-            guarded = _run_widget(page, "guarded")
-            approve = guarded.locator("button.nbagent-approve")
-            approve.wait_for(state="visible", timeout=60_000)
-            assert "key" in guarded.locator(".nbagent-approval-question").inner_text()
-            assert lab["guard"].requests == 1  # the model asked for the tool; nothing more until the answer
-            page.screenshot(path=str(ARTIFACTS / "e2e-4-approval.png"), full_page=True)
-            approve.click()
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.nbagent-status')].some(s => s.innerText.includes('guarded')"
-                " && s.dataset.status === 'ok')", timeout=60_000)
-            assert lab["guard"].requests == 2
-            assert not approve.is_visible()
-            assert "approved" in guarded.locator(".nbagent-steps").inner_text()
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.nbagent-dashboard-header')]"
-                ".some(h => h.innerText.includes('policy decisions'))", timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "e2e-5-approved.png"), full_page=True)
+            _open_notebook(page, lab, notebook)
+            yield page
         except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "e2e-failure.png"), full_page=True)
+            page.screenshot(path=str(ARTIFACTS / failure_png), full_page=True)
             raise
         finally:
             context.close()
+
+
+def test_jupyterlab_run_widget_dashboard_and_stop(lab: dict[str, Any], tmp_path: Path) -> None:
+    with _lab_page(lab, tmp_path, "e2e.ipynb", "e2e-failure.png") as page:
+
+        def run_cell() -> None:  # run the selected cell and select the next one
+            page.keyboard.press("Shift+Enter")
+
+        run_cell()  # %load_ext nbagent
+        run_cell()  # %%agent -n quick
+
+        # the token counter of the quick run rises while it runs
+        quick = _run_widget(page, "quick")
+        counter = quick.locator(".nbagent-token-counter").first
+        counter.wait_for(timeout=60_000)
+        seen: list[int] = []
+        deadline = time.monotonic() + 60
+        shot = False
+        while time.monotonic() < deadline:
+            value = int(counter.get_attribute("data-input-tokens") or 0)
+            if not seen or value != seen[-1]:
+                seen.append(value)
+            if len(seen) >= 3 and not shot:
+                page.screenshot(path=str(ARTIFACTS / "e2e-1-token-counter-rising.png"), full_page=True)
+                shot = True
+            if _status(quick) == "ok":
+                break
+            time.sleep(0.1)
+        assert _status(quick) == "ok", seen
+        assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] > 0, seen
+
+        # the dashboard's latency histogram has drawn bars
+        run_cell()  # %agent dashboard
+        run_cell()  # %%agent -n long
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.nbagent-histograms .trace.bars path')]"
+            ".some(p => (p.getAttribute('d') || '').length > 8)", timeout=30_000)
+        page.locator(".nbagent-dashboard").first.screenshot(path=str(ARTIFACTS / "e2e-2-dashboard.png"))
+
+        # Stop cancels the long run
+        long_run = _run_widget(page, "long")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.nbagent-run')].some(r => r.innerText.includes('long') &&"
+            " r.querySelectorAll('.nbagent-step').length >= 2)", timeout=60_000)
+        long_run.locator("button.nbagent-stop").click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.nbagent-status')].some(s => s.innerText.includes('long') &&"
+            " s.dataset.status === 'cancelled')", timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "e2e-3-stopped.png"), full_page=True)
+        # once the widget says cancelled, the run sends nothing more (the slow model answers every 0.5 s,
+        # so three answer times without a request means the loop really stopped)
+        settled = lab["slow"].requests
+        time.sleep(1.5)
+        assert lab["slow"].requests == settled
+
+        # a policy asks before the guarded run's tool call: Approve lets it run and the run completes
+        page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(4).click()  # Stop took the focus: select
+        run_cell()  # %%agent -n guarded
+        guarded = _run_widget(page, "guarded")
+        approve = guarded.locator("button.nbagent-approve")
+        approve.wait_for(state="visible", timeout=60_000)
+        assert "key" in guarded.locator(".nbagent-approval-question").inner_text()
+        assert lab["guard"].requests == 1  # the model asked for the tool; nothing more until the answer
+        page.screenshot(path=str(ARTIFACTS / "e2e-4-approval.png"), full_page=True)
+        approve.click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.nbagent-status')].some(s => s.innerText.includes('guarded')"
+            " && s.dataset.status === 'ok')", timeout=60_000)
+        assert lab["guard"].requests == 2
+        assert not approve.is_visible()
+        assert "approved" in guarded.locator(".nbagent-steps").inner_text()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.nbagent-dashboard-header')]"
+            ".some(h => h.innerText.includes('policy decisions'))", timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "e2e-5-approved.png"), full_page=True)
 
 
 def _box_js(name: str) -> str:
@@ -284,98 +293,84 @@ def _box_js(name: str) -> str:
 
 
 def test_jupyterlab_waterfall_scroll_compact_view_and_compare(lab: dict[str, Any], tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
+    with _lab_page(lab, tmp_path, "scale.ipynb", "e2e-failure-scale.png") as page:
+        page.keyboard.press("Shift+Enter")  # %load_ext nbagent
+        page.keyboard.press("Shift+Enter")  # %%agent -n grow (a step every half second until stopped)
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=_chromium(), headless=True, args=BROWSER_FLAGS,
-            viewport={"width": 1400, "height": 1800})
-        page = context.new_page()
-        try:
-            _open_notebook(page, lab, "scale.ipynb")
-            page.keyboard.press("Shift+Enter")  # %load_ext nbagent
-            page.keyboard.press("Shift+Enter")  # %%agent -n grow (a step every half second until stopped)
+        # the live waterfall's bars grow while the run is in flight: an open span is drawn to now (dashed),
+        # and new spans add bars
+        bars = "document.querySelectorAll('.nbagent-live-waterfall rect.nbagent-bar')"
+        page.wait_for_function(f"() => [...{bars}].some(b => b.getAttribute('stroke-dasharray'))",
+                               timeout=60_000)
+        before = page.evaluate(f"() => {bars}.length")
+        page.wait_for_function(f"() => {bars}.length > {before}", timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "e2e-6-live-waterfall.png"), full_page=True)
 
-            # the live waterfall's bars grow while the run is in flight: an open span is drawn to now (dashed),
-            # and new spans add bars
-            bars = "document.querySelectorAll('.nbagent-live-waterfall rect.nbagent-bar')"
-            page.wait_for_function(f"() => [...{bars}].some(b => b.getAttribute('stroke-dasharray'))",
-                                   timeout=60_000)
-            before = page.evaluate(f"() => {bars}.length")
-            page.wait_for_function(f"() => {bars}.length > {before}", timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "e2e-6-live-waterfall.png"), full_page=True)
+        # the step list follows new steps while it is scrolled to the bottom
+        box = _box_js("grow")
+        page.wait_for_function(f"() => {{ const b = {box}; return b && b.scrollHeight > b.clientHeight + 80; }}",
+                               timeout=60_000)
+        steps = f"({box}).querySelectorAll('.nbagent-step').length"
+        seen = page.evaluate(f"() => {steps}")
+        page.wait_for_function(f"() => {steps} > {seen}", timeout=30_000)
+        at_bottom = page.evaluate(f"() => {{ const b = {box}; return b.scrollHeight - b.scrollTop - "
+                                  f"b.clientHeight; }}")
+        assert at_bottom <= 4, at_bottom
+        # scrolled up by the user, it stays where it was put across redraws
+        page.evaluate(f"() => {{ const b = {box}; b.scrollTop = 40; b.dispatchEvent(new Event('scroll')); }}")
+        text = page.evaluate(f"() => ({box}).innerText")
+        page.wait_for_function(f"() => ({box}).innerText !== {json.dumps(text)}", timeout=30_000)
+        kept = page.evaluate(f"() => {{ const b = {box}; return [b.scrollTop, b.scrollHeight - b.clientHeight]; }}")
+        assert kept[0] == 40 and kept[1] > 44, kept
+        page.screenshot(path=str(ARTIFACTS / "e2e-7-scroll-kept.png"), full_page=True)
+        _run_widget(page, "grow").locator("button.nbagent-stop").click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.nbagent-status')].some(s => s.innerText.includes('grow') &&"
+            " s.dataset.status === 'cancelled')", timeout=30_000)
+        # the run's static summary is in the page (for nbconvert) but hidden next to the drawn widget
+        summary = page.locator('.nbagent-summary[data-run="grow"][data-status="cancelled"]')
+        summary.wait_for(state="attached", timeout=30_000)
+        assert not summary.is_visible()
 
-            # the step list follows new steps while it is scrolled to the bottom
-            box = _box_js("grow")
-            page.wait_for_function(f"() => {{ const b = {box}; return b && b.scrollHeight > b.clientHeight + 80; }}",
-                                   timeout=60_000)
-            steps = f"({box}).querySelectorAll('.nbagent-step').length"
-            seen = page.evaluate(f"() => {steps}")
-            page.wait_for_function(f"() => {steps} > {seen}", timeout=30_000)
-            at_bottom = page.evaluate(f"() => {{ const b = {box}; return b.scrollHeight - b.scrollTop - "
-                                      f"b.clientHeight; }}")
-            assert at_bottom <= 4, at_bottom
-            # scrolled up by the user, it stays where it was put across redraws
-            page.evaluate(f"() => {{ const b = {box}; b.scrollTop = 40; b.dispatchEvent(new Event('scroll')); }}")
-            text = page.evaluate(f"() => ({box}).innerText")
-            page.wait_for_function(f"() => ({box}).innerText !== {json.dumps(text)}", timeout=30_000)
-            kept = page.evaluate(f"() => {{ const b = {box}; return [b.scrollTop, b.scrollHeight - b.clientHeight]; }}")
-            assert kept[0] == 40 and kept[1] > 44, kept
-            page.screenshot(path=str(ARTIFACTS / "e2e-7-scroll-kept.png"), full_page=True)
-            _run_widget(page, "grow").locator("button.nbagent-stop").click()
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.nbagent-status')].some(s => s.innerText.includes('grow') &&"
-                " s.dataset.status === 'cancelled')", timeout=30_000)
-            # the run's static summary is in the page (for nbconvert) but hidden next to the drawn widget
-            summary = page.locator('.nbagent-summary[data-run="grow"][data-status="cancelled"]')
-            summary.wait_for(state="attached", timeout=30_000)
-            assert not summary.is_visible()
+        # six runs from one cell: one compact view with a line per run, not six run widgets
+        page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(2).click()
+        page.keyboard.press("Shift+Enter")
+        cell = page.locator(".jp-Notebook .jp-Cell").nth(2)
+        compact = cell.locator(".nbagent-compact")
+        compact.wait_for(timeout=60_000)
+        page.wait_for_function(
+            "() => document.querySelectorAll('.nbagent-compact .nbagent-line').length === 6", timeout=30_000)
+        assert compact.get_attribute("data-runs") == "6"
+        assert cell.locator(".nbagent-run").count() == 0  # the first three runs' widgets were folded in
+        assert not cell.locator(".nbagent-compact-static").is_visible()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.nbagent-compact .nbagent-line')].every(l =>"
+            " l.dataset.status === 'ok')", timeout=120_000)
+        lines = cell.locator(".nbagent-compact .nbagent-line")
+        assert all(lines.nth(i).locator("svg.nbagent-spark rect").count() >= 1 for i in range(6))
+        height = cell.locator(".jp-Cell-outputWrapper").bounding_box()["height"]
+        assert height < 400, height  # six full widgets would take thousands of pixels
+        page.screenshot(path=str(ARTIFACTS / "e2e-8-compact.png"), full_page=True)
+        lines.nth(4).click()  # a line opens that run's full widget
+        _run_widget(page, "batch-4").wait_for(timeout=30_000)
+        assert _status(_run_widget(page, "batch-4")) == "ok"
+        page.screenshot(path=str(ARTIFACTS / "e2e-9-compact-opened.png"), full_page=True)
 
-            # six runs from one cell: one compact view with a line per run, not six run widgets
-            page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(2).click()
-            page.keyboard.press("Shift+Enter")
-            cell = page.locator(".jp-Notebook .jp-Cell").nth(2)
-            compact = cell.locator(".nbagent-compact")
-            compact.wait_for(timeout=60_000)
-            page.wait_for_function(
-                "() => document.querySelectorAll('.nbagent-compact .nbagent-line').length === 6", timeout=30_000)
-            assert compact.get_attribute("data-runs") == "6"
-            assert cell.locator(".nbagent-run").count() == 0  # the first three runs' widgets were folded in
-            assert not cell.locator(".nbagent-compact-static").is_visible()
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.nbagent-compact .nbagent-line')].every(l =>"
-                " l.dataset.status === 'ok')", timeout=120_000)
-            lines = cell.locator(".nbagent-compact .nbagent-line")
-            assert all(lines.nth(i).locator("svg.nbagent-spark rect").count() >= 1 for i in range(6))
-            height = cell.locator(".jp-Cell-outputWrapper").bounding_box()["height"]
-            assert height < 400, height  # six full widgets would take thousands of pixels
-            page.screenshot(path=str(ARTIFACTS / "e2e-8-compact.png"), full_page=True)
-            lines.nth(4).click()  # a line opens that run's full widget
-            _run_widget(page, "batch-4").wait_for(timeout=30_000)
-            assert _status(_run_widget(page, "batch-4")) == "ok"
-            page.screenshot(path=str(ARTIFACTS / "e2e-9-compact-opened.png"), full_page=True)
+        # %agent compare renders its table
+        page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(3).click()
+        page.keyboard.press("Shift+Enter")
+        table = page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".nbagent-compare table.nbagent-table")
+        table.wait_for(timeout=30_000)
+        assert "batch-0" in table.inner_text() and "batch-1" in table.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "e2e-10-compare.png"), full_page=True)
 
-            # %agent compare renders its table
-            page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(3).click()
-            page.keyboard.press("Shift+Enter")
-            table = page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".nbagent-compare table.nbagent-table")
-            table.wait_for(timeout=30_000)
-            assert "batch-0" in table.inner_text() and "batch-1" in table.inner_text()
-            page.screenshot(path=str(ARTIFACTS / "e2e-10-compare.png"), full_page=True)
-
-            # a run that fails says its error once: in the widget, with its static summary hidden beside it
-            page.keyboard.press("Shift+Enter")  # the compare cell ran: the broken run's cell is selected
-            broken = page.locator(".jp-Notebook .jp-Cell").nth(4)
-            broken.locator('.nbagent-status[data-status="error"]').wait_for(timeout=30_000)
-            broken.locator('.nbagent-summary[data-status="error"]').wait_for(state="attached", timeout=30_000)
-            shown = broken.locator(".jp-Cell-outputWrapper").inner_text()
-            assert shown.count("base URL must start with http") == 1, shown
-            page.screenshot(path=str(ARTIFACTS / "e2e-11-failed-once.png"), full_page=True)
-            # nbagent's own drawing is never named as what blocked the loop
-            assert "widgets.py" not in page.locator(".jp-Notebook").inner_text()
-        except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "e2e-failure-scale.png"), full_page=True)
-            raise
-        finally:
-            context.close()
+        # a run that fails says its error once: in the widget, with its static summary hidden beside it
+        page.keyboard.press("Shift+Enter")  # the compare cell ran: the broken run's cell is selected
+        broken = page.locator(".jp-Notebook .jp-Cell").nth(4)
+        broken.locator('.nbagent-status[data-status="error"]').wait_for(timeout=30_000)
+        broken.locator('.nbagent-summary[data-status="error"]').wait_for(state="attached", timeout=30_000)
+        shown = broken.locator(".jp-Cell-outputWrapper").inner_text()
+        assert shown.count("base URL must start with http") == 1, shown
+        page.screenshot(path=str(ARTIFACTS / "e2e-11-failed-once.png"), full_page=True)
+        # nbagent's own drawing is never named as what blocked the loop
+        assert "widgets.py" not in page.locator(".jp-Notebook").inner_text()
