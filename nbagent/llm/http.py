@@ -1,14 +1,18 @@
-"""The direct transport: chat completions POSTed over one aiohttp session, with nothing in between.
+"""The direct transport: chat completions POSTed with nothing in between.
 
 The constant parts of a request (URL with the base URL's query string, headers with the key) are built once per
-endpoint; a call is one ``json`` encode, one POST and one decode. Errors are raised as the exception tree's own
-(:func:`nbagent.llm.wire.error_from_body` for HTTP errors; :func:`nbagent.llm.wire.map_error` for the transport's).
-The ``openai`` SDK stays available as ``[http] transport = "sdk"`` (:mod:`nbagent.llm.sdk`) for what only it
-does (Azure and other authentication schemes).
+endpoint; a call is one ``json`` encode, one POST and one decode. Answers read whole go over nbagent's own
+keep-alive HTTP/1.1 connections (:mod:`nbagent.llm.conns`, far less CPU per request than aiohttp's); streams,
+and every request when a proxy is set in the environment, over one aiohttp session. Errors are raised as the
+exception tree's own (:func:`nbagent.llm.wire.error_from_body` for HTTP errors;
+:func:`nbagent.llm.wire.map_error` for the transport's). The ``openai`` SDK stays available as
+``[http] transport = "sdk"`` (:mod:`nbagent.llm.sdk`) for what only it does (Azure and other authentication
+schemes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import Endpoint, HTTPSettings
+from .conns import ConnectionPool, Route
 from .jsonio import dumps_body, loads
 from .wire import error_from_body
 
@@ -31,20 +36,22 @@ _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PR
 class _Target:
     """What is constant across requests to one endpoint: the URL and the headers."""
 
-    __slots__ = ("url", "text_url", "headers", "stream_headers")
+    __slots__ = ("url", "text_url", "headers", "stream_headers", "route")
 
     def __init__(self, endpoint: Endpoint) -> None:
-        import yarl
-
         parts = urlsplit(endpoint.base_url)
         path = parts.path.rstrip("/") + "/chat/completions"
         self.text_url = urlunsplit(parts._replace(path=path, fragment=""))
-        self.url = yarl.URL(self.text_url, encoded=False)
+        self.url: Any = None  # aiohttp's URL of it, made on first use
         base = {"Content-Type": "application/json", "User-Agent": "nbagent"}
         if endpoint.api_key:
             base["Authorization"] = f"Bearer {endpoint.api_key}"
         self.headers = {**base, "Accept": "application/json"}
         self.stream_headers = {**base, "Accept": "text/event-stream"}
+        self.route: Route | None = None
+        if parts.scheme in ("http", "https") and parts.hostname:
+            target = urlunsplit(("", "", path or "/", parts.query, ""))
+            self.route = Route(parts.scheme, parts.hostname, parts.port, target, self.headers)
 
 
 class StreamReply:
@@ -75,14 +82,18 @@ class StreamReply:
 
 
 class DirectTransport:
-    """One aiohttp session for every endpoint, bound to the loop it was made on."""
+    """nbagent's own connections and one aiohttp session for every endpoint, bound to the loop it was made on."""
 
     name = "direct"
 
     def __init__(self, settings: HTTPSettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
         self._targets: dict[tuple[str, str], _Target] = {}
+        # proxies from the environment are honoured (by aiohttp) only when one is set: looking them up costs
+        # every request
+        self._proxied = any(os.environ.get(v) for v in _PROXY_VARS)
 
     def _make_session(self) -> aiohttp.ClientSession:
         import aiohttp
@@ -92,9 +103,7 @@ class DirectTransport:
                                          keepalive_timeout=h.keepalive_expiry or None)
         timeout = aiohttp.ClientTimeout(total=None, connect=h.pool_timeout + h.connect_timeout,
                                         sock_connect=h.connect_timeout, sock_read=h.read_timeout)
-        # proxies from the environment are honoured only when one is set (looking them up costs every request)
-        trust_env = any(os.environ.get(v) for v in _PROXY_VARS)
-        return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=trust_env,
+        return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=self._proxied,
                                      auto_decompress=True, raise_for_status=False)
 
     def _target(self, endpoint: Endpoint) -> _Target:
@@ -109,6 +118,10 @@ class DirectTransport:
         if session is None:
             session = self._session = self._make_session()
         target = self._target(endpoint)
+        if target.url is None:
+            import yarl
+
+            target.url = yarl.URL(target.text_url, encoded=False)
         resp = await session.post(target.url, data=dumps_body(body),
                                   headers=target.stream_headers if stream else target.headers)
         if log.isEnabledFor(logging.INFO):
@@ -125,6 +138,19 @@ class DirectTransport:
 
     async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> bytes:
         """POST ``body``; the answer's bytes (an HTTP error raises its exception-tree error)."""
+        target = self._target(endpoint)
+        route = target.route
+        if route is not None and not self._proxied:
+            pool = self._pool
+            if pool is None:
+                pool = self._pool = ConnectionPool(self.settings, asyncio.get_running_loop())
+            answer = await pool.post(route, dumps_body(body))
+            if log.isEnabledFor(logging.INFO):
+                log.info('HTTP Request: POST %s "%s %s %s"', target.text_url, answer.version, answer.status,
+                         answer.reason)
+            if answer.status >= 400:
+                raise _status_error(answer.status, answer.body, answer.headers)
+            return answer.body
         resp = await self._post(endpoint, body, False)
         try:
             return await resp.read()
@@ -136,16 +162,22 @@ class DirectTransport:
         return StreamReply(await self._post(endpoint, body, True))
 
     def pool_stats(self) -> dict[str, Any]:
+        """Connections in use, idle and waited for: nbagent's own and aiohttp's (streams) together."""
+        out = {"connections_in_use": 0, "connections_idle": 0, "waiting_for_connection": 0}
+        if self._pool is not None:
+            for k, v in self._pool.stats().items():
+                out[k] = out.get(k, 0) + v
         connector = self._session.connector if self._session is not None else None
-        if connector is None:
-            return {}
-        return {
-            "connections_in_use": len(getattr(connector, "_acquired", ())),
-            "connections_idle": sum(len(v) for v in getattr(connector, "_conns", {}).values()),
-            "waiting_for_connection": sum(len(v) for v in getattr(connector, "_waiters", {}).values()),
-        }
+        if connector is not None:
+            out["connections_in_use"] += len(getattr(connector, "_acquired", ()))
+            out["connections_idle"] += sum(len(v) for v in getattr(connector, "_conns", {}).values())
+            out["waiting_for_connection"] += sum(len(v) for v in getattr(connector, "_waiters", {}).values())
+        return out
 
     async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
         session, self._session = self._session, None
         if session is not None:
             await session.close()

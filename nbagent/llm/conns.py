@@ -1,0 +1,482 @@
+"""The direct transport's own HTTP/1.1 client for answers read whole: keep-alive connections, a request written
+from a template, the answer parsed as it arrives.
+
+aiohttp's request machinery (request and response objects, header multidicts, URL models, timers, tracing
+hooks) costs more CPU per call than everything else nbagent does for it. An OpenAI-compatible endpoint needs
+little of it: POST, HTTP/1.1 keep-alive, an answer with a ``Content-Length`` or in chunks, perhaps gzip, over
+TCP or TLS. That is what this module does, on ``asyncio`` protocols:
+
+- **Pool.** Connections are kept per endpoint (most recently used first) and shared under one limit,
+  ``[http] max_connections``; a request waits at most ``pool_timeout`` for a free one. An idle connection is
+  closed after ``keepalive_expiry`` seconds, when the server closes it, or when more than
+  ``max_keepalive_connections`` are idle.
+- **Timeouts.** ``connect_timeout`` for the TCP and TLS handshake; ``read_timeout`` for the longest silence
+  while an answer is awaited (the deadline moves with each read, one timer per request). They raise
+  :class:`~nbagent.errors.LLMTimeout` with phase ``connect`` or ``read``.
+- **Failures.** A refused or dropped connection raises :class:`~nbagent.errors.LLMConnectionError`. A kept
+  connection that the server closed while it was idle (the request met a closed socket and no answer came back)
+  is retried once on a new connection, as browsers and urllib3 do; every other failure is left to the
+  client's retry policy.
+- **Cancellation** (a request timeout, an interrupt) closes the connection: half an answer is never read by
+  the next request.
+
+Streams, and every request when a proxy is set in the environment, go through aiohttp
+(:mod:`nbagent.llm.http`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import zlib
+from typing import Any
+
+from ..config import HTTPSettings
+from ..errors import LLMConnectionError, LLMTimeout
+
+__all__ = ["Answer", "ConnectionPool", "Route"]
+
+_MAX_HEAD = 64 * 1024  # the status line and headers of an answer
+_SIZE, _TRAILER = -1, -2  # chunked answers: a chunk's size line is next; the trailer is next
+
+
+class Answer:
+    """An answer read whole: status, reason, headers (lower-case names, in order) and body."""
+
+    __slots__ = ("status", "reason", "version", "header_list", "body", "keep")
+
+    def __init__(self, status: int, reason: str, version: str, header_list: list[tuple[str, str]], body: bytes,
+                 keep: bool) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.header_list = header_list
+        self.body = body
+        self.keep = keep  # the connection may carry another request
+
+    @property
+    def headers(self) -> Any:
+        """The headers as a case-insensitive multi-dict (made on use: only error answers need it)."""
+        from multidict import CIMultiDict
+
+        return CIMultiDict(self.header_list)
+
+
+class _Dropped(Exception):
+    """The connection closed (or failed) before the answer was whole; ``answered``: some of it had come."""
+
+    def __init__(self, reason: str, answered: bool) -> None:
+        super().__init__(reason)
+        self.answered = answered
+
+
+class Route:
+    """Where one endpoint's requests go: host, port, TLS, and the constant head of every request."""
+
+    __slots__ = ("host", "port", "tls", "server_hostname", "head", "idle")
+
+    def __init__(self, scheme: str, host: str, port: int | None, target: str, headers: dict[str, str]) -> None:
+        self.tls = scheme == "https"
+        self.host = host
+        self.port = port or (443 if self.tls else 80)
+        self.server_hostname = host if self.tls else None
+        name = f"[{host}]" if ":" in host else host
+        host_header = name if port is None or port == (443 if self.tls else 80) else f"{name}:{port}"
+        lines = [f"POST {target} HTTP/1.1", f"Host: {host_header}",
+                 *(f"{k}: {v}" for k, v in headers.items()), "Accept-Encoding: gzip, deflate", "Content-Length: "]
+        self.head = "\r\n".join(lines).encode("latin-1")
+        self.idle: list[_Conn] = []  # kept connections, the most recently used last
+
+    def request(self, body: bytes) -> bytes:
+        return b"%s%d\r\n\r\n%s" % (self.head, len(body), body)
+
+
+class _Conn(asyncio.Protocol):
+    """One connection: sends a request, parses its answer, then waits (idle) for the next one."""
+
+    def __init__(self, pool: ConnectionPool, route: Route) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.route = route
+        self.dropped = False  # closed and no longer counted by the pool
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.used = 0  # requests sent on it
+        self.idle_since = 0.0
+        self.waiter: asyncio.Future[Answer] | None = None
+        self.got = False  # a byte of the current answer came
+        self.last_read = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.buf = bytearray()
+        self.status = 0  # 0: the head has not come yet
+        self.reason = ""
+        self.version = ""
+        self.header_list: list[tuple[str, str]] = []
+        self.length: int | None = None
+        self.chunked = False
+        self.chunk_left = _SIZE  # chunked: bytes left of the current chunk and its CRLF, or what comes next
+        self.chunks: list[bytes] = []
+        self.close_after = False
+        self.encoding = ""
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:  # bytes nobody asked for: the connection cannot be trusted with a request
+            self._abort()
+            return
+        self.got = True
+        self.last_read = self.loop.time()
+        self.buf += data
+        try:
+            self._parse()
+        except (ValueError, zlib.error) as exc:
+            self._fail(_Dropped(f"malformed HTTP answer: {exc}", True))
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport: a half-closed connection carries nothing more
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            if self.status and self.length is None and not self.chunked:  # an answer delimited by the close
+                self._finish(bytes(self.buf), keep=False)
+            else:
+                why = f"{type(exc).__name__}: {exc}" if exc is not None else "the server closed the connection"
+                waiter.set_exception(_Dropped(why, self.got))
+        self.pool._forget(self)
+
+    # -- the request -------------------------------------------------------------------------------------------
+
+    async def send(self, data: bytes, read_timeout: float) -> Answer:
+        loop = self.loop
+        self.waiter = waiter = loop.create_future()
+        self.got = False
+        self.used += 1
+        self.last_read = now = loop.time()
+        self.timer = loop.call_at(now + read_timeout, self._check_read, read_timeout)
+        assert self.transport is not None
+        self.transport.write(data)
+        try:
+            return await waiter
+        finally:
+            self.waiter = None
+            self._cancel_timer()
+
+    def _check_read(self, read_timeout: float) -> None:
+        self.timer = None
+        due = self.last_read + read_timeout
+        loop = self.loop
+        if loop.time() < due:  # something came meanwhile: look again when the new deadline is due
+            self.timer = loop.call_at(due, self._check_read, read_timeout)
+            return
+        self._fail(LLMTimeout(f"read timeout talking to the model server: nothing came for {read_timeout:g} s",
+                              phase="read"))
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _fail(self, exc: Exception) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self._abort()
+
+    def _abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- parsing -----------------------------------------------------------------------------------------------
+
+    def _parse(self) -> None:
+        buf = self.buf
+        while not self.status:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > _MAX_HEAD:
+                    raise ValueError(f"an answer's head is over {_MAX_HEAD} bytes")
+                return
+            self._head(bytes(buf[:end]))
+            del buf[:end + 4]
+        if self.chunked:
+            self._parse_chunks()
+        elif self.length is not None:
+            if len(buf) >= self.length:
+                body = bytes(buf[:self.length])
+                self._finish(body, keep=not self.close_after and len(buf) == self.length)
+        # else: the body runs to the close (connection_lost finishes it)
+
+    def _head(self, raw: bytes) -> None:
+        lines = raw.decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise ValueError(f"bad status line {lines[0][:100]!r}")
+        status = int(code)
+        if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
+            return
+        headers = self.header_list = []
+        close = version == "HTTP/1.0"
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ValueError(f"bad header line {line[:100]!r}")
+            name = name.strip().lower()
+            value = value.strip()
+            headers.append((name, value))
+            if name == "content-length":
+                self.length = int(value)
+            elif name == "transfer-encoding":
+                self.chunked = "chunked" in value.lower()
+            elif name == "connection":
+                tokens = value.lower()
+                close = "close" in tokens or (close and "keep-alive" not in tokens)
+            elif name == "content-encoding":
+                self.encoding = value.lower()
+        if self.chunked:
+            self.length = None
+        if status in (204, 304):
+            self.length = 0
+        self.close_after = close
+        self.version = version
+        self.reason = reason
+        self.status = status
+
+    def _parse_chunks(self) -> None:
+        buf = self.buf
+        while True:
+            if self.chunk_left == _TRAILER:  # after the last chunk: trailers (ignored) up to an empty line
+                if buf[:2] == b"\r\n":
+                    end = 2
+                else:
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        return
+                    end += 4
+                del buf[:end]
+                self._finish(b"".join(self.chunks), keep=not self.close_after and not buf)
+                return
+            if self.chunk_left == _SIZE:
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    return
+                size = int(bytes(buf[:end]).split(b";", 1)[0].strip(), 16)
+                del buf[:end + 2]
+                self.chunk_left = _TRAILER if size == 0 else size + 2  # the chunk and its CRLF
+                continue
+            if len(buf) < self.chunk_left:
+                return
+            self.chunks.append(bytes(buf[:self.chunk_left - 2]))
+            del buf[:self.chunk_left]
+            self.chunk_left = _SIZE
+
+    def _finish(self, body: bytes, keep: bool) -> None:
+        if self.encoding and self.encoding != "identity":
+            body = _decode(body, self.encoding)
+        answer = Answer(self.status, self.reason, self.version, self.header_list, body, keep and not self.closed)
+        self._reset()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+
+def _decode(body: bytes, encoding: str) -> bytes:
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        try:
+            return zlib.decompress(body)
+        except zlib.error:  # raw deflate, without the zlib wrapper
+            return zlib.decompress(body, -zlib.MAX_WBITS)
+    raise ValueError(f"the answer is encoded as {encoding!r}, which was not asked for")
+
+
+class ConnectionPool:
+    """Keep-alive connections to every endpoint of one transport, on one loop (see the module docstring)."""
+
+    def __init__(self, settings: HTTPSettings, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.open = 0  # connections open or opening
+        self.in_use = 0
+        self.idle = 0
+        self.requests = 0
+        self.reconnects = 0  # requests sent again because a kept connection had been closed by the server
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._routes: list[Route] = []
+        self._tls: ssl.SSLContext | None = None
+        self._closed = False
+
+    def stats(self) -> dict[str, Any]:
+        return {"connections_in_use": self.in_use, "connections_idle": self.idle,
+                "waiting_for_connection": len(self._waiters), "reconnects": self.reconnects}
+
+    async def post(self, route: Route, body: bytes) -> Answer:
+        """POST ``body`` on a connection of ``route``; the answer, whole."""
+        data = route.request(body)
+        read_timeout = self.settings.read_timeout
+        self.requests += 1
+        again = True
+        while True:
+            conn, kept = await self._acquire(route)
+            try:
+                answer = await conn.send(data, read_timeout)
+            except _Dropped as exc:
+                self._release(conn, False)
+                if kept and again and not exc.answered:  # a kept connection the server had closed: once more
+                    again = False
+                    self.reconnects += 1
+                    continue
+                raise LLMConnectionError(f"the connection to the model server dropped: {exc}") from None
+            except BaseException:
+                self._release(conn, False)
+                raise
+            self._release(conn, answer.keep)
+            return answer
+
+    async def _acquire(self, route: Route) -> tuple[_Conn, bool]:
+        idle = route.idle
+        expiry = self.settings.keepalive_expiry
+        now = self.loop.time()
+        while idle:
+            conn = idle.pop()
+            self.idle -= 1
+            if conn.closed or now - conn.idle_since > expiry:
+                self._drop(conn)
+                continue
+            self.in_use += 1
+            return conn, True
+        if self._closed:
+            raise LLMConnectionError("the client was closed")
+        if self.open >= self.settings.max_connections:
+            await self._wait_for_room(route)
+            if route.idle:
+                return await self._acquire(route)
+        self.open += 1
+        self.in_use += 1
+        try:
+            return await self._connect(route), False
+        except BaseException:
+            self.open -= 1
+            self.in_use -= 1
+            self._wake()
+            raise
+
+    async def _wait_for_room(self, route: Route) -> None:
+        """Until a connection may be opened (or one of ``route``'s is free), for at most ``pool_timeout``."""
+        deadline = self.loop.time() + self.settings.pool_timeout
+        while self.open >= self.settings.max_connections and not route.idle:
+            if self._evict_idle():
+                return
+            left = deadline - self.loop.time()
+            if left <= 0:
+                raise LLMTimeout(f"no free connection to the model server within pool_timeout "
+                                 f"({self.settings.pool_timeout:g} s; max_connections = "
+                                 f"{self.settings.max_connections})", phase="connect")
+            fut = self.loop.create_future()
+            self._waiters.append(fut)
+            handle = self.loop.call_later(left, _settle_none, fut)
+            try:
+                await fut
+            finally:
+                handle.cancel()
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+
+    def _evict_idle(self) -> bool:
+        """Close the oldest idle connection of any endpoint, to make room; whether there was one."""
+        oldest: _Conn | None = None
+        for route in self._routes:
+            if route.idle and (oldest is None or route.idle[0].idle_since < oldest.idle_since):
+                oldest = route.idle[0]
+        if oldest is None:
+            return False
+        oldest.route.idle.remove(oldest)
+        self.idle -= 1
+        self._drop(oldest)
+        return True
+
+    async def _connect(self, route: Route) -> _Conn:
+        s = self.settings
+        if route not in self._routes:
+            self._routes.append(route)
+        tls: ssl.SSLContext | None = None
+        if route.tls:
+            tls = self._tls
+            if tls is None:
+                tls = self._tls = ssl.create_default_context()
+                tls.set_alpn_protocols(["http/1.1"])
+        try:
+            _, conn = await asyncio.wait_for(self.loop.create_connection(
+                lambda: _Conn(self, route), route.host, route.port, ssl=tls, server_hostname=route.server_hostname),
+                s.connect_timeout)
+        except asyncio.TimeoutError:  # TimeoutError since Python 3.11
+            raise LLMTimeout(f"connect timeout talking to the model server at {route.host}:{route.port} "
+                             f"({s.connect_timeout:g} s)", phase="connect") from None
+        except OSError as exc:
+            raise LLMConnectionError(f"cannot reach the model server at {route.host}:{route.port}: "
+                                     f"{type(exc).__name__}: {exc}") from None
+        return conn
+
+    def _release(self, conn: _Conn, keep: bool) -> None:
+        self.in_use -= 1
+        s = self.settings
+        if keep and not conn.closed and not self._closed and s.keepalive_expiry > 0 \
+                and self.idle < s.max_keepalive_connections:
+            conn.idle_since = self.loop.time()
+            conn.route.idle.append(conn)
+            self.idle += 1
+        else:
+            self._drop(conn)
+        self._wake()
+
+    def _drop(self, conn: _Conn) -> None:
+        """Close ``conn`` and stop counting it (once)."""
+        if conn.dropped:
+            return
+        conn.dropped = True
+        self.open -= 1
+        conn._abort()
+
+    def _forget(self, conn: _Conn) -> None:
+        """``conn`` closed on its own: an idle one leaves the pool (one in use is dropped on release)."""
+        if not conn.dropped and conn.waiter is None and conn in conn.route.idle:
+            conn.route.idle.remove(conn)
+            self.idle -= 1
+            self._drop(conn)
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for route in self._routes:
+            while route.idle:
+                conn = route.idle.pop()
+                self.idle -= 1
+                self._drop(conn)
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+def _settle_none(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
