@@ -379,4 +379,113 @@ async def test_the_client_reads_errors_and_retry_after_through_its_own_connectio
         resp = await client.request(ModelRequest(model="m", messages=[{"role": "user", "content": "hi"}]))
         assert resp.text == "fine" and resp.usage.input_tokens == 3
         assert client.pool_stats()["connections_idle"] == 1 and srv.connections == 1
+        assert client.transport()._session is None  # type: ignore[attr-defined]  # no aiohttp session was opened
+        await client.aclose()
+
+
+def sse_chunks(events: list[str]) -> bytes:
+    """A chunked answer of server-sent events, one chunk per event, then the last chunk."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for e in events:
+        data = f"data: {e}\n\n".encode()
+        raw += b"%x\r\n%s\r\n" % (len(data), data)
+    return raw + b"0\r\n\r\n"
+
+
+async def test_a_stream_comes_piece_by_piece_and_its_connection_is_kept_at_its_end() -> None:
+    go = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        while await srv.read_request(reader) is not None:
+            raw = sse_chunks(["one", "two", "[DONE]"])
+            cut = raw.index(b"data: two")
+            writer.write(raw[:cut - 3])  # the head and the first event, and part of the next chunk's size line
+            await writer.drain()
+            await go.wait()
+            writer.write(raw[cut - 3:])
+            await writer.drain()
+
+    async with Scripted(handler) as srv:
+        pool, route = pool_for(srv)
+        answer = await pool.stream(route, b"{}")
+        assert answer.status == 200 and answer.headers["content-type"] == "text/event-stream"
+        assert await answer.read() == b"data: one\n\n"  # before the rest was sent
+        go.set()
+        assert await answer.read_all() == b"data: two\n\ndata: [DONE]\n\n"
+        assert pool.stats()["connections_idle"] == 1  # the body ended: the connection went back
+        again = await pool.stream(route, b"{}")
+        assert b"[DONE]" in await again.read_all()
+        assert srv.connections == 1
+        await pool.aclose()
+
+
+async def test_a_stream_closed_before_its_end_closes_its_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        while await srv.read_request(reader) is not None:
+            writer.write(sse_chunks(["a"])[:-5])  # never the last chunk
+            await writer.drain()
+
+    async with Scripted(handler) as srv:
+        pool, route = pool_for(srv)
+        answer = await pool.stream(route, b"{}")
+        assert await answer.read() == b"data: a\n\n"
+        await answer.aclose()
+        assert pool.open == 0 and pool.stats()["connections_in_use"] == 0
+        await asyncio.sleep(0.05)
+        answer = await pool.stream(route, b"{}")
+        await answer.aclose()
+        assert srv.connections == 2
+
+
+async def test_a_stream_cut_mid_body_raises_connection_error_on_read() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        await srv.read_request(reader)
+        writer.write(sse_chunks(["a", "b"])[:-20])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+
+    async with Scripted(handler) as srv:
+        pool, route = pool_for(srv)
+        answer = await pool.stream(route, b"{}")
+        with pytest.raises(LLMConnectionError, match="during the stream"):
+            await answer.read_all()
+        assert pool.open == 0
+
+
+async def test_the_client_streams_over_its_own_connections_gzip_and_errors_included() -> None:
+    """LLMClient end to end: a gzip-encoded stream is decoded as it comes; a 503 on a stream is a ServerError."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m",
+             "choices": [{"index": 0, "delta": {"content": "hel"}, "finish_reason": None}]}
+    last = {**chunk, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]}
+    events = "".join(f"data: {json.dumps(c)}\n\n" for c in (chunk, last)) + "data: [DONE]\n\n"
+    packed = gzip.compress(events.encode())
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        n = 0
+        while await srv.read_request(reader) is not None:
+            n += 1
+            if n == 1:
+                body = b'{"error":{"message":"busy"}}'
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+                for i in range(0, len(packed), 40):
+                    piece = packed[i:i + 40]
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    await writer.drain()
+                writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async with Scripted(handler) as srv:
+        settings = Settings.load(env={"NBAGENT_BASE_URL": f"http://127.0.0.1:{srv.port}/v1",
+                                      "NBAGENT_MODEL": "m", "NBAGENT_HOME": "/nonexistent"})
+        client = LLMClient(settings)
+        seen: list[str] = []
+        resp = await client.request(ModelRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=True), on_text=seen.append)
+        assert resp.text == "hello" and "".join(seen) == "hello" and resp.attempts == 2  # the 503 was retried
+        assert srv.connections == 1 and client.pool_stats()["connections_idle"] == 1
+        assert client.transport()._session is None  # type: ignore[attr-defined]
         await client.aclose()

@@ -30,12 +30,13 @@ import asyncio
 import collections
 import ssl
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..config import HTTPSettings
 from ..errors import LLMConnectionError, LLMTimeout
 
-__all__ = ["Answer", "ConnectionPool", "Route"]
+__all__ = ["Answer", "ConnectionPool", "Route", "StreamAnswer"]
 
 _MAX_HEAD = 64 * 1024  # the status line and headers of an answer
 _SIZE, _TRAILER = -1, -2  # chunked answers: a chunk's size line is next; the trailer is next
@@ -92,8 +93,115 @@ class Route:
         return b"%s%d\r\n\r\n%s" % (self.head, len(body), body)
 
 
+class StreamAnswer:
+    """An answer read as it comes (a stream): status and headers first, then its body in pieces.
+
+    It holds its connection until the body ends (the connection then goes back to the pool) or until
+    :meth:`aclose` (a stream closed before its end closes its connection: the server stops generating).
+    """
+
+    def __init__(self, conn: _Conn) -> None:
+        self._conn: _Conn | None = conn
+        self._head: asyncio.Future[None] = conn.loop.create_future()
+        self._pieces: collections.deque[bytes] = collections.deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._ended = False
+        self._error: BaseException | None = None
+        self._inflate: Any = None
+        self.status = 0
+        self.reason = ""
+        self.version = ""
+        self.header_list: list[tuple[str, str]] = []
+
+    @property
+    def headers(self) -> Any:
+        from multidict import CIMultiDict
+
+        return CIMultiDict(self.header_list)
+
+    async def read(self) -> bytes:
+        """The next piece of the body; ``b""`` at its end."""
+        while not self._pieces:
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return b""
+            self._wake = self._head.get_loop().create_future()
+            await self._wake
+        return self._pieces.popleft()
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        """The body, piece by piece as it comes."""
+        while piece := await self.read():
+            yield piece
+
+    async def read_all(self) -> bytes:
+        parts = []
+        while piece := await self.read():
+            parts.append(piece)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        self._release(False)
+
+    # -- from the connection -----------------------------------------------------------------------------------
+
+    def _opened(self, conn: _Conn) -> None:
+        self.status, self.reason, self.version = conn.status, conn.reason, conn.version
+        self.header_list = conn.header_list
+        if conn.encoding and conn.encoding != "identity":
+            self._inflate = _inflater(conn.encoding)
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        if self._inflate is not None:
+            data = self._inflate.decompress(data)
+        if data:
+            self._pieces.append(data)
+            self._poke()
+
+    def _end(self, keep: bool) -> None:
+        if self._inflate is not None:
+            rest = self._inflate.flush()
+            if rest:
+                self._pieces.append(rest)
+        self._ended = True
+        self._poke()
+        self._release(keep)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._head.done():
+            self._head.set_exception(exc)
+        else:
+            if isinstance(exc, _Dropped):
+                exc = LLMConnectionError(f"the connection to the model server dropped during the stream: {exc}")
+            self._error = exc
+            self._poke()
+        self._release(False)
+
+    def _poke(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
+
+    def _release(self, keep: bool) -> None:
+        """Give the connection back (kept when the body ended cleanly), once."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        conn.busy = False
+        conn.stream = None
+        conn._cancel_timer()
+        if not keep:
+            conn._abort()
+        conn.pool._release(conn, keep)
+
+
 class _Conn(asyncio.Protocol):
-    """One connection: sends a request, parses its answer, then waits (idle) for the next one."""
+    """One connection: sends a request, parses its answer (whole or as a stream), then waits for the next one."""
 
     def __init__(self, pool: ConnectionPool, route: Route) -> None:
         self.pool = pool
@@ -102,9 +210,10 @@ class _Conn(asyncio.Protocol):
         self.dropped = False  # closed and no longer counted by the pool
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.used = 0  # requests sent on it
+        self.busy = False  # a request is out and its answer has not ended
         self.idle_since = 0.0
-        self.waiter: asyncio.Future[Answer] | None = None
+        self.waiter: asyncio.Future[Answer] | None = None  # the answer, read whole
+        self.stream: StreamAnswer | None = None  # or the answer, read as it comes
         self.got = False  # a byte of the current answer came
         self.last_read = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -116,10 +225,10 @@ class _Conn(asyncio.Protocol):
         self.reason = ""
         self.version = ""
         self.header_list: list[tuple[str, str]] = []
-        self.length: int | None = None
+        self.length: int | None = None  # bytes of the body still to come (None: chunks, or up to the close)
         self.chunked = False
         self.chunk_left = _SIZE  # chunked: bytes left of the current chunk and its CRLF, or what comes next
-        self.chunks: list[bytes] = []
+        self.pieces: list[bytes] = []
         self.close_after = False
         self.encoding = ""
 
@@ -129,7 +238,7 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None:  # bytes nobody asked for: the connection cannot be trusted with a request
+        if not self.busy:  # bytes nobody asked for: the connection cannot be trusted with a request
             self._abort()
             return
         self.got = True
@@ -145,32 +254,43 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
+        if self.busy:
             if self.status and self.length is None and not self.chunked:  # an answer delimited by the close
-                self._finish(bytes(self.buf), keep=False)
+                self._piece(bytes(self.buf))
+                self._end(False)
             else:
                 why = f"{type(exc).__name__}: {exc}" if exc is not None else "the server closed the connection"
-                waiter.set_exception(_Dropped(why, self.got))
+                self._fail(_Dropped(why, self.got))
+        self._cancel_timer()
         self.pool._forget(self)
 
     # -- the request -------------------------------------------------------------------------------------------
 
-    async def send(self, data: bytes, read_timeout: float) -> Answer:
+    def _start(self, data: bytes, read_timeout: float) -> None:
         loop = self.loop
-        self.waiter = waiter = loop.create_future()
+        self.busy = True
         self.got = False
-        self.used += 1
         self.last_read = now = loop.time()
         self.timer = loop.call_at(now + read_timeout, self._check_read, read_timeout)
         assert self.transport is not None
         self.transport.write(data)
+
+    async def send(self, data: bytes, read_timeout: float) -> Answer:
+        """Send a request; its answer, whole."""
+        self.waiter = waiter = self.loop.create_future()
+        self._start(data, read_timeout)
         try:
             return await waiter
         finally:
             self.waiter = None
+            self.busy = False
             self._cancel_timer()
+
+    def open_stream(self, data: bytes, read_timeout: float) -> StreamAnswer:
+        """Send a request whose answer is read as it comes (await its ``_head``, then read it)."""
+        self.stream = answer = StreamAnswer(self)
+        self._start(data, read_timeout)
+        return answer
 
     def _check_read(self, read_timeout: float) -> None:
         self.timer = None
@@ -188,10 +308,12 @@ class _Conn(asyncio.Protocol):
             self.timer = None
 
     def _fail(self, exc: Exception) -> None:
-        waiter = self.waiter
+        self._abort()
+        waiter, stream = self.waiter, self.stream
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
-        self._abort()
+        elif stream is not None:
+            stream._fail(exc)
 
     def _abort(self) -> None:
         self.closed = True
@@ -210,13 +332,25 @@ class _Conn(asyncio.Protocol):
                 return
             self._head(bytes(buf[:end]))
             del buf[:end + 4]
+            if self.status and self.stream is not None:
+                self.stream._opened(self)
         if self.chunked:
             self._parse_chunks()
         elif self.length is not None:
-            if len(buf) >= self.length:
-                body = bytes(buf[:self.length])
-                self._finish(body, keep=not self.close_after and len(buf) == self.length)
-        # else: the body runs to the close (connection_lost finishes it)
+            if self.stream is None:  # read whole: wait for all of it
+                if len(buf) >= self.length:
+                    self._end(not self.close_after and len(buf) == self.length, bytes(buf[:self.length]))
+            else:
+                n = min(len(buf), self.length)
+                if n:
+                    self._piece(bytes(buf[:n]))
+                    del buf[:n]
+                    self.length -= n
+                if not self.length:
+                    self._end(not self.close_after and not buf)
+        elif self.stream is not None and buf:  # up to the close, streamed
+            self._piece(bytes(buf))
+            buf.clear()
 
     def _head(self, raw: bytes) -> None:
         lines = raw.decode("latin-1").split("\r\n")
@@ -257,7 +391,8 @@ class _Conn(asyncio.Protocol):
     def _parse_chunks(self) -> None:
         buf = self.buf
         while True:
-            if self.chunk_left == _TRAILER:  # after the last chunk: trailers (ignored) up to an empty line
+            left = self.chunk_left
+            if left == _TRAILER:  # after the last chunk: trailers (ignored) up to an empty line
                 if buf[:2] == b"\r\n":
                     end = 2
                 else:
@@ -266,9 +401,9 @@ class _Conn(asyncio.Protocol):
                         return
                     end += 4
                 del buf[:end]
-                self._finish(b"".join(self.chunks), keep=not self.close_after and not buf)
+                self._end(not self.close_after and not buf)
                 return
-            if self.chunk_left == _SIZE:
+            if left == _SIZE:
                 end = buf.find(b"\r\n")
                 if end < 0:
                     return
@@ -276,20 +411,51 @@ class _Conn(asyncio.Protocol):
                 del buf[:end + 2]
                 self.chunk_left = _TRAILER if size == 0 else size + 2  # the chunk and its CRLF
                 continue
-            if len(buf) < self.chunk_left:
-                return
-            self.chunks.append(bytes(buf[:self.chunk_left - 2]))
-            del buf[:self.chunk_left]
-            self.chunk_left = _SIZE
+            if left > 2:  # the chunk's bytes (as far as they came)
+                n = min(len(buf), left - 2)
+                if not n:
+                    return
+                self._piece(bytes(buf[:n]))
+                del buf[:n]
+                left = self.chunk_left = left - n
+            if left <= 2:  # its CRLF
+                if len(buf) < left:
+                    return
+                del buf[:left]
+                self.chunk_left = _SIZE
 
-    def _finish(self, body: bytes, keep: bool) -> None:
-        if self.encoding and self.encoding != "identity":
-            body = _decode(body, self.encoding)
-        answer = Answer(self.status, self.reason, self.version, self.header_list, body, keep and not self.closed)
+    def _piece(self, data: bytes) -> None:
+        if self.stream is not None:
+            if data:
+                self.stream._feed(data)
+        else:
+            self.pieces.append(data)
+
+    def _end(self, keep: bool, body: bytes | None = None) -> None:
+        """The answer ended: hand it over (read whole), or end the stream (which gives the connection back)."""
+        keep = keep and not self.closed
+        stream, waiter = self.stream, self.waiter
+        status, reason, version, headers, encoding = (self.status, self.reason, self.version, self.header_list,
+                                                      self.encoding)
+        if body is None:
+            body = b"".join(self.pieces)
         self._reset()
-        waiter = self.waiter
+        self.busy = False
+        if stream is not None:
+            stream._end(keep)
+            return
+        if encoding and encoding != "identity":
+            body = _decode(body, encoding)
         if waiter is not None and not waiter.done():
-            waiter.set_result(answer)
+            waiter.set_result(Answer(status, reason, version, headers, body, keep))
+
+
+def _inflater(encoding: str) -> Any:
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise ValueError(f"the answer is encoded as {encoding!r}, which was not asked for")
 
 
 def _decode(body: bytes, encoding: str) -> bytes:
@@ -313,6 +479,7 @@ class ConnectionPool:
         self.in_use = 0
         self.idle = 0
         self.requests = 0
+        self.opened = 0  # connections opened so far
         self.reconnects = 0  # requests sent again because a kept connection had been closed by the server
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._routes: list[Route] = []
@@ -321,7 +488,8 @@ class ConnectionPool:
 
     def stats(self) -> dict[str, Any]:
         return {"connections_in_use": self.in_use, "connections_idle": self.idle,
-                "waiting_for_connection": len(self._waiters), "reconnects": self.reconnects}
+                "waiting_for_connection": len(self._waiters), "connections_opened": self.opened,
+                "reconnects": self.reconnects}
 
     async def post(self, route: Route, body: bytes) -> Answer:
         """POST ``body`` on a connection of ``route``; the answer, whole."""
@@ -344,6 +512,29 @@ class ConnectionPool:
                 self._release(conn, False)
                 raise
             self._release(conn, answer.keep)
+            return answer
+
+    async def stream(self, route: Route, body: bytes) -> StreamAnswer:
+        """POST ``body`` on a connection of ``route``; the answer once its head came, to be read as it comes."""
+        data = route.request(body)
+        read_timeout = self.settings.read_timeout
+        self.requests += 1
+        again = True
+        while True:
+            conn, kept = await self._acquire(route)
+            answer = conn.open_stream(data, read_timeout)  # owns the connection from here on
+            try:
+                await answer._head
+            except _Dropped as exc:
+                answer._release(False)
+                if kept and again and not exc.answered:  # a kept connection the server had closed: once more
+                    again = False
+                    self.reconnects += 1
+                    continue
+                raise LLMConnectionError(f"the connection to the model server dropped: {exc}") from None
+            except BaseException:
+                answer._release(False)
+                raise
             return answer
 
     async def _acquire(self, route: Route) -> tuple[_Conn, bool]:
@@ -428,6 +619,7 @@ class ConnectionPool:
         except OSError as exc:
             raise LLMConnectionError(f"cannot reach the model server at {route.host}:{route.port}: "
                                      f"{type(exc).__name__}: {exc}") from None
+        self.opened += 1
         return conn
 
     def _release(self, conn: _Conn, keep: bool) -> None:

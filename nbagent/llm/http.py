@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import Endpoint, HTTPSettings
-from .conns import ConnectionPool, Route
+from .conns import ConnectionPool, Route, StreamAnswer
 from .jsonio import dumps_body, loads
 from .wire import error_from_body
 
 if TYPE_CHECKING:  # pragma: no cover
     import aiohttp
 
-__all__ = ["DirectTransport", "StreamReply"]
+__all__ = ["DirectTransport", "StreamReply", "import_http_stack"]
 
 log = logging.getLogger("nbagent.http")
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -64,21 +64,43 @@ class StreamReply:
         self.status_code = resp.status
         self.headers = resp.headers
 
-    async def lines(self) -> AsyncIterator[str]:
+    def lines(self) -> AsyncIterator[str]:
         """Each line of the body; lines of any length (aiohttp's readline caps them at 64 KiB)."""
-        tail = b""
-        async for data in self._resp.content.iter_any():
-            if tail:
-                data = tail + data
-            parts = data.split(b"\n")
-            tail = parts.pop()
-            for raw in parts:
-                yield raw.rstrip(b"\r").decode("utf-8", "replace")
-        if tail:
-            yield tail.rstrip(b"\r").decode("utf-8", "replace")
+        return _lines(self._resp.content.iter_any())
 
     async def aclose(self) -> None:
         self._resp.release()
+
+
+class _OwnStream:
+    """A streamed answer over nbagent's own connections (:class:`~nbagent.llm.conns.StreamAnswer`)."""
+
+    __slots__ = ("_answer", "status_code", "headers")
+
+    def __init__(self, answer: StreamAnswer) -> None:
+        self._answer = answer
+        self.status_code = answer.status
+        self.headers = answer.headers
+
+    def lines(self) -> AsyncIterator[str]:
+        return _lines(self._answer.pieces())
+
+    async def aclose(self) -> None:
+        await self._answer.aclose()
+
+
+async def _lines(pieces: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines (as text, without line ends) of a body that comes in pieces."""
+    tail = b""
+    async for data in pieces:
+        if tail:
+            data = tail + data
+        parts = data.split(b"\n")
+        tail = parts.pop()
+        for raw in parts:
+            yield raw.rstrip(b"\r").decode("utf-8", "replace")
+    if tail:
+        yield tail.rstrip(b"\r").decode("utf-8", "replace")
 
 
 class DirectTransport:
@@ -126,8 +148,8 @@ class DirectTransport:
                                   headers=target.stream_headers if stream else target.headers)
         if log.isEnabledFor(logging.INFO):
             v = resp.version
-            log.info('HTTP Request: POST %s "HTTP/%s %s %s"', target.text_url,
-                     f"{v.major}.{v.minor}" if v is not None else "1.1", resp.status, resp.reason)
+            _log_answer(target, f"HTTP/{v.major}.{v.minor}" if v is not None else "HTTP/1.1", resp.status,
+                        resp.reason or "")
         if resp.status >= 400:
             try:
                 raw = await resp.read()
@@ -136,18 +158,23 @@ class DirectTransport:
             raise _status_error(resp.status, raw, resp.headers)
         return resp
 
+    def _own(self, target: _Target) -> ConnectionPool | None:
+        """The pool of nbagent's own connections, when ``target`` can be reached over them."""
+        if target.route is None or self._proxied:
+            return None
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = ConnectionPool(self.settings, asyncio.get_running_loop())
+        return pool
+
     async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> bytes:
         """POST ``body``; the answer's bytes (an HTTP error raises its exception-tree error)."""
         target = self._target(endpoint)
-        route = target.route
-        if route is not None and not self._proxied:
-            pool = self._pool
-            if pool is None:
-                pool = self._pool = ConnectionPool(self.settings, asyncio.get_running_loop())
-            answer = await pool.post(route, dumps_body(body))
-            if log.isEnabledFor(logging.INFO):
-                log.info('HTTP Request: POST %s "%s %s %s"', target.text_url, answer.version, answer.status,
-                         answer.reason)
+        pool = self._own(target)
+        if pool is not None:
+            assert target.route is not None
+            answer = await pool.post(target.route, dumps_body(body))
+            _log_answer(target, answer.version, answer.status, answer.reason)
             if answer.status >= 400:
                 raise _status_error(answer.status, answer.body, answer.headers)
             return answer.body
@@ -157,9 +184,22 @@ class DirectTransport:
         finally:
             resp.release()
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply:
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> StreamReply | _OwnStream:
         """POST ``body`` for a stream; the reply whose lines are read as they come (close it with ``aclose``)."""
-        return StreamReply(await self._post(endpoint, body, True))
+        target = self._target(endpoint)
+        pool = self._own(target)
+        if pool is None:
+            return StreamReply(await self._post(endpoint, body, True))
+        assert target.route is not None
+        answer = await pool.stream(target.route, dumps_body(body))
+        _log_answer(target, answer.version, answer.status, answer.reason)
+        if answer.status >= 400:
+            try:
+                raw = await answer.read_all()
+            finally:
+                await answer.aclose()
+            raise _status_error(answer.status, raw, answer.headers)
+        return _OwnStream(answer)
 
     def pool_stats(self) -> dict[str, Any]:
         """Connections in use, idle and waited for: nbagent's own and aiohttp's (streams) together."""
@@ -181,6 +221,18 @@ class DirectTransport:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def import_http_stack() -> None:
+    """Import what the direct transport's first request needs (aiohttp only when a proxy is set: requests
+    go through it then), so that a run does not pause its loop for the imports."""
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        import aiohttp  # noqa: F401
+
+
+def _log_answer(target: _Target, version: str, status: int, reason: str) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info('HTTP Request: POST %s "%s %s %s"', target.text_url, version, status, reason)
 
 
 def _status_error(status: int, raw: bytes, headers: Any) -> Exception:

@@ -81,14 +81,11 @@ def warm_up_client() -> None:
 
     ``import nbagent`` and ``%load_ext nbagent`` import none of it; a run imports what it lacks itself.
     """
-    from ..llm.http import DirectTransport  # noqa: F401 - the direct transport
+    from ..llm.http import import_http_stack
     from ..llm.tokens import encoding
 
     encoding()  # tiktoken and its BPE file
-    try:
-        import aiohttp  # noqa: F401 - the transport imports it when it opens its first session
-    except ImportError:  # pragma: no cover - a core dependency
-        pass
+    import_http_stack()
 
 
 def warm_up_magics(magics: Any) -> None:

@@ -274,10 +274,9 @@ def _import_http_stack() -> None:
     """Import the HTTP stack before a run starts (the idle warm-up has usually done it): imported by the run
     when it opens its first connection, it would pause the loop while the run is in flight, and the loop
     monitor would report that pause as a block of the run."""
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:  # pragma: no cover - a core dependency
-        pass
+    from ..llm.http import import_http_stack
+
+    import_http_stack()
 
 
 def _tags(values: list[str]) -> list[str]:
