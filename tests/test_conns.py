@@ -489,3 +489,18 @@ async def test_the_client_streams_over_its_own_connections_gzip_and_errors_inclu
         assert srv.connections == 1 and client.pool_stats()["connections_idle"] == 1
         assert client.transport()._session is None  # type: ignore[attr-defined]
         await client.aclose()
+
+
+async def test_reading_a_stream_after_closing_it_raises() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        while await srv.read_request(reader) is not None:
+            writer.write(sse_chunks(["a"])[:-5])  # never the last chunk
+            await writer.drain()
+
+    async with Scripted(handler) as srv:
+        pool, route = pool_for(srv)
+        answer = await pool.stream(route, b"{}")
+        await answer.aclose()
+        with pytest.raises(LLMConnectionError, match="closed"):
+            await asyncio.wait_for(answer.read_all(), 5)  # instead of waiting forever
+        await pool.aclose()

@@ -9,7 +9,7 @@ TCP or TLS. That is what this module does, on ``asyncio`` protocols:
 - **Pool.** Connections are kept per endpoint (most recently used first) and shared under one limit,
   ``[http] max_connections``; a request waits at most ``pool_timeout`` for a free one. An idle connection is
   closed after ``keepalive_expiry`` seconds, when the server closes it, or when more than
-  ``max_keepalive_connections`` are idle.
+  ``max_keepalive_connections`` are idle (an expired one is closed when it would next be used).
 - **Timeouts.** ``connect_timeout`` for the TCP and TLS handshake; ``read_timeout`` for the longest silence
   while an answer is awaited (the deadline moves with each read, one timer per request). They raise
   :class:`~nbagent.errors.LLMTimeout` with phase ``connect`` or ``read``.
@@ -142,6 +142,9 @@ class StreamAnswer:
         return b"".join(parts)
 
     async def aclose(self) -> None:
+        if not self._ended and self._error is None:
+            self._error = LLMConnectionError("the stream was closed")
+            self._poke()
         self._release(False)
 
     # -- from the connection -----------------------------------------------------------------------------------
@@ -254,15 +257,19 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.busy:
-            if self.status and self.length is None and not self.chunked:  # an answer delimited by the close
-                self._piece(bytes(self.buf))
-                self._end(False)
-            else:
-                why = f"{type(exc).__name__}: {exc}" if exc is not None else "the server closed the connection"
-                self._fail(_Dropped(why, self.got))
-        self._cancel_timer()
-        self.pool._forget(self)
+        try:
+            if self.busy:
+                if exc is None and self.status and self.length is None and not self.chunked:
+                    self._piece(bytes(self.buf))  # an answer delimited by the close
+                    self._end(False)
+                else:
+                    why = f"{type(exc).__name__}: {exc}" if exc is not None else "the server closed the connection"
+                    self._fail(_Dropped(why, self.got))
+        except (ValueError, zlib.error) as err:
+            self._fail(_Dropped(f"malformed HTTP answer: {err}", True))
+        finally:
+            self._cancel_timer()
+            self.pool._forget(self)
 
     # -- the request -------------------------------------------------------------------------------------------
 
@@ -383,6 +390,7 @@ class _Conn(asyncio.Protocol):
             self.length = None
         if status in (204, 304):
             self.length = 0
+            self.chunked = False
         self.close_after = close
         self.version = version
         self.reason = reason
@@ -450,11 +458,27 @@ class _Conn(asyncio.Protocol):
             waiter.set_result(Answer(status, reason, version, headers, body, keep))
 
 
+class _Deflate:
+    """A deflate stream, with the zlib wrapper or raw (servers send both), told apart by its first bytes."""
+
+    def __init__(self) -> None:
+        self._d: Any = None
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._d is None:
+            raw = len(data) < 2 or (data[0] & 0x0F) != 8 or ((data[0] << 8) | data[1]) % 31 != 0
+            self._d = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+        return bytes(self._d.decompress(data))
+
+    def flush(self) -> bytes:
+        return bytes(self._d.flush()) if self._d is not None else b""
+
+
 def _inflater(encoding: str) -> Any:
     if encoding in ("gzip", "x-gzip"):
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if encoding == "deflate":
-        return zlib.decompressobj()
+        return _Deflate()
     raise ValueError(f"the answer is encoded as {encoding!r}, which was not asked for")
 
 
@@ -553,6 +577,8 @@ class ConnectionPool:
             raise LLMConnectionError("the client was closed")
         if self.open >= self.settings.max_connections:
             await self._wait_for_room(route)
+            if self._closed:
+                raise LLMConnectionError("the client was closed")
             if route.idle:
                 return await self._acquire(route)
         self.open += 1
@@ -581,6 +607,10 @@ class ConnectionPool:
             handle = self.loop.call_later(left, _settle_none, fut)
             try:
                 await fut
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    self._wake()  # a wake-up this waiter can no longer use goes to the next one
+                raise
             finally:
                 handle.cancel()
                 if fut in self._waiters:
@@ -610,9 +640,13 @@ class ConnectionPool:
                 tls = self._tls = ssl.create_default_context()
                 tls.set_alpn_protocols(["http/1.1"])
         try:
-            _, conn = await asyncio.wait_for(self.loop.create_connection(
-                lambda: _Conn(self, route), route.host, route.port, ssl=tls, server_hostname=route.server_hostname),
-                s.connect_timeout)
+            connect = self.loop.create_connection(lambda: _Conn(self, route), route.host, route.port, ssl=tls,
+                                                  server_hostname=route.server_hostname)
+            if hasattr(asyncio, "timeout"):  # Python 3.11+: a cancel at the connect's end is not swallowed
+                async with asyncio.timeout(s.connect_timeout):
+                    _, conn = await connect
+            else:  # pragma: no cover - Python 3.10
+                _, conn = await asyncio.wait_for(connect, s.connect_timeout)
         except asyncio.TimeoutError:  # TimeoutError since Python 3.11
             raise LLMTimeout(f"connect timeout talking to the model server at {route.host}:{route.port} "
                              f"({s.connect_timeout:g} s)", phase="connect") from None
