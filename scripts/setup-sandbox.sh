@@ -27,6 +27,7 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the HTTP client's TLS test makes a certificate
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing: ${missing[*]}"
     # update the package lists only when they are missing or the install fails on stale lists
@@ -40,7 +41,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
 else
-    say "packages present: docker.io bubblewrap debootstrap"
+    say "packages present: docker.io bubblewrap debootstrap openssl"
 fi
 
 # --- docker engine -----------------------------------------------------------------------------
