@@ -517,49 +517,46 @@ class ConnectionPool:
 
     async def post(self, route: Route, body: bytes) -> Answer:
         """POST ``body`` on a connection of ``route``; the answer, whole."""
-        data = route.request(body)
-        read_timeout = self.settings.read_timeout
-        self.requests += 1
-        again = True
-        while True:
-            conn, kept = await self._acquire(route)
-            try:
-                answer = await conn.send(data, read_timeout)
-            except _Dropped as exc:
-                self._release(conn, False)
-                if kept and again and not exc.answered:  # a kept connection the server had closed: once more
-                    again = False
-                    self.reconnects += 1
-                    continue
-                raise LLMConnectionError(f"the connection to the model server dropped: {exc}") from None
-            except BaseException:
-                self._release(conn, False)
-                raise
-            self._release(conn, answer.keep)
-            return answer
+        answer = await self._send(route, body, False)
+        assert isinstance(answer, Answer)
+        return answer
 
     async def stream(self, route: Route, body: bytes) -> StreamAnswer:
         """POST ``body`` on a connection of ``route``; the answer once its head came, to be read as it comes."""
+        answer = await self._send(route, body, True)
+        assert isinstance(answer, StreamAnswer)
+        return answer
+
+    async def _send(self, route: Route, body: bytes, stream: bool) -> Answer | StreamAnswer:
+        """One request, sent once more on a new connection when a kept one turns out closed by the server."""
         data = route.request(body)
         read_timeout = self.settings.read_timeout
         self.requests += 1
         again = True
         while True:
             conn, kept = await self._acquire(route)
-            answer = conn.open_stream(data, read_timeout)  # owns the connection from here on
+            opened = conn.open_stream(data, read_timeout) if stream else None  # owns the connection from here on
             try:
-                await answer._head
-            except _Dropped as exc:
-                answer._release(False)
+                if opened is None:
+                    whole = await conn.send(data, read_timeout)
+                else:
+                    await opened._head
+            except BaseException as exc:
+                if opened is None:
+                    self._release(conn, False)
+                else:
+                    opened._release(False)
+                if not isinstance(exc, _Dropped):
+                    raise
                 if kept and again and not exc.answered:  # a kept connection the server had closed: once more
                     again = False
                     self.reconnects += 1
                     continue
                 raise LLMConnectionError(f"the connection to the model server dropped: {exc}") from None
-            except BaseException:
-                answer._release(False)
-                raise
-            return answer
+            if opened is not None:
+                return opened
+            self._release(conn, whole.keep)
+            return whole
 
     async def _acquire(self, route: Route) -> tuple[_Conn, bool]:
         idle = route.idle
