@@ -75,6 +75,17 @@ def ok(body: bytes = b'{"ok":true}', *extra: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+def answering(reply: bytes | Callable[[bytes], bytes], tls: ssl.SSLContext | None = None) -> Scripted:
+    """A server that answers every request on every connection with ``reply`` (or ``reply(body)``)."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        while (body := await srv.read_request(reader)) is not None:
+            writer.write(reply(body) if callable(reply) else reply)
+            await writer.drain()
+
+    srv = Scripted(handler, tls=tls)
+    return srv
+
+
 def pool_for(srv: Scripted, scheme: str = "http", **settings: Any) -> tuple[ConnectionPool, Route]:
     pool = ConnectionPool(HTTPSettings(**settings), asyncio.get_running_loop())
     route = Route(scheme, "127.0.0.1" if scheme == "http" else "localhost", srv.port, "/v1/chat/completions",
@@ -83,12 +94,7 @@ def pool_for(srv: Scripted, scheme: str = "http", **settings: Any) -> tuple[Conn
 
 
 async def test_answers_with_a_length_keep_their_connection() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
-        while (body := await srv.read_request(reader)) is not None:
-            writer.write(ok(b'{"echo":' + body + b"}"))
-            await writer.drain()
-
-    async with Scripted(handler) as srv:
+    async with answering(lambda body: ok(b'{"echo":' + body + b"}")) as srv:
         pool, route = pool_for(srv)
         answers = [await pool.post(route, json.dumps({"n": i}).encode()) for i in range(3)]
         assert [json.loads(a.body)["echo"]["n"] for a in answers] == [0, 1, 2]
@@ -185,6 +191,63 @@ async def test_a_kept_connection_closed_by_the_server_is_retried_once_on_a_new_o
         assert (await pool.post(route, b"{}")).body == b'{"n":0}'
         assert (await pool.post(route, b"{}")).body == b'{"n":1}'
         assert pool.reconnects == 1 and srv.connections == 2
+
+
+async def test_a_kept_connection_dropped_long_after_the_write_is_not_sent_again() -> None:
+    """A close that comes well after the request was written may follow a request the server read (and billed):
+    it is not the idle-close race, so the request is not sent a second time."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        await srv.read_request(reader)
+        writer.write(ok())
+        await writer.drain()
+        await srv.read_request(reader)
+        await asyncio.sleep(0.3)  # works on it for a while, then drops it unanswered
+        writer.transport.abort()
+
+    async with Scripted(handler) as srv:
+        pool, route = pool_for(srv)
+        pool.stale_window = 0.1
+        await pool.post(route, b"{}")
+        with pytest.raises(LLMConnectionError, match="dropped"):
+            await pool.post(route, b"{}")
+        assert len(srv.requests) == 2 and srv.connections == 1 and pool.reconnects == 0
+
+
+async def test_a_woken_pool_waiter_cancelled_before_it_runs_passes_the_wake_up_on() -> None:
+    """The one free connection's wake-up goes to the first waiter; that waiter is cancelled before it runs. The
+    next waiter must get the connection at once, not sit until ``pool_timeout``."""
+    go = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        while await srv.read_request(reader) is not None:
+            if len(srv.requests) == 1:
+                await go.wait()
+            writer.write(ok())
+            await writer.drain()
+
+    async with Scripted(handler) as srv:
+        pool, route = pool_for(srv, max_connections=1, pool_timeout=60.0)
+        first = asyncio.ensure_future(pool.post(route, b"{}"))
+        while srv.connections == 0:
+            await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(pool.post(route, b"{}"))
+        third = asyncio.ensure_future(pool.post(route, b"{}"))
+        while len(pool._waiters) < 2:
+            await asyncio.sleep(0.01)
+        wake, second_waiter = pool._wake, pool._waiters[0]
+
+        def wake_then_cancel() -> None:  # the wake-up reaches the second request, which is cancelled at once
+            wake()
+            assert second_waiter.done()
+            second.cancel()
+            pool._wake = wake  # type: ignore[method-assign]
+
+        pool._wake = wake_then_cancel  # type: ignore[method-assign]
+        go.set()
+        await first
+        assert (await asyncio.wait_for(third, 10)).status == 200  # not after pool_timeout
+        assert second.cancelled() and srv.connections == 1
+        await pool.aclose()
 
 
 async def test_a_new_connection_dropped_before_the_answer_raises_connection_error() -> None:
@@ -285,12 +348,7 @@ async def test_the_pool_limit_queues_requests_and_times_out_after_pool_timeout()
 
 
 async def test_refused_connection_and_expired_keepalive() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
-        while await srv.read_request(reader) is not None:
-            writer.write(ok())
-            await writer.drain()
-
-    async with Scripted(handler) as srv:
+    async with answering(ok()) as srv:
         pool, route = pool_for(srv, keepalive_expiry=0.0)
         for _ in range(2):
             await pool.post(route, b"{}")
@@ -336,12 +394,7 @@ async def test_tls_answers_are_read_over_a_verified_connection(tls_files: tuple[
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
-        while await srv.read_request(reader) is not None:
-            writer.write(ok(b'{"tls":true}'))
-            await writer.drain()
-
-    async with Scripted(handler, tls=server_tls) as srv:
+    async with answering(ok(b'{"tls":true}'), tls=server_tls) as srv:
         pool, route = pool_for(srv, scheme="https")
         with pytest.raises(LLMConnectionError, match="CERTIFICATE_VERIFY_FAILED"):  # not trusted by default
             await pool.post(route, b"{}")
@@ -420,12 +473,7 @@ async def test_a_stream_comes_piece_by_piece_and_its_connection_is_kept_at_its_e
 
 
 async def test_a_stream_closed_before_its_end_closes_its_connection() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
-        while await srv.read_request(reader) is not None:
-            writer.write(sse_chunks(["a"])[:-5])  # never the last chunk
-            await writer.drain()
-
-    async with Scripted(handler) as srv:
+    async with answering(sse_chunks(["a"])[:-5]) as srv:  # never the last chunk
         pool, route = pool_for(srv)
         answer = await pool.stream(route, b"{}")
         assert await answer.read() == b"data: a\n\n"
@@ -492,12 +540,7 @@ async def test_the_client_streams_over_its_own_connections_gzip_and_errors_inclu
 
 
 async def test_reading_a_stream_after_closing_it_raises() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
-        while await srv.read_request(reader) is not None:
-            writer.write(sse_chunks(["a"])[:-5])  # never the last chunk
-            await writer.drain()
-
-    async with Scripted(handler) as srv:
+    async with answering(sse_chunks(["a"])[:-5]) as srv:  # never the last chunk
         pool, route = pool_for(srv)
         answer = await pool.stream(route, b"{}")
         await answer.aclose()

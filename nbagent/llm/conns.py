@@ -1,5 +1,5 @@
-"""The direct transport's own HTTP/1.1 client for answers read whole: keep-alive connections, a request written
-from a template, the answer parsed as it arrives.
+"""The direct transport's own HTTP/1.1 client: keep-alive connections, a request written from a template, the
+answer parsed as it arrives (read whole, or handed on piece by piece for a stream).
 
 aiohttp's request machinery (request and response objects, header multidicts, URL models, timers, tracing
 hooks) costs more CPU per call than everything else nbagent does for it. An OpenAI-compatible endpoint needs
@@ -14,14 +14,15 @@ TCP or TLS. That is what this module does, on ``asyncio`` protocols:
   while an answer is awaited (the deadline moves with each read, one timer per request). They raise
   :class:`~nbagent.errors.LLMTimeout` with phase ``connect`` or ``read``.
 - **Failures.** A refused or dropped connection raises :class:`~nbagent.errors.LLMConnectionError`. A kept
-  connection that the server closed while it was idle (the request met a closed socket and no answer came back)
-  is retried once on a new connection, as browsers and urllib3 do; every other failure is left to the
-  client's retry policy.
+  connection that the server had closed while it was idle is retried once on a new connection, as browsers
+  and urllib3 do: the request met a closed socket, no byte of an answer came back, and the close came within
+  ``STALE_WINDOW`` seconds of the write. A later close may follow a request the server did read (and bill),
+  so it is not sent again here; that and every other failure is left to the client's retry policy.
 - **Cancellation** (a request timeout, an interrupt) closes the connection: half an answer is never read by
   the next request.
 
-Streams, and every request when a proxy is set in the environment, go through aiohttp
-(:mod:`nbagent.llm.http`).
+Answers read whole and streams both come through here; only when a proxy is set in the environment do
+requests go through aiohttp (:mod:`nbagent.llm.http`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ __all__ = ["Answer", "ConnectionPool", "Route", "StreamAnswer"]
 
 _MAX_HEAD = 64 * 1024  # the status line and headers of an answer
 _SIZE, _TRAILER = -1, -2  # chunked answers: a chunk's size line is next; the trailer is next
+#: Seconds after a request's write within which a silent close of a kept connection counts as the server
+#: having closed it while idle (the close and the write crossed): only then is the request sent again.
+STALE_WINDOW = 1.0
 
 
 class Answer:
@@ -218,6 +222,7 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[Answer] | None = None  # the answer, read whole
         self.stream: StreamAnswer | None = None  # or the answer, read as it comes
         self.got = False  # a byte of the current answer came
+        self.sent_at = 0.0  # when the current request was written
         self.last_read = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self._reset()
@@ -277,7 +282,7 @@ class _Conn(asyncio.Protocol):
         loop = self.loop
         self.busy = True
         self.got = False
-        self.last_read = now = loop.time()
+        self.sent_at = self.last_read = now = loop.time()
         self.timer = loop.call_at(now + read_timeout, self._check_read, read_timeout)
         assert self.transport is not None
         self.transport.write(data)
@@ -505,6 +510,7 @@ class ConnectionPool:
         self.requests = 0
         self.opened = 0  # connections opened so far
         self.reconnects = 0  # requests sent again because a kept connection had been closed by the server
+        self.stale_window = STALE_WINDOW
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._routes: list[Route] = []
         self._tls: ssl.SSLContext | None = None
@@ -548,7 +554,8 @@ class ConnectionPool:
                     opened._release(False)
                 if not isinstance(exc, _Dropped):
                     raise
-                if kept and again and not exc.answered:  # a kept connection the server had closed: once more
+                if kept and again and not exc.answered and self.loop.time() - conn.sent_at <= self.stale_window:
+                    # a kept connection the server had closed while it was idle: once more
                     again = False
                     self.reconnects += 1
                     continue

@@ -95,8 +95,9 @@ SCALE_CELLS = [
 
 
 def _write_notebook(path: Path, sources: list[str] = NOTEBOOK_CELLS) -> None:
-    cells = [{"cell_type": "code", "execution_count": None, "id": uuid.uuid4().hex[:8], "metadata": {},
-              "outputs": [], "source": src} for src in sources]
+    cells: list[dict[str, Any]] = [
+        {"cell_type": "code", "execution_count": None, "id": uuid.uuid4().hex[:8], "metadata": {}, "outputs": [],
+         "source": src} for src in sources]
     nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                       "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
     path.write_text(json.dumps(nb))
