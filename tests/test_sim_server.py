@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -748,6 +749,19 @@ async def test_spawn_subprocess_mode() -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     handle.stop()  # idempotent
+
+
+async def test_spawn_on_uvloop_serves_answers_and_streams() -> None:
+    """``uvloop=True`` (the overhead benchmark's server) runs the child on uvloop and serves as before."""
+    with SimServer.spawn(latency=0.0, uvloop=True, record_history=False) as handle:
+        maps = await asyncio.to_thread(Path(f"/proc/{handle.process.pid}/maps").read_text)
+        assert "uvloop" in maps  # the child loaded uvloop's extension
+        c = client(handle)
+        r = await c.chat.completions.create(model="m", messages=USER)
+        assert r.choices[0].message.content == "Answer to: " + USER[0]["content"]
+        chunks = await stream_chunks(c, messages=USER, stream_options={"include_usage": True})
+        assert chunks[-1].usage is not None and handle.requests == 2 and handle.history == []
+        await c.close()
 
 
 def test_spawn_rejects_behavior_and_bad_settings() -> None:

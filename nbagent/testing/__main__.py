@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overload-retry-after", type=float, help="Retry-After of a rejection (seconds)")
     p.add_argument("--watch-stdin", action="store_true", help="exit when standard input reaches end of file")
     p.add_argument("--quiet", action="store_true", help="print only the port")
+    p.add_argument("--uvloop", action="store_true",
+                   help="serve on uvloop's event loop: about a quarter less CPU per request, for benchmarks where "
+                        "the server shares the machine with the client it serves")
     return p
 
 
@@ -115,6 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            print("error: --uvloop needs the uvloop package (pip install uvloop)", file=sys.stderr)
+            return 2
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
         asyncio.run(serve(args.host, args.port, config, watch_stdin=args.watch_stdin, quiet=args.quiet))
     except KeyboardInterrupt:

@@ -262,7 +262,8 @@ class SimServer:
     def spawn(cls, **kwargs: Any) -> SpawnedSimServer:
         """Run the server as a subprocess (``python -m nbagent.testing``) with the same keyword arguments.
 
-        ``behavior`` is not supported in this mode.
+        ``behavior`` is not supported in this mode. ``uvloop=True`` serves on uvloop's event loop (less CPU per
+        request; the ``uvloop`` package must be installed).
         """
         from .spawn import SpawnedSimServer
 
