@@ -88,6 +88,7 @@ class BatchControl:
     def pause(self) -> None:
         """Start no new run, and no new model call in the runs in flight (their current call finishes)."""
         self.gate.close()
+        self._notify()
 
     def resume(self) -> None:
         """Undo :meth:`pause`."""
@@ -111,10 +112,11 @@ class BatchControl:
             raise TypeError(f"unknown limit(s) {', '.join(unknown)}; known: {known}")
         for name, value in limits.items():
             setattr(target, name, value)
+        self._notify()
 
     def on_change(self, fn: Callable[[], None]) -> Callable[[], None]:
-        """Call ``fn()`` after every change of concurrency or pause (the batch grows its workers there); returns
-        the function that stops it."""
+        """Call ``fn()`` after every change (pause, resume, concurrency, limits): the batch grows its workers
+        there, and its notebook controls redraw. Returns the function that stops it."""
         self._listeners.append(fn)
         return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 

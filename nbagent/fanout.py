@@ -144,6 +144,7 @@ class Batch:
         self.task = task
         self.control = control
         self.bar = bar
+        self.widget: Any = None  # its live controls, when shown in a notebook
 
     def _control(self) -> BatchControl:
         if self.control is None:
@@ -196,11 +197,15 @@ def map(  # noqa: A001 - nbagent.map is the public name
     concurrency: int = 8,
     executor: str = "local",
     progress: bool = True,
+    controls: bool = True,
     **options: Any,
 ) -> Any:
     """Run a batch (see the module docs). Inside a running event loop (a notebook) this starts the batch
     on that loop and returns a :class:`Batch` to ``await``; otherwise it blocks and returns the
     :class:`BatchResult`. Options: ``agent_factory``, ``workers``, ``address``, ``store``, ``desc``.
+
+    In a notebook, ``controls`` shows the batch's live controls under its progress line: Pause/Resume, the
+    concurrency and the runs' limits (:mod:`nbagent.notebook.batch_controls`; local executor only).
     """
     control = BatchControl(concurrency, agent=agent) if executor == "local" else None
     try:
@@ -215,7 +220,10 @@ def map(  # noqa: A001 - nbagent.map is the public name
     coro = amap(items, agent=agent, concurrency=concurrency, executor=executor, progress=bar, control=control,
                 **options)
     if loop is not None:
-        return Batch(loop.create_task(coro, name="nbagent:map"), control, bar if bar is not False else None)
+        batch = Batch(loop.create_task(coro, name="nbagent:map"), control, bar if bar is not False else None)
+        if controls and control is not None and "IPython" in sys.modules:
+            batch.widget = _show_controls(control, batch.task)
+        return batch
 
     async def main() -> BatchResult:
         try:
@@ -350,6 +358,15 @@ def _driver_store(store: Any) -> Any:
 
         return runtime().store
     return store
+
+
+def _show_controls(control: BatchControl, task: asyncio.Task[Any]) -> Any:
+    """The batch's live controls in the current cell when this runs in a notebook kernel (else None)."""
+    try:
+        from .notebook.batch_controls import in_kernel, show_controls
+    except ImportError:  # pragma: no cover - IPython without the notebook extra's parts
+        return None
+    return show_controls(control, task) if in_kernel() else None
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> Any:

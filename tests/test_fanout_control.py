@@ -141,3 +141,46 @@ def test_control_needs_the_local_executor() -> None:
     with pytest.raises(RuntimeError, match="executor='local'"):
         batch.pause()
 
+
+
+def test_limits_typed_in_the_controls_are_parsed_or_refused() -> None:
+    from nbagent.notebook.batch_controls import parse_limit
+
+    assert parse_limit("", int) is None and parse_limit(" none ", float) is None
+    assert parse_limit("5", int) == 5 and parse_limit("2.5", float) == 2.5
+    for bad, kind in (("abc", int), ("5.5", int), ("-1", int), ("inf", float), ("nan", float)):
+        with pytest.raises(ValueError):
+            parse_limit(bad, kind)
+
+
+async def test_the_notebook_controls_drive_a_running_batch_and_follow_changes_from_code() -> None:
+    from nbagent.notebook.batch_controls import BatchControls
+
+    async with SimServer(latency=0.05, record_history=False) as srv:
+        agent = make_agent(srv.url)
+        batch = nb_map([f"q{i}" for i in range(10)], agent=agent, concurrency=2, progress=False)
+        assert batch.control is not None and batch.widget is None  # not in a kernel: nothing shown
+        box = BatchControls(batch.control)
+        await until(lambda: srv.requests >= 1, "the batch has started")
+        box.pause.value = True  # as a click in the browser sets it
+        assert batch.paused and box.pause.description == "Resume" and "paused" in box.status.value
+        batch.resume()  # from code: drawn back in the controls
+        assert box.pause.value is False and box.pause.description == "Pause"
+        box.concurrency.value = 4
+        assert batch.control.concurrency == 4
+        box.limits["max_steps"].value = "9"
+        box.limits["max_cost"].value = "0.5"
+        assert agent.limits.max_steps == 9 and agent.limits.max_cost == 0.5
+        box.limits["max_cost"].value = "-2"
+        assert agent.limits.max_cost == 0.5 and "max_cost" in box.status.value
+        box.limits["max_cost"].value = ""
+        assert agent.limits.max_cost is None
+        batch.set_concurrency(3)
+        assert box.concurrency.value == 3
+        result = await batch
+        box.finish()
+        assert result.ok == 10 and box.pause.disabled and box.concurrency.disabled and "finished" in box.status.value
+        batch.set_concurrency(5)  # after finish() the controls no longer follow the control
+        assert box.concurrency.value == 3
+        bundle = box._repr_mimebundle_()
+        assert bundle["text/plain"] == "nbagent batch controls (live in a running notebook)"

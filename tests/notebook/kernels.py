@@ -66,6 +66,14 @@ class KernelNotebook:
                                           "data": {"method": "custom", "content": {"event": "click"}}})
         kc.shell_channel.send(msg)
 
+    def update(self, model_id: str, **state: Any) -> None:
+        """Send what a frontend sends when the user changes a widget's value (a toggle, a typed number)."""
+        kc = self.client.kc
+        assert kc is not None
+        msg = kc.session.msg("comm_msg", {"comm_id": model_id,
+                                          "data": {"method": "update", "state": state, "buffer_paths": []}})
+        kc.shell_channel.send(msg)
+
     def stop_button_of(self, cell: NotebookNode) -> str:
         """The model id of the Stop button of the run widget shown in ``cell``."""
         button = self.widget_in(cell, "nbagent-stop")

@@ -205,3 +205,38 @@ def test_many_runs_from_one_cell_are_one_compact_view_also_in_the_saved_notebook
     assert static == ["5"], static
     lines = re.findall(r'<summary class="nbagent-line" data-run="(fan-\d)" data-status="(\w+)"', body)
     assert sorted(lines) == [(f"fan-{i}", "ok") for i in range(5)], lines
+
+
+def test_batch_controls_pause_resume_concurrency_and_limits_from_the_widget(kn: KernelNotebook,
+                                                                            sim: SimServer) -> None:
+    """``nbagent.map`` in a notebook shows its controls; what a frontend sends when they are used reaches the
+    batch, and a change made from code is drawn back in them."""
+    sim.configure(latency=0.1)
+    before = sim.requests
+    start = kn.run("import nbagent\nbatch = nbagent.map([f'c{i}' for i in range(40)], concurrency=2, desc='ctl')")
+    pause = kn.widget_in(start, "nbagent-batch-pause")
+    concurrency = kn.widget_in(start, "nbagent-batch-concurrency")
+    max_steps = kn.widget_in(start, "nbagent-batch-max-steps")
+    assert wait_for(lambda: sim.requests >= 2)
+    kn.update(pause, value=True)  # the toggle, pressed in a browser
+    shown = kn.run("print(batch.paused, batch.widget.pause.description)")
+    assert text_of(shown).split() == ["True", "Resume"], dump(shown)
+    assert wait_for(lambda: sim.stats()["in_flight"] == 0)
+    held = sim.requests
+    time.sleep(0.5)  # a bounded wait: a call would have started by now if the pause let it
+    assert sim.requests == held
+    kn.update(concurrency, value=5)
+    kn.update(max_steps, value="7")
+    shown = kn.run("print(batch.control.concurrency, batch.control.agent.limits.max_steps)")
+    assert text_of(shown).split() == ["5", "7"], dump(shown)
+    kn.update(max_steps, value="seven")  # refused with a message; the limit stays
+    shown = kn.run("print(batch.control.agent.limits.max_steps, 'not a whole number' in batch.widget.status.value)")
+    assert text_of(shown).split() == ["7", "True"], dump(shown)
+    kn.update(pause, value=False)
+    done = kn.run("r = await batch\nprint(r.ok, batch.widget.pause.disabled, 'finished' in batch.widget.status.value)")
+    assert text_of(done).split() == ["40", "True", "True"], dump(done)
+    assert sim.requests - before == 40  # one model call per run (no tools), none sent twice
+    again = kn.run("b2 = nbagent.map(['x', 'y'], concurrency=1, desc='code')\nb2.pause()\n"
+                   "print(b2.widget.pause.value, b2.widget.pause.description)\n"
+                   "b2.resume()\nr2 = await b2\nprint(r2.ok)")
+    assert text_of(again).split() == ["True", "Resume", "2"], dump(again)
