@@ -21,9 +21,26 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BatchControl", "Gate", "before_model_call"]
+__all__ = ["BatchControl", "Gate", "before_model_call", "call_in_loop"]
 
 _current_gate: contextvars.ContextVar[Gate | None] = contextvars.ContextVar("nbagent_gate", default=None)
+
+
+def call_in_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any) -> None:
+    """Call ``fn(*args)`` in ``loop``'s thread: now when already there, else soon and thread-safely.
+
+    A notebook frontend may deliver widget events on another thread (JupyterLab sends comm messages to a
+    kernel subshell, which has a thread and an event loop of its own). A change made there to ``loop``'s
+    futures or tasks would neither be safe nor wake ``loop`` up: it is handed over instead.
+    """
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is None or running is loop or loop.is_closed():
+        fn(*args)
+    else:
+        loop.call_soon_threadsafe(fn, *args)
 
 
 class Gate:

@@ -184,3 +184,40 @@ async def test_the_notebook_controls_drive_a_running_batch_and_follow_changes_fr
         assert box.concurrency.value == 3
         bundle = box._repr_mimebundle_()
         assert bundle["text/plain"] == "nbagent batch controls (live in a running notebook)"
+
+
+async def test_call_in_loop_hands_a_change_from_another_thread_to_the_loop_and_wakes_it() -> None:
+    """JupyterLab delivers widget events on a kernel subshell's thread: a change made there must reach the
+    batch's loop, and wake it while it sleeps with nothing else to do."""
+    from nbagent.control import call_in_loop
+
+    loop = asyncio.get_running_loop()
+    gate = Gate()
+    gate.close()
+    where: list[bool] = []
+
+    def resume() -> None:
+        where.append(asyncio.get_running_loop() is loop)
+        gate.open()
+
+    waiter = asyncio.ensure_future(gate.wait())
+    await asyncio.sleep(0.05)
+    await loop.run_in_executor(None, call_in_loop, loop, resume)  # from a thread of the executor
+    await asyncio.wait_for(waiter, 10)  # the loop woke: it had no other reason to
+    assert where == [True]
+    call_in_loop(loop, where.append, False)  # on the loop's own thread: called at once
+    assert where == [True, False]
+
+
+async def test_the_controls_hand_changes_made_on_another_thread_to_the_batch_loop() -> None:
+    from nbagent.notebook.batch_controls import BatchControls
+
+    control = BatchControl(2)
+    box = BatchControls(control)
+    seen: list[bool] = []
+    control.on_change(lambda: seen.append(asyncio.get_running_loop() is box.loop))
+    await asyncio.to_thread(setattr, box.pause, "value", True)
+    await until(lambda: control.paused, "the pause reached the loop")
+    await asyncio.to_thread(setattr, box.concurrency, "value", 7)
+    await until(lambda: control.concurrency == 7, "the concurrency reached the loop")
+    assert seen and all(seen)  # every change was made on the batch's loop

@@ -120,9 +120,12 @@ class RunHandle:
         self.cancel_requested = False
 
     def cancel(self) -> None:
-        """Stop the run: the in-flight HTTP request and running tools are cancelled at once."""
+        """Stop the run: the in-flight HTTP request and running tools are cancelled at once (from any thread:
+        the cancel is handed to the run's loop)."""
+        from ..control import call_in_loop
+
         self.cancel_requested = True
-        self.task.cancel()
+        call_in_loop(self.task.get_loop(), self.task.cancel)
 
     def done(self) -> bool:
         return self.task.done()

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..control import call_in_loop
+
 if TYPE_CHECKING:
     from .entry import RunEntry
     from .session import RunRegistry
@@ -130,12 +132,4 @@ def _resolve(future: asyncio.Future[str], answer: str) -> None:
         if not future.done():
             future.set_result(answer)
 
-    loop = future.get_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        set_answer()
-    else:
-        loop.call_soon_threadsafe(set_answer)
+    call_in_loop(future.get_loop(), set_answer)

@@ -4,6 +4,7 @@
 :func:`show_controls` shows them for any :class:`~nbagent.control.BatchControl`, e.g. a bench started as a
 task with ``control=``. The widgets hold no logic: each change calls the control (``pause``, ``resume``,
 ``set_concurrency``, ``set_limits``), and a change made from code (``batch.pause()``) is drawn back here.
+JupyterLab delivers widget events on a kernel subshell's thread: each change is handed to the batch's loop.
 
 Widget events reach the kernel only between cells: the controls work for a batch running in the background
 (``batch = nbagent.map(...)`` returns at once), not while a cell awaits it.
@@ -18,7 +19,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..control import BatchControl
+from ..control import BatchControl, call_in_loop
 
 __all__ = ["BatchControls", "in_kernel", "show_controls"]
 
@@ -43,8 +44,14 @@ def parse_limit(text: str, kind: type) -> int | float | None:
 class BatchControls(widgets.HBox):
     """Pause/Resume, concurrency and limit fields for one :class:`~nbagent.control.BatchControl`."""
 
-    def __init__(self, control: BatchControl) -> None:
+    def __init__(self, control: BatchControl, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.control = control
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        self.loop = loop  # the batch's loop, where every change to the control is made
         self.finished = False
         self.pause = widgets.ToggleButton(value=control.paused, description="Pause", icon="pause",
                                           tooltip="Start no new model call (the calls in flight finish)",
@@ -75,14 +82,23 @@ class BatchControls(widgets.HBox):
     # -- from the frontend ------------------------------------------------------------------------------------
 
     def _on_pause(self, change: dict[str, Any]) -> None:
-        if change["new"] != self.control.paused:
-            self.control.pause() if change["new"] else self.control.resume()
+        call_in_loop(self.loop, self._set_paused, bool(change["new"]))
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused != self.control.paused:
+            self.control.pause() if paused else self.control.resume()
 
     def _on_concurrency(self, change: dict[str, Any]) -> None:
-        if change["new"] != self.control.concurrency:
-            self.control.set_concurrency(int(change["new"]))
+        call_in_loop(self.loop, self._set_concurrency, int(change["new"]))
+
+    def _set_concurrency(self, n: int) -> None:
+        if n != self.control.concurrency:
+            self.control.set_concurrency(n)
 
     def _on_limit(self, name: str, text: str) -> None:
+        call_in_loop(self.loop, self._set_limit, name, text)
+
+    def _set_limit(self, name: str, text: str) -> None:
         kind = next(k for n, _, k in LIMIT_FIELDS if n == name)
         try:
             value = parse_limit(text, kind)

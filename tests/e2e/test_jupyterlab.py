@@ -94,6 +94,13 @@ SCALE_CELLS = [
 ]
 
 
+BATCH_CELLS = [
+    "%load_ext nbagent\nimport nbagent",
+    "batch = nbagent.map([f'q{i}' for i in range(24)], concurrency=2, desc='controlled')",
+    "r = await batch\nprint('done', r.ok, batch.control.concurrency, batch.control.agent.limits.max_steps)",
+]
+
+
 def _write_notebook(path: Path, sources: list[str] = NOTEBOOK_CELLS) -> None:
     cells: list[dict[str, Any]] = [
         {"cell_type": "code", "execution_count": None, "id": uuid.uuid4().hex[:8], "metadata": {}, "outputs": [],
@@ -112,6 +119,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     guard = SimServer(latency=0.2, tool_calls_per_run=1).start()
     _write_notebook(root / "e2e.ipynb")
     _write_notebook(root / "scale.ipynb", SCALE_CELLS)
+    _write_notebook(root / "batch.ipynb", BATCH_CELLS)
     port, token = _free_port(), uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "NBAGENT_", "JUPYTER"))}
     env.update(PYTHONPATH=str(ROOT), NBAGENT_BASE_URL=fast.url, NBAGENT_MODEL="sim", NBAGENT_HOME=str(home / "nb"),
@@ -375,3 +383,44 @@ def test_jupyterlab_waterfall_scroll_compact_view_and_compare(lab: dict[str, Any
         page.screenshot(path=str(ARTIFACTS / "e2e-11-failed-once.png"), full_page=True)
         # nbagent's own drawing is never named as what blocked the loop
         assert "widgets.py" not in page.locator(".jp-Notebook").inner_text()
+
+
+def test_jupyterlab_batch_controls_pause_resume_and_concurrency(lab: dict[str, Any], tmp_path: Path) -> None:
+    """The controls under nbagent.map's progress line, used in the browser: Pause holds every new model call,
+    a typed concurrency and limit reach the batch, Resume lets it finish, and the controls go grey at its end."""
+    fast = lab["fast"]  # the default endpoint: 0.7 s per answer, one model call per run (no tools)
+    with _lab_page(lab, tmp_path, "batch.ipynb", "e2e-failure-batch.png") as page:
+        page.keyboard.press("Shift+Enter")  # %load_ext nbagent
+        page.keyboard.press("Shift+Enter")  # batch = nbagent.map(...): returns at once
+        controls = page.locator(".nbagent-batch-controls").first
+        controls.wait_for(timeout=60_000)
+        pause = controls.locator(".nbagent-batch-pause")
+        before = fast.requests
+        deadline = time.monotonic() + 60
+        while fast.requests < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fast.requests >= before + 2
+        pause.click()
+        page.wait_for_function("() => document.querySelector('.nbagent-batch-pause')?.innerText.includes('Resume')",
+                               timeout=30_000)  # the kernel paused the batch and drew it back
+        deadline = time.monotonic() + 30
+        while fast.stats()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = fast.requests
+        time.sleep(1.5)  # two answer times: a new call would have started by now if the pause let it
+        assert fast.requests == held
+        page.screenshot(path=str(ARTIFACTS / "e2e-12-batch-paused.png"), full_page=True)
+        for css, value in (("nbagent-batch-concurrency", "4"), ("nbagent-batch-max-steps", "3")):
+            field = controls.locator(f".{css} input").first
+            field.fill(value)
+            field.press("Enter")
+        pause.click()  # Resume
+        page.wait_for_function(
+            "() => document.querySelector('.nbagent-batch-pause')?.disabled === true", timeout=120_000)
+        assert "finished" in controls.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "e2e-13-batch-finished.png"), full_page=True)
+        page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(2).click()  # the fields took the focus
+        page.keyboard.press("Shift+Enter")  # r = await batch; print(...)
+        out = page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea-output")
+        out.first.wait_for(timeout=60_000)
+        assert out.first.inner_text().split() == ["done", "24", "4", "3"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.util import run_sync
 from nbformat import NotebookNode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,7 @@ class KernelNotebook:
                                      resources={"metadata": {"path": str(workdir)}}, record_timing=True)
         self._cm = self.client.setup_kernel(env=env)
         self._cm.__enter__()
+        self._subshell: str | None = None
 
     def run(self, source: str, *, raises: bool = False) -> NotebookNode:
         """Append a code cell and execute it; returns the cell (its outputs keep updating by display id).
@@ -59,19 +61,28 @@ class KernelNotebook:
         return dict(self.client.widget_state)
 
     def click(self, model_id: str) -> None:
-        """Send what a frontend sends when a button is clicked."""
-        kc = self.client.kc
-        assert kc is not None
-        msg = kc.session.msg("comm_msg", {"comm_id": model_id,
-                                          "data": {"method": "custom", "content": {"event": "click"}}})
-        kc.shell_channel.send(msg)
+        """Send what JupyterLab sends when a button is clicked."""
+        self._comm_msg(model_id, {"method": "custom", "content": {"event": "click"}})
 
     def update(self, model_id: str, **state: Any) -> None:
-        """Send what a frontend sends when the user changes a widget's value (a toggle, a typed number)."""
+        """Send what JupyterLab sends when the user changes a widget's value (a toggle, a typed number)."""
+        self._comm_msg(model_id, {"method": "update", "state": state, "buffer_paths": []})
+
+    def _comm_msg(self, model_id: str, data: dict[str, Any]) -> None:
+        """A widget message as JupyterLab (4.4+) sends it to a kernel with subshells (ipykernel 7): on a subshell,
+        whose handlers run on a thread of their own, not the kernel's main thread and loop."""
         kc = self.client.kc
         assert kc is not None
-        msg = kc.session.msg("comm_msg", {"comm_id": model_id,
-                                          "data": {"method": "update", "state": state, "buffer_paths": []}})
+        msg = kc.session.msg("comm_msg", {"comm_id": model_id, "data": data})
+        if self._subshell is None:
+            request = kc.session.msg("create_subshell_request", {})
+            kc.control_channel.send(request)
+            while True:
+                reply = run_sync(kc.control_channel.get_msg)(timeout=30)
+                if reply["parent_header"].get("msg_id") == request["header"]["msg_id"]:
+                    break
+            self._subshell = reply["content"]["subshell_id"]
+        msg["header"]["subshell_id"] = self._subshell
         kc.shell_channel.send(msg)
 
     def stop_button_of(self, cell: NotebookNode) -> str:

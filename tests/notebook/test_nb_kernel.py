@@ -209,8 +209,8 @@ def test_many_runs_from_one_cell_are_one_compact_view_also_in_the_saved_notebook
 
 def test_batch_controls_pause_resume_concurrency_and_limits_from_the_widget(kn: KernelNotebook,
                                                                             sim: SimServer) -> None:
-    """``nbagent.map`` in a notebook shows its controls; what a frontend sends when they are used reaches the
-    batch, and a change made from code is drawn back in them."""
+    """``nbagent.map`` in a notebook shows its controls; what JupyterLab sends when they are used (on a kernel
+    subshell: another thread) reaches the batch, and a change made from code is drawn back in them."""
     sim.configure(latency=0.1)
     before = sim.requests
     start = kn.run("import nbagent\nbatch = nbagent.map([f'c{i}' for i in range(40)], concurrency=2, desc='ctl')")
@@ -233,6 +233,8 @@ def test_batch_controls_pause_resume_concurrency_and_limits_from_the_widget(kn: 
     shown = kn.run("print(batch.control.agent.limits.max_steps, 'not a whole number' in batch.widget.status.value)")
     assert text_of(shown).split() == ["7", "True"], dump(shown)
     kn.update(pause, value=False)
+    # the batch goes on with no cell running: the change reached the kernel's loop and woke it
+    assert wait_for(lambda: sim.requests - before == 40), (sim.requests - before, held)
     done = kn.run("r = await batch\nprint(r.ok, batch.widget.pause.disabled, 'finished' in batch.widget.status.value)")
     assert text_of(done).split() == ["40", "True", "True"], dump(done)
     assert sim.requests - before == 40  # one model call per run (no tools), none sent twice
