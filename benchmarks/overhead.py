@@ -21,7 +21,7 @@ benchmark, ``benchmarks/adaptive.py``); the throughput part prints the adaptive 
    for the floor, the bare SDK loop and nbagent, in five interleaved rounds; nbagent's ratio to both as the
    median of per-round ratios (and the ratio of the best rounds). Then the same streamed.
 2. Throughput at high concurrency (default 1,000 runs, 500 in flight, server answers after 100 ms):
-   LLM calls per second for the floor, nbagent (fixed and adaptive limit) in three interleaved rounds (the
+   LLM calls per second for the floor, nbagent (fixed and adaptive limit) in five interleaved rounds (the
    best round of each, and nbagent's ratio to the floor as the median of per-round ratios), then the bare SDK
    loop with its default client and with the SDK's aiohttp client; peak traced memory per in-flight nbagent
    run. The simulated server shares the machine: at these rates it uses about half a core on uvloop (about
@@ -351,7 +351,7 @@ if __name__ == "__main__":
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--hc-runs", type=int, default=1000)
     p.add_argument("--hc-concurrency", type=int, default=500)
-    p.add_argument("--hc-repeat", type=int, default=3)
+    p.add_argument("--hc-repeat", type=int, default=5)
     p.add_argument("--latency", type=float, default=0.1)
     p.add_argument("--parts", default="cpu,stream,throughput",
                    help="which parts to run, comma-separated: cpu, stream, throughput")

@@ -358,3 +358,23 @@ async def test_first_tool_is_forced_on_the_first_call_only(sim: SimServer) -> No
     with pytest.raises(ValueError, match="not one of the agent's tools"):
         make_agent(sim, first_tool="nope")
     await agent.client.aclose()
+
+
+def test_stuck_detection_counts_one_call_however_its_arguments_are_spelled() -> None:
+    """Key order and spacing do not make a repeated call new; arguments that strict JSON parsers refuse (a raw
+    newline in a string, as small models write) are compared too; a limit of 0 turns the count off."""
+    from nbagent.agent.run import _RunState
+    from nbagent.llm.types import ToolCall
+
+    def calls(*raw: str) -> list[ToolCall]:
+        return [ToolCall(id=f"c{i}", name="lookup", arguments=a) for i, a in enumerate(raw)]
+
+    state = _RunState()
+    assert state.repeats(calls('{"a": 1, "b": "x"}', '{"b":"x","a":1}'), 3) is None
+    stuck = state.repeats(calls('{ "b" : "x", "a" : 1 }'), 3)
+    assert stuck is not None and stuck.startswith("lookup(") and '"a":1' in stuck
+    state = _RunState()
+    assert state.repeats(calls('{"text": "two\nlines"}', '{"text":"two\nlines"}'), 2) is not None
+    assert state.repeats(calls("not json", "not json"), 2) is not None  # compared as they are
+    state = _RunState()
+    assert state.repeats(calls("{}", "{}", "{}"), 0) is None

@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["RunContext", "Tool", "tool", "tools_by_name"]
 
+LENIENT_JSON = json.JSONDecoder(strict=False)  # raw newlines in strings allowed; one decoder, not one per call
+
 _HAS_TIMEOUT_CM = sys.version_info >= (3, 11)
 
 T = TypeVar("T")
@@ -244,7 +246,7 @@ class Tool:
             args: Any = {}
         else:
             try:
-                args = json.loads(raw, strict=False)  # raw newlines in strings: small models write them
+                args = LENIENT_JSON.decode(raw)  # raw newlines in strings: small models write them
             except json.JSONDecodeError as e:
                 raise ValueError(f"arguments are not valid JSON ({e.msg} at char {e.pos}): {raw[:200]!r}") from None
         if not isinstance(args, dict):
