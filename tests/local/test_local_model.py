@@ -160,3 +160,20 @@ def _is_zombie(pid: int) -> bool:
             return f.read().split(") ")[1].startswith("Z")
     except OSError:
         return True
+
+
+def test_llama_threads_leave_a_core_to_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One fewer thread than this process's cores (at least one), or NBAGENT_LOCAL_THREADS; the command
+    passes it to llama.cpp; a bad value is a clear error."""
+    from nbagent.errors import ConfigError
+    from nbagent.local_model import default_threads
+
+    monkeypatch.delenv("NBAGENT_LOCAL_THREADS", raising=False)
+    assert default_threads() == max(len(os.sched_getaffinity(0)) - 1, 1)
+    monkeypatch.setenv("NBAGENT_LOCAL_THREADS", "3")
+    server = LocalModelServer()
+    assert server.n_threads == 3 and server.command()[-2:] == ["--n_threads", "3"]
+    for bad in ("0", "two"):
+        monkeypatch.setenv("NBAGENT_LOCAL_THREADS", bad)
+        with pytest.raises(ConfigError, match="NBAGENT_LOCAL_THREADS"):
+            default_threads()

@@ -207,6 +207,13 @@ def test_many_runs_from_one_cell_are_one_compact_view_also_in_the_saved_notebook
     assert sorted(lines) == [(f"fan-{i}", "ok") for i in range(5)], lines
 
 
+def until_in_kernel(condition: str, shown: str, limit: float = 30.0) -> str:
+    """A cell that waits on the kernel's loop (at most ``limit`` seconds) until ``condition``, then prints
+    ``shown``."""
+    return (f"import asyncio, time\n_end = time.monotonic() + {limit}\n"
+            f"while not ({condition}) and time.monotonic() < _end:\n    await asyncio.sleep(0.01)\nprint({shown})")
+
+
 def test_batch_controls_pause_resume_concurrency_and_limits_from_the_widget(kn: KernelNotebook,
                                                                             sim: SimServer) -> None:
     """``nbagent.map`` in a notebook shows its controls; what JupyterLab sends when they are used (on a kernel
@@ -219,18 +226,24 @@ def test_batch_controls_pause_resume_concurrency_and_limits_from_the_widget(kn: 
     max_steps = kn.widget_in(start, "nbagent-batch-max-steps")
     assert wait_for(lambda: sim.requests >= 2)
     kn.update(pause, value=True)  # the toggle, pressed in a browser
-    shown = kn.run("print(batch.paused, batch.widget.pause.description)")
+    shown = kn.run(until_in_kernel("batch.paused", "batch.paused, batch.widget.pause.description"))
     assert text_of(shown).split() == ["True", "Resume"], dump(shown)
+    # both workers park at the gate (a call that had passed it finishes first): nothing is left on its way
+    parked = kn.run(until_in_kernel("batch.control.gate.waiting == 2", "batch.control.gate.waiting"))
+    assert text_of(parked).strip() == "2", dump(parked)
     assert wait_for(lambda: sim.stats()["in_flight"] == 0)
     held = sim.requests
     time.sleep(0.5)  # a bounded wait: a call would have started by now if the pause let it
     assert sim.requests == held
     kn.update(concurrency, value=5)
     kn.update(max_steps, value="7")
-    shown = kn.run("print(batch.control.concurrency, batch.control.agent.limits.max_steps)")
+    # a subshell's messages are not ordered with the main shell's cells: the cell waits for the change (bounded)
+    shown = kn.run(until_in_kernel("batch.control.concurrency == 5 and batch.control.agent.limits.max_steps == 7",
+                                   "batch.control.concurrency, batch.control.agent.limits.max_steps"))
     assert text_of(shown).split() == ["5", "7"], dump(shown)
     kn.update(max_steps, value="seven")  # refused with a message; the limit stays
-    shown = kn.run("print(batch.control.agent.limits.max_steps, 'not a whole number' in batch.widget.status.value)")
+    shown = kn.run(until_in_kernel("'not a whole number' in batch.widget.status.value",
+                                   "batch.control.agent.limits.max_steps, 'whole number' in batch.widget.status.value"))
     assert text_of(shown).split() == ["7", "True"], dump(shown)
     kn.update(pause, value=False)
     # the batch goes on with no cell running: the change reached the kernel's loop and woke it
