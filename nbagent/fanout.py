@@ -363,10 +363,14 @@ def _driver_store(store: Any) -> Any:
 def _show_controls(control: BatchControl, task: asyncio.Task[Any]) -> Any:
     """The batch's live controls in the current cell when this runs in a notebook kernel (else None)."""
     try:
-        from .notebook.batch_controls import in_kernel, show_controls
+        from .notebook.kernel import kernel_shell
     except ImportError:  # pragma: no cover - IPython without the notebook extra's parts
         return None
-    return show_controls(control, task) if in_kernel() else None
+    if kernel_shell() is None:
+        return None
+    from .notebook.batch_controls import show_controls
+
+    return show_controls(control, task)
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> Any:

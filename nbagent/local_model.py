@@ -65,6 +65,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _env_count(name: str, unit: str) -> int | None:
+    """The whole number ``>= 1`` in environment variable ``name`` (None when unset); anything else is a
+    :class:`ConfigError` naming it."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number{unit}, got {value!r}") from None
+    if n < 1:
+        raise ConfigError(f"{name} must be at least 1, got {n}")
+    return n
+
+
 def default_threads() -> int:
     """llama.cpp's threads for the embedded model: ``NBAGENT_LOCAL_THREADS``, else one fewer than the cores this
     process may use (at least one).
@@ -74,14 +89,8 @@ def default_threads() -> int:
     busy processes beside it, 2 threads generated 96 tokens in 7.5 s and 1 thread in 3.4 s (1.9 s and 3.4 s
     on an idle machine).
     """
-    raw = os.environ.get("NBAGENT_LOCAL_THREADS", "").strip()
-    if raw:
-        try:
-            n = int(raw)
-        except ValueError:
-            raise ConfigError(f"NBAGENT_LOCAL_THREADS must be a whole number >= 1, got {raw!r}") from None
-        if n < 1:
-            raise ConfigError(f"NBAGENT_LOCAL_THREADS must be a whole number >= 1, got {raw!r}")
+    n = _env_count("NBAGENT_LOCAL_THREADS", "")
+    if n is not None:
         return n
     try:
         cores = len(os.sched_getaffinity(0))
@@ -189,14 +198,8 @@ class LocalModelServer:
 def default_max_tokens() -> int:
     """The output cap of each answer of the embedded model when an agent sets none:
     ``$NBAGENT_EMBEDDED_MAX_TOKENS`` or 256 (on 2 busy cores, SmolLM2-135M writes ~20-60 tokens/s)."""
-    value = os.environ.get("NBAGENT_EMBEDDED_MAX_TOKENS", "256")
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"NBAGENT_EMBEDDED_MAX_TOKENS must be a whole number of tokens, got {value!r}") from None
-    if n < 1:
-        raise ConfigError(f"NBAGENT_EMBEDDED_MAX_TOKENS must be at least 1, got {n}")
-    return n
+    n = _env_count("NBAGENT_EMBEDDED_MAX_TOKENS", " of tokens")
+    return 256 if n is None else n
 
 
 class EmbeddedModel:

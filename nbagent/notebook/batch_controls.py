@@ -20,8 +20,9 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..control import BatchControl, call_in_loop
+from .kernel import running_loop
 
-__all__ = ["BatchControls", "in_kernel", "show_controls"]
+__all__ = ["BatchControls", "show_controls"]
 
 #: The limits offered as fields (``max_steps`` and ``max_cost`` of the batch agent's ``UsageLimits``).
 LIMIT_FIELDS: tuple[tuple[str, str, type], ...] = (("max_steps", "max steps", int), ("max_cost", "max cost $", float))
@@ -46,12 +47,7 @@ class BatchControls(widgets.HBox):
 
     def __init__(self, control: BatchControl, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.control = control
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-        self.loop = loop  # the batch's loop, where every change to the control is made
+        self.loop = loop or running_loop()  # the batch's loop, where every change to the control is made
         self.finished = False
         self.pause = widgets.ToggleButton(value=control.paused, description="Pause", icon="pause",
                                           tooltip="Start no new model call (the calls in flight finish)",
@@ -148,14 +144,6 @@ class BatchControls(widgets.HBox):
         if isinstance(bundle, dict):  # where no widget can be drawn (nbconvert, GitHub): one plain line
             bundle["text/plain"] = "nbagent batch controls (live in a running notebook)"
         return bundle
-
-
-def in_kernel() -> bool:
-    """Whether this runs in a notebook kernel (whose frontend can draw widgets)."""
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def show_controls(control: BatchControl, task: asyncio.Future[Any] | None = None) -> BatchControls:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from IPython.display import DisplayHandle
 
-__all__ = ["as_parent", "block_on", "current_parent", "running_loop", "update_display"]
+__all__ = ["as_parent", "block_on", "current_parent", "kernel_shell", "running_loop", "update_display"]
 
 T = TypeVar("T")
 
@@ -29,6 +29,15 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def kernel_shell() -> Any:
+    """The IPython shell when this runs in a notebook kernel (whose frontend can draw displays and widgets), else
+    None (plain IPython, a script)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell if shell is not None and getattr(shell, "kernel", None) is not None else None
 
 
 def current_parent(shell: Any) -> dict[str, Any] | None:

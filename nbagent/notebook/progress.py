@@ -20,7 +20,7 @@ from typing import Any
 
 from IPython.display import DisplayHandle, display
 
-from .kernel import current_parent, update_display
+from .kernel import current_parent, kernel_shell, update_display
 
 __all__ = ["MAX_LINES", "NotebookProgress", "deliver_pending"]
 
@@ -134,9 +134,7 @@ def _deliver_before_cell(info: Any = None) -> None:
 
 def progress(total: int, desc: str, *, unit: str = "run") -> NotebookProgress | None:
     """A progress line in the current cell when running in a kernel, else None."""
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    if shell is None or getattr(shell, "kernel", None) is None:
+    shell = kernel_shell()
+    if shell is None:
         return None
     return NotebookProgress(total, desc, shell, unit=unit)
