@@ -128,12 +128,13 @@ class BatchControls(widgets.HBox):
                   "paused: no new model call; the calls in flight finish" if c.paused else "running")
 
     def finish(self) -> None:
-        """The batch ended: the controls go grey."""
+        """The batch ended: the controls say so, then go grey (in that order: a frontend that shows them grey has
+        the final state too)."""
         self.finished = True
         self._stop_listening()
+        self.sync()
         for w in (self.pause, self.concurrency, *self.limits.values()):
             w.disabled = True
-        self.sync()
 
     def _say(self, text: str, *, error: bool = False) -> None:
         color = "#c62828" if error else "#666"

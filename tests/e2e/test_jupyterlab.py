@@ -417,6 +417,9 @@ def test_jupyterlab_batch_controls_pause_resume_and_concurrency(lab: dict[str, A
         pause.click()  # Resume
         page.wait_for_function(
             "() => document.querySelector('.nbagent-batch-pause')?.disabled === true", timeout=120_000)
+        # each widget is its own model: the status line's update may be drawn a moment after the button's
+        page.wait_for_function(
+            "() => document.querySelector('.nbagent-batch-controls')?.innerText.includes('finished')", timeout=30_000)
         assert "finished" in controls.inner_text()
         page.screenshot(path=str(ARTIFACTS / "e2e-13-batch-finished.png"), full_page=True)
         page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(2).click()  # the fields took the focus
