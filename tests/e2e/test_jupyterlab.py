@@ -288,6 +288,10 @@ def test_jupyterlab_run_widget_dashboard_and_stop(lab: dict[str, Any], tmp_path:
             " && s.dataset.status === 'ok')", timeout=60_000)
         assert lab["guard"].requests == 2
         assert not approve.is_visible()
+        # the step list is a widget of its own: its update may be drawn a moment after the status's
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.nbagent-run')].some(r => r.innerText.includes('guarded') &&"
+            " r.querySelector('.nbagent-steps')?.innerText.includes('approved'))", timeout=30_000)
         assert "approved" in guarded.locator(".nbagent-steps").inner_text()
         page.wait_for_function(
             "() => [...document.querySelectorAll('.nbagent-dashboard-header')]"
